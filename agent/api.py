@@ -1,0 +1,94 @@
+"""The library API: what a provisioning tool calls right after it created a VM.
+
+    result = await customize("ssh://root@10.0.0.5?key=~/.ssh/id_ed25519", "plan.yaml")
+    if not result.ok:
+        ...
+
+The CLI goes through :func:`run_plan` too, so both behave the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.engine import Engine, Progress, RunSettings, check_run_input
+from agent.journal import Journal, RunDirectory, default_runs_dir
+from agent.plans import Plan, load_plan
+from agent.registry import ChannelRegistry, default_registry
+from agent.results import TargetResult
+from agent.targets import Target, check_unique_names, parse_target
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """A finished run: its id, where its journal is, and one result per target."""
+
+    run_id: str
+    run_dir: Path
+    results: list[TargetResult]
+
+    @property
+    def ok(self) -> bool:
+        """True when every target succeeded."""
+        return all(result.ok for result in self.results)
+
+
+def _as_plan(plan: str | Path | Plan) -> Plan:
+    return plan if isinstance(plan, Plan) else load_plan(plan)
+
+
+def _as_target(target: str | Target) -> Target:
+    return target if isinstance(target, Target) else parse_target(target)
+
+
+async def run_plan(
+    plan: str | Path | Plan,
+    targets: Sequence[str | Target],
+    *,
+    settings: RunSettings | None = None,
+    runs_dir: Path | None = None,
+    registry: ChannelRegistry | None = None,
+    progress: Progress | None = None,
+    on_run_dir: Callable[[RunDirectory], None] | None = None,
+) -> RunReport:
+    """Validate, then run ``plan`` on ``targets`` in a new journaled run directory.
+
+    Bad input raises :class:`agent.errors.InputError` before anything runs; failures on
+    targets are reported in the results, not raised.
+    """
+    plan = _as_plan(plan)
+    resolved = [_as_target(target) for target in targets]
+    check_unique_names(resolved, "--target")
+    registry = registry or default_registry()
+    check_run_input(plan, resolved, registry)
+    run_dir = RunDirectory.create(
+        runs_dir or default_runs_dir(),
+        {
+            "plan": plan.name,
+            "plan_file": str(plan.source) if plan.source else None,
+            "targets": [{"name": t.name, "uri": t.uri} for t in resolved],
+        },
+    )
+    if on_run_dir is not None:
+        on_run_dir(run_dir)
+    journal = Journal(run_dir)
+    try:
+        engine = Engine(registry, run_dir, journal, settings, progress)
+        results = await engine.run(plan, resolved)
+    finally:
+        journal.close()
+    return RunReport(run_dir.run_id, run_dir.path, results)
+
+
+async def customize(
+    target: str | Target,
+    plan: str | Path | Plan,
+    *,
+    settings: RunSettings | None = None,
+    runs_dir: Path | None = None,
+) -> TargetResult:
+    """Run ``plan`` on one freshly provisioned guest and return how it went."""
+    report = await run_plan(plan, [target], settings=settings, runs_dir=runs_dir)
+    return report.results[0]

@@ -1,0 +1,373 @@
+"""The ``beachhead`` command line.
+
+Exit status: 0 when everything succeeded, 1 when a step or target failed (its output is
+printed), 2 for bad input (the file, field and reason are printed; nothing ran),
+130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from agent import __version__
+from agent.api import RunReport, run_plan
+from agent.engine import RunSettings
+from agent.errors import BeachheadError, InputError
+from agent.journal import RunDirectory, default_runs_dir
+from agent.logs import configure_logging
+from agent.plans import load_plan
+from agent.progress import RichProgress
+from agent.registry import default_registry
+from agent.results import StepResult, TargetResult
+from agent.targets import Target, load_targets_file, parse_target
+from agent.undo import Undoer
+
+T = TypeVar("T")
+INTERRUPTED = 130
+
+runs_dir_option = click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where run directories live [default: $BEACHHEAD_RUNS_DIR or ~/.local/state/beachhead/runs].",
+)
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; SIGINT and SIGTERM cancel it cleanly (sessions closed, journal
+    entries marked interrupted) and exit with status 130."""
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
+        return await coro
+
+    try:
+        return asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        click.echo("interrupted", err=True)
+        sys.exit(INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _errors_exit() -> Iterator[None]:
+    try:
+        yield
+    except BeachheadError as exc:
+        label = "error" if isinstance(exc, InputError) else "failed"
+        click.echo(f"beachhead: {label}: {exc}", err=True)
+        sys.exit(exc.exit_status)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="beachhead")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log events at this level and above to stderr [default: info, or warning on a terminal].",
+)
+@click.option(
+    "--log-json/--no-log-json",
+    default=None,
+    help="Force JSON log lines on or off [default: JSON unless stderr is a terminal].",
+)
+def main(log_level: str | None, log_json: bool | None) -> None:
+    """Beachhead: get freshly provisioned VMs customized through SSH and, as they land,
+    WinRM, VMware Tools, keystrokes and cloud-init pulls.
+
+    \b
+    Start with:
+      beachhead channels                 what channels are installed
+      beachhead run PLAN --target URI    run a plan on one or more guests
+      beachhead journal RUN_ID           what a run wrote
+      beachhead undo RUN_ID              revert it
+    """
+    level = log_level or ("warning" if sys.stderr.isatty() else "info")
+    configure_logging(level, log_json)
+
+
+# -- run ------------------------------------------------------------------------------------
+class _ResultPrinter:
+    """Prints each target's JSON line as soon as it finishes (``--json``)."""
+
+    def __init__(self, progress: RichProgress | None) -> None:
+        self.inner = progress
+
+    def target_started(self, target: Target, total_steps: int) -> None:
+        if self.inner:
+            self.inner.target_started(target, total_steps)
+
+    def step_started(self, target: Target, result: StepResult) -> None:
+        if self.inner:
+            self.inner.step_started(target, result)
+
+    def target_finished(self, result: TargetResult) -> None:
+        if self.inner:
+            self.inner.target_finished(result)
+        click.echo(json.dumps(result.to_json()))
+
+
+def _summary(report: RunReport) -> None:
+    console = Console()
+    table = Table(title=f"run {report.run_id}", title_justify="left")
+    for column in ("target", "status", "channel", "steps", "seconds", "error"):
+        table.add_column(column)
+    for result in report.results:
+        done = sum(step.status == "ok" for step in result.steps)
+        status = "[green]ok[/]" if result.ok else "[red]failed[/]"
+        table.add_row(
+            result.target,
+            status,
+            result.channel or "-",
+            f"{done}/{len(result.steps)}",
+            f"{result.duration_s:.1f}",
+            result.error or "",
+        )
+    console.print(table)
+    for result in report.results:
+        failed = result.failed_step
+        if failed is None or not (failed.stdout or failed.stderr):
+            continue
+        console.rule(f"{result.target}: {failed.description}")
+        if failed.stdout:
+            console.print("[bold]stdout[/]", failed.stdout.rstrip(), markup=True, highlight=False)
+        if failed.stderr:
+            console.print("[bold]stderr[/]", failed.stderr.rstrip(), markup=True, highlight=False)
+    console.print(f"journal: beachhead journal {report.run_id}    undo: beachhead undo {report.run_id}")
+
+
+@main.command()
+@click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--target",
+    "-t",
+    "target_uris",
+    multiple=True,
+    metavar="URI",
+    help="A guest, e.g. ssh://root@10.0.0.5?key=~/.ssh/id_ed25519 (repeatable).",
+)
+@click.option(
+    "--targets",
+    "targets_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML list of target URIs or mappings with the same fields.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 10000),
+    default=50,
+    show_default=True,
+    help="How many targets run at once.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print one JSON object per target on stdout.")
+@click.option(
+    "--step-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=RunSettings.step_timeout,
+    show_default=True,
+    help="Seconds a step may take when neither it nor the plan sets a timeout.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=RunSettings.connect_timeout,
+    show_default=True,
+    help="Seconds to wait for one connection attempt.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=RunSettings.retries,
+    show_default=True,
+    help="Extra connection attempts (exponential backoff) before a channel counts as unreachable.",
+)
+@runs_dir_option
+def run(
+    plan: Path,
+    target_uris: tuple[str, ...],
+    targets_file: Path | None,
+    concurrency: int,
+    json_output: bool,
+    step_timeout: float,
+    connect_timeout: float,
+    retries: int,
+    runs_dir: Path | None,
+) -> None:
+    """Run PLAN on every target.
+
+    \b
+    Target URIs:
+      ssh://USER@HOST[:PORT]?key=PATH&known_hosts=PATH|ignore&password_env=VAR&name=LABEL
+    Passwords are never given on the command line: password_env names the environment
+    variable that holds one. Host keys are checked against ~/.ssh/known_hosts unless
+    known_hosts names another file or says ignore.
+
+    Exit status: 0 all targets ok, 1 some failed, 2 bad input (nothing ran).
+    """
+    with _errors_exit():
+        loaded = load_plan(plan)
+        targets = [parse_target(uri) for uri in target_uris]
+        if targets_file is not None:
+            targets.extend(load_targets_file(targets_file))
+        settings = RunSettings(
+            concurrency=concurrency, step_timeout=step_timeout, connect_timeout=connect_timeout, retries=retries
+        )
+        live = RichProgress(len(targets)) if sys.stderr.isatty() else None
+        progress = _ResultPrinter(live) if json_output else live
+        run_ids: list[str] = []
+
+        async def go() -> RunReport:
+            with live or contextlib.nullcontext():
+                return await run_plan(
+                    loaded,
+                    targets,
+                    settings=settings,
+                    runs_dir=runs_dir,
+                    progress=progress,
+                    on_run_dir=lambda d: run_ids.append(d.run_id),
+                )
+
+        try:
+            report = _run_async(go())
+        except SystemExit:
+            if run_ids:
+                click.echo(f"run {run_ids[0]} interrupted: see beachhead journal {run_ids[0]}", err=True)
+            raise
+        if not json_output:
+            _summary(report)
+        sys.exit(0 if report.ok else 1)
+
+
+# -- journal / undo / runs ----------------------------------------------------------------------
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "json_output", is_flag=True, help="Print the raw journal records, one JSON object per line.")
+@runs_dir_option
+def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
+    """Show what run RUN_ID wrote, and how each write ended."""
+    with _errors_exit():
+        run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
+        if json_output:
+            for record in run_dir.records():
+                click.echo(json.dumps(record))
+            return
+        meta = run_dir.metadata()
+        table = Table(
+            title=f"run {run_id}: plan {meta.get('plan')} started {meta.get('started')}", title_justify="left"
+        )
+        for column in ("#", "target", "operation", "what", "state", "undo"):
+            table.add_column(column)
+        for entry in run_dir.entries():
+            intent = entry.intent
+            what = intent.get("path") or intent.get("command") or intent.get("script") or ""
+            replaced = intent.get("replaces", {})
+            if entry.op != "run":
+                what += " (replaced existing)" if replaced.get("exists") else " (new)"
+            undo = entry.undo["phase"] if entry.undo else ("-" if entry.op == "run" else "")
+            table.add_row(str(entry.seq), intent.get("target", ""), entry.op, what, entry.state, undo)
+        Console().print(table)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--force", is_flag=True, help="Revert files even when they changed again after the run.")
+@click.option("--json", "json_output", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--connect-timeout", type=float, default=RunSettings.connect_timeout, show_default=True)
+@runs_dir_option
+def undo(run_id: str, force: bool, json_output: bool, connect_timeout: float, runs_dir: Path | None) -> None:
+    """Revert what run RUN_ID wrote: restore replaced files, delete created ones, and
+    list what cannot be undone (commands). Safe to run again."""
+    with _errors_exit():
+        run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
+        undoer = Undoer(run_dir, default_registry(), connect_timeout=connect_timeout, force=force)
+        report = _run_async(undoer.undo())
+        if json_output:
+            click.echo(json.dumps(report.to_json()))
+        else:
+            for line in report.undone:
+                click.echo(f"undone      {line}")
+            for line in report.not_undoable:
+                click.echo(f"cannot undo {line}")
+            for line in report.failed:
+                click.echo(f"FAILED      {line}")
+            if report.already_undone:
+                click.echo(f"{report.already_undone} entries were already undone")
+            if not (report.undone or report.not_undoable or report.failed):
+                click.echo("nothing to undo")
+        sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@runs_dir_option
+def runs(runs_dir: Path | None) -> None:
+    """List past runs, newest first."""
+    root = runs_dir or default_runs_dir()
+    table = Table(title=str(root), title_justify="left")
+    for column in ("run id", "plan", "targets"):
+        table.add_column(column)
+    if root.is_dir():
+        for path in sorted(root.iterdir(), reverse=True):
+            with contextlib.suppress(BeachheadError):
+                meta = RunDirectory.open(root, path.name).metadata()
+                table.add_row(path.name, str(meta.get("plan")), str(len(meta.get("targets", []))))
+    Console().print(table)
+
+
+# -- channels -----------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "json_output", is_flag=True, help="Print the taxonomy as a JSON list.")
+def channels(json_output: bool) -> None:
+    """Show the channel taxonomy declared by the installed channel plugins."""
+    registry = default_registry()
+    infos = registry.ordered()
+    if json_output:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": i.name,
+                        "summary": i.summary,
+                        "direction": i.direction.value,
+                        "medium": i.medium.value,
+                        "os_families": sorted(i.os_families),
+                        "prerequisites": [p.value for p in i.prerequisites],
+                        "capabilities": sorted(i.capabilities),
+                        "preference": i.preference,
+                        "target_schemes": sorted(i.target_schemes),
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title="channels (most preferred first)", title_justify="left")
+    for column in ("channel", "direction", "medium", "OS", "prerequisites", "capabilities", "targets"):
+        table.add_column(column)
+    for i in infos:
+        table.add_row(
+            i.name,
+            i.direction.value,
+            i.medium.value,
+            ", ".join(sorted(i.os_families)),
+            ", ".join(p.value for p in i.prerequisites),
+            ", ".join(sorted(i.capabilities)),
+            ", ".join(f"{s}://" for s in sorted(i.target_schemes)),
+        )
+    Console().print(table)

@@ -1,0 +1,406 @@
+"""The workflow engine: runs a plan on many targets at once, step by step.
+
+Per target, each step gets the most preferred channel that has the capability it needs,
+supports the target's OS and whose prerequisites hold; when a channel cannot connect the
+next one is tried and the fallback is logged. Connection failures are retried with
+exponential backoff; failed commands are not. Every write is journaled before and after
+it happens, with what it replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any, Protocol
+
+import structlog
+
+from agent.channel import ChannelSession
+from agent.errors import BeachheadError, ChannelError, ChannelUnavailable, InputError, StepFailed
+from agent.journal import Journal, RunDirectory
+from agent.plans import Capability, DownloadStep, Plan, RunStep, Step, UploadStep, WaitStep
+from agent.registry import ChannelRegistry
+from agent.render import render
+from agent.results import FAILED, OK, StepResult, TargetResult
+from agent.targets import OsFamily, Target
+from agent.waits import wait_for_port
+
+log = structlog.get_logger("beachhead.engine")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run behaves; immutable defaults, overridden per call."""
+
+    concurrency: int = 50
+    step_timeout: float = 1800.0
+    connect_timeout: float = 30.0
+    retries: int = 3
+    retry_delay: float = 0.5
+
+
+class Progress(Protocol):
+    """Receives progress as targets and steps start and finish (the rich display)."""
+
+    def target_started(self, target: Target, total_steps: int) -> None:
+        """A target's workflow began."""
+
+    def step_started(self, target: Target, result: StepResult) -> None:
+        """A step began on a target."""
+
+    def target_finished(self, result: TargetResult) -> None:
+        """A target's workflow ended, successfully or not."""
+
+
+class NoProgress:
+    """A :class:`Progress` that shows nothing."""
+
+    def target_started(self, target: Target, total_steps: int) -> None:
+        """Ignore."""
+
+    def step_started(self, target: Target, result: StepResult) -> None:
+        """Ignore."""
+
+    def target_finished(self, result: TargetResult) -> None:
+        """Ignore."""
+
+
+def resolve_os(plan: Plan, target: Target) -> OsFamily:
+    """The OS family to render for: the target's, else the plan's, else Linux."""
+    if target.os and plan.os and target.os != plan.os:
+        raise InputError(
+            plan.source, "os", f"the plan is for {plan.os} but target {target.name} declares os={target.os}"
+        )
+    return target.os or plan.os or OsFamily.LINUX
+
+
+def check_run_input(plan: Plan, targets: Sequence[Target], registry: ChannelRegistry) -> None:
+    """Everything that can be rejected before anything runs."""
+    if not targets:
+        raise InputError("--target", None, "no targets: give --target URI or --targets FILE")
+    for name in plan.channels:
+        if name not in registry.channels:
+            known = ", ".join(sorted(registry.channels))
+            raise InputError(plan.source, "channels", f"unknown channel {name!r} (known: {known})")
+    if len(targets) > 1 and plan.needs_per_target_downloads:
+        shared = next(
+            i for i, s in enumerate(plan.steps, 1) if isinstance(s, DownloadStep) and "{target}" not in s.dest
+        )
+        raise InputError(
+            plan.source,
+            f"step {shared} (download).dest",
+            "with several targets every download would write the same file; put {target} in dest",
+        )
+    for target in targets:
+        os_family = resolve_os(plan, target)
+        for number, step in enumerate(plan.steps, 1):
+            if isinstance(step, RunStep):
+                try:
+                    render(step.spec, os_family)
+                except InputError as exc:
+                    raise InputError(plan.source, f"step {number} ({exc.where})", exc.reason) from None
+            if step.capability and not registry.candidates(step.capability, target, os_family, plan.channels):
+                raise InputError(
+                    plan.source,
+                    f"step {number} ({step.kind})",
+                    f"no channel can {step.capability} on {target.name} ({target.scheme}://, {os_family})",
+                )
+
+
+class Engine:
+    """Runs plans on targets, with bounded concurrency, into one run directory."""
+
+    def __init__(
+        self,
+        registry: ChannelRegistry,
+        run_dir: RunDirectory,
+        journal: Journal,
+        settings: RunSettings | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.registry = registry
+        self.run_dir = run_dir
+        self.journal = journal
+        self.settings = settings or RunSettings()
+        self.progress = progress or NoProgress()
+
+    async def run(self, plan: Plan, targets: Sequence[Target]) -> list[TargetResult]:
+        """Run ``plan`` on every target, at most ``concurrency`` at a time."""
+        check_run_input(plan, targets, self.registry)
+        limit = asyncio.Semaphore(self.settings.concurrency)
+        log.info("run.start", run_id=self.run_dir.run_id, plan=plan.name, targets=len(targets))
+
+        async def one(target: Target) -> TargetResult:
+            async with limit:
+                return await TargetWorkflow(self, plan, target).execute()
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(target)) for target in targets]
+        results = [task.result() for task in tasks]
+        log.info(
+            "run.finish",
+            run_id=self.run_dir.run_id,
+            ok=sum(r.ok for r in results),
+            failed=sum(not r.ok for r in results),
+        )
+        return results
+
+
+class TargetWorkflow:
+    """One plan on one target: its channel sessions, its steps, its result."""
+
+    def __init__(self, engine: Engine, plan: Plan, target: Target) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.journal = engine.journal
+        self.plan = plan
+        self.target = target
+        self.os = resolve_os(plan, target)
+        self.sessions: dict[str, ChannelSession] = {}
+        self.unavailable: dict[str, ChannelUnavailable] = {}
+        self.log = log.bind(run_id=engine.run_dir.run_id, target=target.name)
+
+    def _steps(self) -> list[tuple[Step, StepResult]]:
+        steps: list[tuple[Step, StepResult]] = []
+        for condition in self.plan.wait:
+            wait = WaitStep(condition)
+            steps.append((wait, StepResult(None, wait.kind, f"plan {wait.describe()}")))
+        for number, step in enumerate(self.plan.steps, 1):
+            steps.append((step, StepResult(number, step.kind, step.describe())))
+        return steps
+
+    async def execute(self) -> TargetResult:
+        """Run every step until one fails; the rest are reported as skipped."""
+        result = TargetResult(self.target.name, self.target.uri, self.engine.run_dir.run_id)
+        steps = self._steps()
+        result.steps = [step_result for _, step_result in steps]
+        started = time.monotonic()
+        self.engine.progress.target_started(self.target, len(steps))
+        self.log.info("target.start", uri=self.target.uri, os=str(self.os), steps=len(steps))
+        try:
+            for step, step_result in steps:
+                self.engine.progress.step_started(self.target, step_result)
+                await self.run_step(step, step_result)
+                if step_result.channel and result.channel is None:
+                    result.channel = step_result.channel
+                if step_result.status == FAILED:
+                    result.error = f"{_step_label(step_result)}: {step_result.error}"
+                    break
+            else:
+                result.status = OK
+        except Exception as exc:  # a bug must not take the other targets down with it
+            self.log.exception("target.internal_error")
+            result.error = f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            await self._close_sessions()
+            result.duration_s = time.monotonic() - started
+        self.log.info("target.finish", status=result.status, error=result.error, duration_s=round(result.duration_s, 3))
+        self.engine.progress.target_finished(result)
+        return result
+
+    async def _close_sessions(self) -> None:
+        for session in self.sessions.values():
+            with contextlib.suppress(Exception):
+                await session.close()
+        self.sessions.clear()
+
+    # -- one step -------------------------------------------------------------------------
+    async def run_step(self, step: Step, result: StepResult) -> None:
+        """Run one step within its timeout and fill in ``result``."""
+        timeout = step.timeout or self.plan.timeout or self.settings.step_timeout
+        slog = self.log.bind(step=result.number, kind=step.kind)
+        slog.info("step.start", description=result.description, timeout_s=timeout)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._dispatch(step, result)
+            if result.status != FAILED:
+                result.status = OK
+        except TimeoutError:
+            result.status = FAILED
+            result.error = f"timed out after {timeout:g}s"
+        except StepFailed as exc:
+            result.status = FAILED
+            result.error = exc.reason
+            result.exit_code = (
+                exc.exit_status_of_command if exc.exit_status_of_command is not None else result.exit_code
+            )
+            result.stdout = result.stdout or exc.stdout
+            result.stderr = result.stderr or exc.stderr
+        except BeachheadError as exc:
+            result.status = FAILED
+            result.error = str(exc)
+        except asyncio.CancelledError:
+            result.status = FAILED
+            result.error = "interrupted"
+            raise
+        finally:
+            result.duration_s = time.monotonic() - started
+            slog.info(
+                "step.finish",
+                status=result.status,
+                channel=result.channel,
+                exit_code=result.exit_code,
+                error=result.error,
+                duration_s=round(result.duration_s, 3),
+            )
+
+    async def _dispatch(self, step: Step, result: StepResult) -> None:
+        if isinstance(step, WaitStep):
+            await wait_for_port(self.target.host, step.condition)
+            return
+        assert step.capability is not None
+        # A command may have run before its connection dropped: only transfers are retried.
+        attempts = 1 if isinstance(step, RunStep) else self.settings.retries + 1
+        for attempt in range(attempts):
+            session = await self._session_for(step.capability)
+            result.channel = session.channel
+            try:
+                if isinstance(step, RunStep):
+                    await self._run(session, step, result)
+                elif isinstance(step, UploadStep):
+                    await self._upload(session, step)
+                else:
+                    await self._download(session, step)
+                return
+            except ChannelError as exc:
+                if not exc.retryable or attempt + 1 == attempts:
+                    raise
+                self.sessions.pop(session.channel, None)
+                with contextlib.suppress(Exception):
+                    await session.close()
+                self.log.warning("step.retry", step=result.number, reason=exc.reason, attempt=attempt + 1)
+                await asyncio.sleep(self._backoff(attempt))
+
+    # -- channels ---------------------------------------------------------------------------
+    def _backoff(self, attempt: int) -> float:
+        return float(self.settings.retry_delay * 2**attempt * (0.5 + random.random()))
+
+    async def _session_for(self, capability: Capability) -> ChannelSession:
+        candidates = self.engine.registry.candidates(capability, self.target, self.os, self.plan.channels)
+        reasons = []
+        for candidate in candidates:
+            name = candidate.info.name
+            if name in self.sessions:
+                return self.sessions[name]
+            if not candidate.usable:
+                reasons.append(f"{name}: needs {', '.join(candidate.unmet)}")
+                continue
+            if name in self.unavailable:
+                reasons.append(str(self.unavailable[name]))
+                continue
+            try:
+                session = await self._connect(name)
+            except ChannelUnavailable as exc:
+                self.unavailable[name] = exc
+                reasons.append(str(exc))
+                self.log.warning("channel.fallback", channel=name, reason=exc.reason)
+                continue
+            self.sessions[name] = session
+            return session
+        raise ChannelUnavailable(
+            "/".join(c.info.name for c in candidates) or "no channel",
+            self.target.name,
+            "; ".join(reasons) or f"no channel can {capability}",
+        )
+
+    async def _connect(self, channel: str) -> ChannelSession:
+        for attempt in range(self.settings.retries + 1):
+            try:
+                session = await self.engine.registry.connect(channel, self.target, self.settings.connect_timeout)
+                self.log.info("channel.connected", channel=channel, attempt=attempt + 1)
+                return session
+            except ChannelUnavailable as exc:
+                if not exc.retryable or attempt == self.settings.retries:
+                    raise
+                delay = self._backoff(attempt)
+                self.log.warning(
+                    "channel.retry", channel=channel, reason=exc.reason, attempt=attempt + 1, delay_s=round(delay, 2)
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- journaled operations ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _journaled(self, seq: int, op: str, **details: Any) -> Iterator[dict[str, Any]]:
+        """Record intent, then done/failed/interrupted; the yielded dict collects what the
+        ``done`` entry should say."""
+        self.journal.intent(seq, self.target.name, self.target.uri, op, **details)
+        after: dict[str, Any] = {}
+        try:
+            yield after
+        except asyncio.CancelledError:
+            self.journal.outcome(seq, "interrupted")
+            raise
+        except BaseException as exc:
+            self.journal.outcome(seq, "failed", error=str(exc))
+            raise
+        self.journal.outcome(seq, after.pop("phase", "done"), **after)
+
+    async def _run(self, session: ChannelSession, step: RunStep, result: StepResult) -> None:
+        spec = step.spec
+        request = render(spec, self.os)
+        seq = self.journal.reserve()
+        what = {"command": spec.command} if spec.command else {"script": str(spec.script)}
+        with self._journaled(
+            seq, "run", channel=session.channel, **what, become=spec.become, env_names=list(spec.env)
+        ) as after:
+            outcome = await session.run(request)
+            result.exit_code = outcome.exit_status
+            result.stdout, result.stderr = outcome.stdout, outcome.stderr
+            after.update(exit_status=outcome.exit_status, signal=outcome.signal)
+            if not outcome.ok:
+                after["phase"] = "failed"
+                result.status = FAILED
+                result.error = (
+                    f"killed by signal {outcome.signal}" if outcome.signal else f"exit status {outcome.exit_status}"
+                )
+
+    async def _upload(self, session: ChannelSession, step: UploadStep) -> None:
+        parent = (
+            str(PurePosixPath(step.dest).parent)
+            if self.os is OsFamily.LINUX
+            else str(PureWindowsPath(step.dest).parent)
+        )
+        if parent not in (".", "/", "~") and not (await session.stat(parent)).exists:
+            seq = self.journal.reserve()
+            with self._journaled(seq, "make_dirs", channel=session.channel, path=parent) as after:
+                after["created"] = await session.make_dirs(parent)
+        before = await session.stat(step.dest)
+        if before.exists and not before.is_file:
+            raise StepFailed(step.describe(), f"{step.dest} exists and is not a regular file")
+        seq = self.journal.reserve()
+        replaces: dict[str, Any] = {"exists": before.exists}
+        if before.exists:
+            backup = self.engine.run_dir.backup_path(seq)
+            saved = await session.get_file(step.dest, backup)
+            replaces.update(size=saved.size, mode=before.mode, sha256=saved.sha256, backup=f"backups/{seq}")
+        with self._journaled(
+            seq, "put_file", channel=session.channel, path=step.dest, src=str(step.src), replaces=replaces
+        ) as after:
+            written = await session.put_file(step.src, step.dest, step.mode)
+            after.update(size=written.size, sha256=written.sha256, mode=written.mode)
+
+    async def _download(self, session: ChannelSession, step: DownloadStep) -> None:
+        local = step.local_path(self.target.name)
+        seq = self.journal.reserve()
+        replaces: dict[str, Any] = {"exists": local.exists()}
+        if local.is_file():
+            backup = self.engine.run_dir.backup_path(seq)
+            await asyncio.to_thread(shutil.copy2, local, backup)
+            replaces.update(backup=f"backups/{seq}")
+        with self._journaled(
+            seq, "get_file", channel=session.channel, path=str(local), src=step.src, where="local", replaces=replaces
+        ) as after:
+            saved = await session.get_file(step.src, local)
+            after.update(size=saved.size, sha256=saved.sha256)
+
+
+def _step_label(result: StepResult) -> str:
+    return f"step {result.number} ({result.kind})" if result.number else f"plan wait ({result.description})"

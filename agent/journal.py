@@ -1,0 +1,179 @@
+"""The write journal: every operation that leaves a trace, recorded before and after.
+
+Each run has a directory ``RUNS_DIR/RUN_ID/`` holding ``run.json`` (what was run on
+what), ``journal.jsonl`` (append-only, one JSON object per line) and ``backups/`` (the
+content a write replaced, so ``beachhead undo`` can put it back). An entry's ``phase``
+is ``intent`` before the operation, then ``done``, ``failed`` or ``interrupted``; undo
+appends ``undone`` or ``undo_failed``. An intent with no outcome means the process died
+mid-write: undo treats it as possibly done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.errors import JournalError
+from agent.secrets import REDACTOR
+
+RUNS_DIR_ENV = "BEACHHEAD_RUNS_DIR"
+
+
+def default_runs_dir() -> Path:
+    """``$BEACHHEAD_RUNS_DIR``, else ``$XDG_STATE_HOME/beachhead/runs``, else
+    ``~/.local/state/beachhead/runs``."""
+    if os.environ.get(RUNS_DIR_ENV):
+        return Path(os.environ[RUNS_DIR_ENV]).expanduser()
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "beachhead" / "runs"
+
+
+def now_iso() -> str:
+    """The current UTC time in ISO 8601, as every journal entry carries it."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class JournalEntry:
+    """One journaled operation: its intent and the latest outcome recorded for it."""
+
+    seq: int
+    intent: dict[str, Any]
+    outcome: dict[str, Any] | None = None
+    undo: dict[str, Any] | None = None
+
+    @property
+    def op(self) -> str:
+        """The operation: ``put_file``, ``get_file`` or ``run``."""
+        return str(self.intent["op"])
+
+    @property
+    def state(self) -> str:
+        """``done``/``failed``/``interrupted``, or ``unknown`` when the process died."""
+        return str(self.outcome["phase"]) if self.outcome else "unknown"
+
+    @property
+    def undone(self) -> bool:
+        """True once undo has reverted this entry."""
+        return self.undo is not None and self.undo["phase"] == "undone"
+
+
+@dataclass
+class RunDirectory:
+    """The on-disk state of one run."""
+
+    path: Path
+    run_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_id = self.path.name
+
+    @classmethod
+    def create(cls, runs_dir: Path, metadata: dict[str, Any]) -> RunDirectory:
+        """Make a new run directory (private to the user) and write its ``run.json``."""
+        runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = runs_dir / new_run_id()
+        path.mkdir(mode=0o700)
+        (path / "backups").mkdir(mode=0o700)
+        run_dir = cls(path)
+        record = {"run_id": run_dir.run_id, "started": now_iso(), **metadata}
+        (path / "run.json").write_text(json.dumps(REDACTOR.redact(record), indent=2) + "\n")
+        return run_dir
+
+    @classmethod
+    def open(cls, runs_dir: Path, run_id: str) -> RunDirectory:
+        """Find an existing run by id; an unknown id is a :class:`JournalError`."""
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise JournalError(f"not a run id: {run_id!r}")
+        path = runs_dir / run_id
+        if not (path / "journal.jsonl").is_file() and not (path / "run.json").is_file():
+            raise JournalError(f"no run {run_id} in {runs_dir}")
+        return cls(path)
+
+    @property
+    def journal_path(self) -> Path:
+        """The run's append-only journal file."""
+        return self.path / "journal.jsonl"
+
+    def backup_path(self, seq: int) -> Path:
+        """Where the content replaced by entry ``seq`` is kept."""
+        return self.path / "backups" / str(seq)
+
+    def metadata(self) -> dict[str, Any]:
+        """The run's ``run.json``."""
+        try:
+            return dict(json.loads((self.path / "run.json").read_text()))
+        except (OSError, ValueError) as exc:
+            raise JournalError(f"{self.path / 'run.json'}: {exc}") from None
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every journal line in order; a torn last line (crash mid-write) is skipped."""
+        if not self.journal_path.exists():
+            return
+        with self.journal_path.open(encoding="utf-8") as stream:
+            for number, line in enumerate(stream, 1):
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    if stream.read(1):
+                        raise JournalError(f"{self.journal_path}:{number}: corrupt entry") from None
+
+    def entries(self) -> list[JournalEntry]:
+        """Journal records folded into one entry per operation, in sequence order."""
+        entries: dict[int, JournalEntry] = {}
+        for record in self.records():
+            seq = int(record.get("seq", 0))
+            phase = record.get("phase")
+            if phase == "intent":
+                entries[seq] = JournalEntry(seq, record)
+            elif seq in entries and phase in ("undone", "undo_failed"):
+                entries[seq].undo = record
+            elif seq in entries:
+                entries[seq].outcome = record
+        return [entries[seq] for seq in sorted(entries)]
+
+
+class Journal:
+    """Appends redacted entries to a run's journal, flushed line by line."""
+
+    def __init__(self, run_dir: RunDirectory) -> None:
+        self.run_dir = run_dir
+        self._stream: TextIO = run_dir.journal_path.open("a", encoding="utf-8")
+        self._next_seq = 1 + max((entry.seq for entry in run_dir.entries()), default=0)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        record = REDACTOR.redact({**record, "time": now_iso()})
+        self._stream.write(json.dumps(record, sort_keys=False) + "\n")
+        self._stream.flush()
+
+    def reserve(self) -> int:
+        """Allocate the sequence number of the next operation (its backup is named by it)."""
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def intent(self, seq: int, target: str, target_uri: str, op: str, **details: Any) -> None:
+        """Record that operation ``seq`` is about to happen, with how to undo it."""
+        self._write({"seq": seq, "phase": "intent", "op": op, "target": target, "target_uri": target_uri, **details})
+
+    def outcome(self, seq: int, phase: str, **details: Any) -> None:
+        """Record how operation ``seq`` ended (``done``/``failed``/``interrupted``) or
+        how undoing it went (``undone``/``undo_failed``)."""
+        self._write({"seq": seq, "phase": phase, **details})
+
+    def close(self) -> None:
+        """Flush and close the journal file."""
+        if not self._stream.closed:
+            os.fsync(self._stream.fileno())
+            self._stream.close()

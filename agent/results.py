@@ -1,0 +1,77 @@
+"""Result records of a run: one per target, one per step; what ``--json`` prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+OK = "ok"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+
+@dataclass
+class StepResult:
+    """How one step went on one target."""
+
+    number: int | None
+    kind: str
+    description: str
+    status: str = SKIPPED
+    channel: str | None = None
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The step as it appears in ``--json`` output."""
+        return {
+            "number": self.number,
+            "kind": self.kind,
+            "description": self.description,
+            "status": self.status,
+            "channel": self.channel,
+            "exit_code": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "duration_s": round(self.duration_s, 3),
+            "error": self.error,
+        }
+
+
+@dataclass
+class TargetResult:
+    """How a plan went on one target."""
+
+    target: str
+    uri: str
+    run_id: str
+    status: str = FAILED
+    channel: str | None = None
+    steps: list[StepResult] = field(default_factory=list)
+    error: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every step succeeded."""
+        return self.status == OK
+
+    @property
+    def failed_step(self) -> StepResult | None:
+        """The step that failed, if one did."""
+        return next((step for step in self.steps if step.status == FAILED), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """One line of ``beachhead run --json``."""
+        return {
+            "target": self.target,
+            "status": self.status,
+            "channel": self.channel,
+            "run_id": self.run_id,
+            "steps": [step.to_json() for step in self.steps],
+            "error": self.error,
+            "duration_s": round(self.duration_s, 3),
+        }

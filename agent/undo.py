@@ -1,0 +1,177 @@
+"""``beachhead undo``: revert what a run wrote, newest first.
+
+Files a run replaced are restored from the run's backups; files it created are deleted;
+commands cannot be undone and are listed. A file that changed again after the run (its
+content is neither what the run wrote nor what it replaced) is left alone unless
+``force`` is given. Each reverted entry is journaled as ``undone``, so undo can be run
+again after a partial failure and only does what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.channel import ChannelSession
+from agent.checksums import sha256_of
+from agent.errors import BeachheadError
+from agent.journal import Journal, JournalEntry, RunDirectory
+from agent.registry import ChannelRegistry
+from agent.targets import Target, parse_target
+
+log = structlog.get_logger("beachhead.undo")
+
+
+@dataclass
+class UndoReport:
+    """What undo did, per journal entry."""
+
+    undone: list[str] = field(default_factory=list)
+    not_undoable: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    already_undone: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing that could be undone failed to be."""
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as ``beachhead undo --json`` prints it."""
+        return {
+            "undone": self.undone,
+            "not_undoable": self.not_undoable,
+            "failed": self.failed,
+            "already_undone": self.already_undone,
+        }
+
+
+class _Conflict(BeachheadError):
+    """The file changed after the run; undo would destroy someone else's change."""
+
+
+class Undoer:
+    """Reverts one run's journal entries, opening channel sessions as needed."""
+
+    def __init__(
+        self, run_dir: RunDirectory, registry: ChannelRegistry, *, connect_timeout: float, force: bool
+    ) -> None:
+        self.run_dir = run_dir
+        self.registry = registry
+        self.connect_timeout = connect_timeout
+        self.force = force
+        self.sessions: dict[tuple[str, str], ChannelSession] = {}
+        self.targets: dict[str, Target] = {}
+
+    async def undo(self) -> UndoReport:
+        """Revert every entry not yet undone, newest first."""
+        report = UndoReport()
+        journal = Journal(self.run_dir)
+        try:
+            for entry in reversed(self.run_dir.entries()):
+                if entry.undone:
+                    report.already_undone += 1
+                    continue
+                label = _label(entry)
+                if entry.op == "run":
+                    state = entry.outcome.get("exit_status") if entry.outcome else entry.state
+                    report.not_undoable.append(f"{label} (exit status {state})")
+                    continue
+                try:
+                    action = await self._revert(entry)
+                except (BeachheadError, OSError) as exc:
+                    journal.outcome(entry.seq, "undo_failed", error=str(exc))
+                    report.failed.append(f"{label}: {exc}")
+                    log.warning("undo.failed", seq=entry.seq, error=str(exc))
+                    continue
+                journal.outcome(entry.seq, "undone", action=action)
+                report.undone.append(f"{label}: {action}")
+                log.info("undo.done", seq=entry.seq, action=action)
+        finally:
+            journal.close()
+            for session in self.sessions.values():
+                with contextlib.suppress(Exception):
+                    await session.close()
+        return report
+
+    async def _revert(self, entry: JournalEntry) -> str:
+        intent = entry.intent
+        if entry.op == "make_dirs":
+            return await self._remove_dirs(entry)
+        replaces = intent.get("replaces", {})
+        written = entry.outcome.get("sha256") if entry.outcome and entry.state == "done" else None
+        original = replaces.get("sha256")
+        backup = self.run_dir.path / replaces["backup"] if replaces.get("backup") else None
+        if intent.get("where") == "local":
+            return await asyncio.to_thread(self._revert_local, Path(intent["path"]), backup, written, original)
+        session = await self._session(intent)
+        path = intent["path"]
+        current = await self._remote_sha256(session, path)
+        if current is not None and current not in (written, original) and written is not None and not self.force:
+            raise _Conflict(f"{path} changed after the run (sha256 {current}); left alone (use --force)")
+        if backup is not None:
+            if current == original:
+                return "already as before the run"
+            await session.put_file(backup, path, replaces.get("mode"))
+            return "restored"
+        if current is None:
+            return "already absent"
+        await session.remove(path)
+        return "deleted"
+
+    async def _remove_dirs(self, entry: JournalEntry) -> str:
+        created = entry.outcome.get("created", []) if entry.outcome else []
+        if not created:
+            return "no directory was created"
+        session = await self._session(entry.intent)
+        kept = [path for path in reversed(created) if not await session.remove_dir(path)]
+        if kept:
+            return f"removed {len(created) - len(kept)} directories; kept non-empty {', '.join(kept)}"
+        return f"removed {', '.join(reversed(created))}"
+
+    def _revert_local(self, path: Path, backup: Path | None, written: str | None, original: str | None) -> str:
+        current = sha256_of(path) if path.is_file() else None
+        if current is not None and current not in (written, original) and written is not None and not self.force:
+            raise _Conflict(f"{path} changed after the run (sha256 {current}); left alone (use --force)")
+        if backup is not None:
+            shutil.copy2(backup, path)
+            return "restored"
+        if current is None:
+            return "already absent"
+        path.unlink()
+        return "deleted"
+
+    async def _remote_sha256(self, session: ChannelSession, path: str) -> str | None:
+        stat = await session.stat(path)
+        if not stat.exists:
+            return None
+        with tempfile.TemporaryDirectory(prefix="beachhead-undo-") as scratch:
+            info = await session.get_file(path, Path(scratch) / "current")
+        return info.sha256
+
+    async def _session(self, intent: dict[str, Any]) -> ChannelSession:
+        uri, channel = intent["target_uri"], intent["channel"]
+        key = (uri, channel)
+        if key not in self.sessions:
+            target = self.targets.setdefault(
+                uri, parse_target(uri, source="journal", where=f"target {intent['target']}")
+            )
+            self.sessions[key] = await self.registry.connect(channel, target, self.connect_timeout)
+        return self.sessions[key]
+
+
+def _label(entry: JournalEntry) -> str:
+    intent = entry.intent
+    target = intent.get("target", "?")
+    if entry.op == "run":
+        what = intent.get("command") or intent.get("script")
+        return f"#{entry.seq} {target}: command {what!r}"
+    where = "local file" if intent.get("where") == "local" else "file"
+    return f"#{entry.seq} {target}: {where} {intent.get('path')}"

@@ -1,0 +1,229 @@
+"""A real OpenSSH sshd on loopback with accounts of its own, for the demo and the tests.
+
+Run as root, sshd starts in a private mount namespace where ``/etc/passwd``,
+``/etc/shadow``, ``/etc/group`` and ``/etc/sudoers`` are replaced by generated copies
+holding a password-protected, sudo-capable account: password authentication and
+``sudo`` with a password work for real, and the host's accounts are never touched.
+Run as another user, sshd serves only that user, by key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+START_TIMEOUT_S = 15.0
+SUDO_USER = "bhuser"
+SUDO_UID = 2917
+
+
+@dataclass(frozen=True)
+class SshAccount:
+    """A login on the local sshd: its key, and its password when it has one."""
+
+    name: str
+    key_file: Path
+    password: str | None = None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _keygen(path: Path, comment: str) -> str:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return Path(f"{path}.pub").read_text().strip()
+
+
+def _password_hash(password: str) -> str:
+    result = subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+class LocalSshd:
+    """Starts and stops one sshd on ``host`` (loopback) with generated keys and accounts."""
+
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.workdir = workdir
+        self.host = host
+        self.port = port or _free_port(host)
+        self.isolated = os.geteuid() == 0
+        self.known_hosts = workdir / "known_hosts"
+        self.accounts: dict[str, SshAccount] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = workdir / "sshd.log"
+
+    # -- set-up ---------------------------------------------------------------------
+    def _prepare(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # sshd reads authorized_keys as the logging-in user: those must be reachable;
+        # private keys stay in a directory only root can read.
+        self.workdir.chmod(0o755)
+        for sub, mode in (("keys", 0o700), ("authorized_keys", 0o755), ("etc", 0o755)):
+            (self.workdir / sub).mkdir(exist_ok=True)
+            (self.workdir / sub).chmod(mode)
+        host_key = self.workdir / "ssh_host_ed25519_key"
+        if not host_key.exists():
+            _keygen(host_key, "beachhead-local-sshd")
+        host_pub = Path(f"{host_key}.pub").read_text().split()
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+
+        login = "root" if self.isolated else getpass.getuser()
+        names = [login, SUDO_USER] if self.isolated else [login]
+        for name in names:
+            key = self.workdir / "keys" / name
+            if not key.exists():
+                _keygen(key, f"{name}@beachhead-local-sshd")
+            authorized = self.workdir / "authorized_keys" / name
+            authorized.write_text(Path(f"{key}.pub").read_text())
+            authorized.chmod(0o644)
+            password = secrets.token_urlsafe(18) if name == SUDO_USER else None
+            self.accounts[name] = SshAccount(name, key, password)
+        if self.isolated:
+            self._write_accounts()
+
+        config = self.workdir / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {self.host}:{self.port}",
+                    f"HostKey {host_key}",
+                    "PidFile none",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication yes",
+                    "KbdInteractiveAuthentication no",
+                    f"AuthorizedKeysFile {self.workdir}/authorized_keys/%u",
+                    "Subsystem sftp internal-sftp",
+                    # Fan-out runs open many connections at once; sshd's default of 10
+                    # unauthenticated connections would drop most of them.
+                    "MaxStartups 1000",
+                    "MaxSessions 100",
+                    "LogLevel VERBOSE",
+                    "",
+                ]
+            )
+        )
+        return config
+
+    def _write_accounts(self) -> None:
+        """Generated account files the namespace mounts over the host's."""
+        etc = self.workdir / "etc"
+        account = self.accounts[SUDO_USER]
+        home = self.workdir / "home" / SUDO_USER
+        home.mkdir(parents=True, exist_ok=True)
+        os.chown(home, SUDO_UID, SUDO_UID)
+        assert account.password is not None
+        passwd = Path("/etc/passwd").read_text()
+        group = Path("/etc/group").read_text()
+        shadow = Path("/etc/shadow").read_text() if Path("/etc/shadow").exists() else ""
+        (etc / "passwd").write_text(passwd + f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::{home}:/bin/sh\n")
+        (etc / "group").write_text(group + f"{SUDO_USER}:x:{SUDO_UID}:\n")
+        shadow_file = etc / "shadow"
+        shadow_file.write_text(shadow + f"{SUDO_USER}:{_password_hash(account.password)}:19000:0:99999:7:::\n")
+        shadow_file.chmod(0o640)
+        sudoers = etc / "sudoers"
+        sudoers.write_text(
+            f"Defaults !lecture\nDefaults env_reset\nroot ALL=(ALL:ALL) NOPASSWD: ALL\n{SUDO_USER} ALL=(ALL:ALL) ALL\n"
+        )
+        sudoers.chmod(0o440)
+
+    def _command(self, config: Path) -> list[str]:
+        sshd = [SSHD, "-D", "-e", "-f", str(config)]
+        if not self.isolated:
+            return sshd
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+        etc = self.workdir / "etc"
+        mounts = [f"mount --bind {etc / name} /etc/{name}" for name in ("passwd", "group", "shadow")]
+        if Path("/etc/sudoers").exists():
+            mounts.append(f"mount --bind {etc / 'sudoers'} /etc/sudoers")
+        script = " && ".join([*mounts, 'exec "$@"'])
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sshd", *sshd]
+
+    # -- life cycle ---------------------------------------------------------------------
+    def start(self) -> LocalSshd:
+        """Start sshd and return once it accepts connections (bounded wait)."""
+        config = self._prepare()
+        log = self._log.open("ab")
+        self._process = subprocess.Popen(
+            self._command(config), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"sshd exited with {self._process.returncode}: {self.log_text()}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"sshd did not listen on {self.host}:{self.port} within {START_TIMEOUT_S}s")
+
+    def stop(self) -> None:
+        """Stop sshd and every session it started."""
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, 15)
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, 9)
+            self._process.wait(timeout=5)
+        self._process = None
+
+    def log_text(self) -> str:
+        """What sshd logged so far."""
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    def __enter__(self) -> LocalSshd:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- targets ------------------------------------------------------------------------
+    @property
+    def login(self) -> SshAccount:
+        """The key-authenticated account (root when isolated, else the current user)."""
+        return next(iter(self.accounts.values()))
+
+    @property
+    def sudo_account(self) -> SshAccount | None:
+        """The password-protected account that may sudo with its password (root only)."""
+        return self.accounts.get(SUDO_USER)
+
+    def uri(
+        self, account: SshAccount | None = None, *, password_env: str | None = None, name: str | None = None
+    ) -> str:
+        """A target URI for this sshd: key auth, or password auth when ``password_env``
+        names the variable holding the account's password."""
+        account = account or self.login
+        query = [f"known_hosts={self.known_hosts}"]
+        if password_env:
+            query.append(f"password_env={password_env}")
+        else:
+            query.append(f"key={account.key_file}")
+        if name:
+            query.append(f"name={name}")
+        return f"ssh://{account.name}@{self.host}:{self.port}?" + "&".join(query)
