@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.secrets import REDACTOR
+
 OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
@@ -65,8 +67,9 @@ class TargetResult:
         return next((step for step in self.steps if step.status == FAILED), None)
 
     def to_json(self) -> dict[str, Any]:
-        """One line of ``beachhead run --json``."""
-        return {
+        """One line of ``beachhead run --json``, with every known secret masked (a command
+        may print a password it was given)."""
+        record = {
             "target": self.target,
             "status": self.status,
             "channel": self.channel,
@@ -75,3 +78,5 @@ class TargetResult:
             "error": self.error,
             "duration_s": round(self.duration_s, 3),
         }
+        redacted: dict[str, Any] = REDACTOR.redact(record)
+        return redacted

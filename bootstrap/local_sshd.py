@@ -16,6 +16,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,17 +70,19 @@ class LocalSshd:
         self.known_hosts = workdir / "known_hosts"
         self.accounts: dict[str, SshAccount] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        # What sshd reads as the logging-in user (authorized keys, the sudo account's
+        # home) must be reachable from /; test temp dirs often are not.
+        self.public = Path(tempfile.mkdtemp(prefix="beachhead-sshd-"))
+        self.public.chmod(0o755)
         self._log = workdir / "sshd.log"
 
     # -- set-up ---------------------------------------------------------------------
     def _prepare(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # sshd reads authorized_keys as the logging-in user: those must be reachable;
-        # private keys stay in a directory only root can read.
-        self.workdir.chmod(0o755)
-        for sub, mode in (("keys", 0o700), ("authorized_keys", 0o755), ("etc", 0o755)):
+        for sub, mode in (("keys", 0o700), ("etc", 0o755)):
             (self.workdir / sub).mkdir(exist_ok=True)
             (self.workdir / sub).chmod(mode)
+        (self.public / "authorized_keys").mkdir(exist_ok=True)
         host_key = self.workdir / "ssh_host_ed25519_key"
         if not host_key.exists():
             _keygen(host_key, "beachhead-local-sshd")
@@ -92,7 +95,7 @@ class LocalSshd:
             key = self.workdir / "keys" / name
             if not key.exists():
                 _keygen(key, f"{name}@beachhead-local-sshd")
-            authorized = self.workdir / "authorized_keys" / name
+            authorized = self.public / "authorized_keys" / name
             authorized.write_text(Path(f"{key}.pub").read_text())
             authorized.chmod(0o644)
             password = secrets.token_urlsafe(18) if name == SUDO_USER else None
@@ -112,7 +115,7 @@ class LocalSshd:
                     "PermitRootLogin prohibit-password",
                     "PasswordAuthentication yes",
                     "KbdInteractiveAuthentication no",
-                    f"AuthorizedKeysFile {self.workdir}/authorized_keys/%u",
+                    f"AuthorizedKeysFile {self.public}/authorized_keys/%u",
                     "Subsystem sftp internal-sftp",
                     # Fan-out runs open many connections at once; sshd's default of 10
                     # unauthenticated connections would drop most of them.
@@ -129,7 +132,7 @@ class LocalSshd:
         """Generated account files the namespace mounts over the host's."""
         etc = self.workdir / "etc"
         account = self.accounts[SUDO_USER]
-        home = self.workdir / "home" / SUDO_USER
+        home = self.public / "home" / SUDO_USER
         home.mkdir(parents=True, exist_ok=True)
         os.chown(home, SUDO_UID, SUDO_UID)
         assert account.password is not None
@@ -178,8 +181,9 @@ class LocalSshd:
         raise RuntimeError(f"sshd did not listen on {self.host}:{self.port} within {START_TIMEOUT_S}s")
 
     def stop(self) -> None:
-        """Stop sshd and every session it started."""
+        """Stop sshd and every session it started, and remove its public files."""
         if self._process is None:
+            shutil.rmtree(self.public, ignore_errors=True)
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, 15)
@@ -189,6 +193,7 @@ class LocalSshd:
             os.killpg(self._process.pid, 9)
             self._process.wait(timeout=5)
         self._process = None
+        shutil.rmtree(self.public, ignore_errors=True)
 
     def log_text(self) -> str:
         """What sshd logged so far."""

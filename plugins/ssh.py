@@ -79,9 +79,11 @@ class SshSession:
 
     # -- commands -----------------------------------------------------------------------
     async def run(self, request: CommandRequest) -> Outcome:
-        """Run ``request`` to completion; on cancellation (timeout, Ctrl-C) the remote
-        process is sent SIGKILL before the channel closes."""
-        command, stdin = await self._with_become(request)
+        """Run ``request`` to completion. On cancellation (timeout, Ctrl-C) every process
+        the command started in the guest is killed before the channel closes."""
+        marker = f"beachhead-task-{secrets.token_hex(8)}"
+        tagged = f"BEACHHEAD_TASK={marker}; export BEACHHEAD_TASK; {request.command}"
+        command, stdin = await self._with_become(request, tagged)
         started = datetime.now(UTC)
         try:
             process = await self.connection.create_process(command, encoding=None)
@@ -93,7 +95,7 @@ class SshSession:
             process.stdin.write_eof()
             completed = await process.wait()
         except asyncio.CancelledError:
-            process.send_signal("KILL")
+            await asyncio.shield(self._kill_remote(marker, request.become))
             process.close()
             raise
         except (asyncssh.Error, OSError) as exc:
@@ -101,7 +103,7 @@ class SshSession:
         signal = completed.exit_signal[0] if completed.exit_signal else None
         return Outcome(
             command=request.description,
-            exit_status=completed.exit_status if completed.exit_status is not None else None,
+            exit_status=completed.exit_status,
             stdout=_text(completed.stdout),
             stderr=_text(completed.stderr),
             started=started,
@@ -109,19 +111,35 @@ class SshSession:
             signal=signal,
         )
 
-    async def _with_become(self, request: CommandRequest) -> tuple[str, bytes | None]:
+    async def _kill_remote(self, marker: str, become: bool) -> None:
+        """Kill every guest process the command started. The command exported ``marker``
+        in its environment, which survives exec and is inherited by its children; a signal
+        request alone would reach only the top process."""
+        script = (
+            "for p in /proc/[0-9]*; do "
+            f'grep -qs "BEACHHEAD_TASK={marker}" "$p/environ" && kill -KILL "${{p#/proc/}}"; '
+            "done; true"
+        )
+        request = CommandRequest(command=f"sh -c {shlex.quote(script)}", description="kill", become=become)
+        try:
+            kill_command, stdin = await self._with_become(request, request.command)
+            await asyncio.wait_for(self.connection.run(kill_command, input=stdin, encoding=None, check=False), 10)
+        except (TimeoutError, asyncssh.Error, OSError, StepFailed):
+            pass
+
+    async def _with_become(self, request: CommandRequest, command: str) -> tuple[str, bytes | None]:
         if not request.become:
-            return request.command, request.stdin
+            return command, request.stdin
         if self._sudo_needs_password is None:
             probe = await self.connection.run("sudo -n true", check=False)
             self._sudo_needs_password = probe.exit_status != 0
         if not self._sudo_needs_password:
-            return f"sudo -n -- {request.command}", request.stdin
+            return f"sudo -n -- sh -c {shlex.quote(command)}", request.stdin
         if self.target.password is None:
             raise StepFailed(request.description, "sudo asks for a password and the target has no password_env")
         # sudo -S reads exactly one line; the rest of stdin goes to the command.
         secret = self.target.password.reveal().encode() + b"\n"
-        return f"sudo -S -p '' -- {request.command}", secret + (request.stdin or b"")
+        return f"sudo -S -p '' -- sh -c {shlex.quote(command)}", secret + (request.stdin or b"")
 
     async def _remote_sha256(self, remote: str) -> str | None:
         """sha256 computed in the guest, or None when it has no sha256sum."""

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs everything Beachhead, its demo and its tests need, idempotently:
+# Debian packages (as root) and the Python environment in .venv.
+# Usage: bash bootstrap/install.sh [extra...]   e.g. `bash bootstrap/install.sh bench`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(openssh-server openssh-client sudo openssl iproute2 util-linux ca-certificates)
+PYTHON=${PYTHON:-python3}
+EXTRAS="test${1:+,$1}"
+
+say() { printf 'install: %s\n' "$*" >&2; }
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "missing Debian packages: ${missing[*]} (run this script as root, or install them)"
+    exit 1
+  fi
+  say "apt-get install ${missing[*]}"
+  # Keep package scripts from starting the system sshd: the demo and tests start their own.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
+  fi
+  trap '[ "$made_policy" = 1 ] && rm -f "$policy"' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  say "Python 3.11 or newer is required ($PYTHON is $("$PYTHON" --version 2>&1))"
+  exit 1
+}
+[ -x .venv/bin/python ] || { say "creating .venv"; "$PYTHON" -m venv .venv; }
+
+# Reinstall only when the project's dependencies or the requested extras changed.
+stamp=.venv/.beachhead-installed
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $EXTRAS"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "pip install -e .[$EXTRAS]"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"
+  echo "$want" > "$stamp"
+fi
+say "ready: .venv/bin/beachhead"

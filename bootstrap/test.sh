@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs everything, then runs the linters, the type checker and the whole test suite.
+# Extra arguments go to pytest, e.g. `bash bootstrap/test.sh -k undo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash bootstrap/install.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,108 @@
+"""Plan files: the accepted forms, and rejection before anything runs with the file,
+the step (number and key), the field and its line named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.errors import InputError
+from agent.plans import DownloadStep, PortOpen, RunStep, UploadStep, WaitStep, load_plan
+from agent.targets import OsFamily
+from tests.conftest import write_plan
+
+
+@pytest.fixture
+def plan_dir(tmp_path: Path) -> Path:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "app.conf").write_text("x=1\n")
+    (tmp_path / "setup.sh").write_text("echo hi\n")
+    return tmp_path
+
+
+def test_every_step_form(plan_dir: Path) -> None:
+    plan = load_plan(
+        write_plan(
+            plan_dir,
+            """
+            name: web
+            os: linux
+            channels: [ssh]
+            wait: [{port: 22, timeout: 30}]
+            timeout: 120
+            steps:
+              - upload: {src: files/app.conf, dest: /etc/app.conf, mode: 0640}
+              - upload: {src: files/app.conf, dest: /etc/b.conf, mode: "755"}
+              - download: {src: /var/log/syslog, dest: "logs/{target}.log"}
+              - run: systemctl restart app
+              - run: {script: setup.sh, shell: bash, become: true, timeout: 60, env: {A: "1", B: 2}}
+              - wait: {port: 8080, timeout: 5}
+            """,
+        )
+    )
+    assert plan.name == "web" and plan.os is OsFamily.LINUX and plan.channels == ("ssh",)
+    assert plan.wait == (PortOpen(22, 30.0),) and plan.timeout == 120.0
+    up1, up2, down, run1, run2, wait = plan.steps
+    assert isinstance(up1, UploadStep) and up1.mode == 0o640 and up1.src == plan_dir / "files" / "app.conf"
+    assert isinstance(up2, UploadStep) and up2.mode == 0o755
+    assert isinstance(down, DownloadStep) and down.local_path("a/b") == plan_dir / "logs" / "a_b.log"
+    assert isinstance(run1, RunStep) and run1.spec.command == "systemctl restart app"
+    assert isinstance(run2, RunStep) and run2.spec.script == plan_dir / "setup.sh"
+    assert run2.spec.become and run2.spec.shell == "bash" and run2.spec.timeout == 60.0
+    assert dict(run2.spec.env) == {"A": "1", "B": "2"}
+    assert isinstance(wait, WaitStep) and wait.condition == PortOpen(8080, 5.0)
+
+
+def test_yaml_octal_mode_means_octal(plan_dir: Path) -> None:
+    for written, expected in (("0644", 0o644), ("644", 0o644), ("'0o600'", 0o600), ("0755", 0o755)):
+        plan = load_plan(
+            write_plan(plan_dir, f"name: m\nsteps:\n  - upload: {{src: setup.sh, dest: /x, mode: {written}}}\n")
+        )
+        step = plan.steps[0]
+        assert isinstance(step, UploadStep) and step.mode == expected, written
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "reason"),
+    [
+        ("steps:\n  - run: ls\n", "name", "missing"),
+        ("name: x\n", "steps", "missing or empty"),
+        ("name: x\nstepz: []\nsteps: [{run: ls}]\n", "stepz (line 2)", "unknown field"),
+        ("name: x\nsteps:\n  - run: ls\n  - copy: {src: a}\n", "step 2 (line 4)", "unknown step 'copy'"),
+        ("name: x\nsteps:\n  - run: ls\n    upload: {}\n", "step 1 (line 3)", "exactly one of"),
+        (
+            "name: x\nsteps:\n  - run: ls\n  - upload: {src: nope.txt, dest: /x}\n",
+            "step 2 (upload).src (line 4)",
+            "file not found",
+        ),
+        ("name: x\nsteps:\n  - upload: {src: setup.sh}\n", "step 1 (upload).dest (line 3)", "missing"),
+        (
+            "name: x\nsteps:\n  - upload: {src: setup.sh, dest: /x, mode: 999}\n",
+            "step 1 (upload).mode (line 3)",
+            "octal mode",
+        ),
+        ("name: x\nsteps:\n  - run: {command: ls, script: setup.sh}\n", "step 1 (run) (line 3)", "exactly one of command or script"),
+        ("name: x\nsteps:\n  - run: {command: ls, shell: zsh}\n", "step 1 (run).shell (line 3)", "unknown shell"),
+        ("name: x\nsteps:\n  - run: {command: ls, timeout: -1}\n", "step 1 (run).timeout (line 3)", "positive"),
+        ("name: x\nsteps:\n  - run: {command: ls, become: yes please}\n", "step 1 (run).become (line 3)", "true or false"),
+        ("name: x\nsteps:\n  - wait: {port: 70000}\n", "step 1 (wait).port (line 3)", "TCP port"),
+        ("name: x\nsteps:\n  - wait: {tools_running: true}\n", "step 1 (wait) (line 3)", "unknown condition"),
+        ("name: x\nos: solaris\nsteps: [{run: ls}]\n", "os (line 2)", "unknown OS family"),
+        ("name: x\nsteps:\n  - run: ''\n", "step 1 (run) (line 3)", "empty command"),
+        ("name: x\nsteps: [{run: ls}\n", "line 3, column 1", "invalid YAML"),
+    ],
+)
+def test_malformed_plans_are_rejected_with_location(plan_dir: Path, body: str, where: str, reason: str) -> None:
+    path = write_plan(plan_dir, body)
+    with pytest.raises(InputError) as caught:
+        load_plan(path)
+    assert caught.value.source == str(path)
+    assert caught.value.where == where, caught.value
+    assert reason in caught.value.reason
+    assert caught.value.exit_status == 2
+
+
+def test_missing_plan_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="file not found"):
+        load_plan(tmp_path / "absent.yaml")

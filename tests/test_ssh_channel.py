@@ -1,0 +1,177 @@
+"""The ssh channel plugin against a real OpenSSH sshd on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.channel import CommandRequest
+from agent.errors import ChannelUnavailable, StepFailed
+from agent.plans import RunSpec
+from agent.render import render
+from agent.targets import OsFamily, parse_target
+from bootstrap.local_sshd import LocalSshd
+from plugins.ssh import SshSession, open_session
+from tests.conftest import needs_root
+
+
+@pytest.fixture
+async def session(sshd: LocalSshd) -> AsyncIterator[SshSession]:
+    opened = await open_session(parse_target(sshd.uri()), connect_timeout=10)
+    yield opened
+    await opened.close()
+
+
+def command(text: str, **spec: object) -> CommandRequest:
+    return render(RunSpec(command=text, **spec), OsFamily.LINUX)  # type: ignore[arg-type]
+
+
+async def test_run_separates_stdout_stderr_and_exit_status(session: SshSession) -> None:
+    outcome = await session.run(command("echo out; echo err >&2; exit 3"))
+    assert (outcome.exit_status, outcome.stdout, outcome.stderr) == (3, "out\n", "err\n")
+    assert not outcome.ok and outcome.duration_s >= 0
+
+
+async def test_env_values_reach_the_command_intact(session: SshSession) -> None:
+    tricky = "it's a \"quoted\" $HOME `tick` value"
+    outcome = await session.run(command('printf %s "$GREETING"', env={"GREETING": tricky}))
+    assert outcome.stdout == tricky
+
+
+async def test_script_runs_from_stdin(session: SshSession, tmp_path: Path) -> None:
+    script = tmp_path / "s.sh"
+    script.write_text("set -e\nx=$((6 * 7))\necho \"answer $x\"\n")
+    outcome = await session.run(render(RunSpec(script=script, shell="bash"), OsFamily.LINUX))
+    assert outcome.ok and outcome.stdout == "answer 42\n"
+
+
+async def test_become_without_password(session: SshSession) -> None:
+    outcome = await session.run(command('echo "$SUDO_USER $(id -u)"', become=True))
+    assert outcome.ok, outcome.stderr
+    assert outcome.stdout.strip() == "root 0"
+
+
+@needs_root
+async def test_password_login_and_sudo_with_password(sshd: LocalSshd, password_env: str) -> None:
+    account = sshd.sudo_account
+    assert account is not None
+    target = parse_target(sshd.uri(account, password_env=password_env))
+    session = await open_session(target, connect_timeout=10)
+    try:
+        plain = await session.run(command("id -un"))
+        assert plain.stdout.strip() == account.name
+        elevated = await session.run(command('echo "$(id -u) $SUDO_USER"; cat', become=True))
+        assert elevated.ok, elevated.stderr
+        assert elevated.stdout.strip() == f"0 {account.name}"  # sudo consumed the password line
+    finally:
+        await session.close()
+
+
+async def test_upload_verifies_and_sets_mode(session: SshSession, guest_dir: Path, tmp_path: Path) -> None:
+    local = tmp_path / "payload.bin"
+    local.write_bytes(os.urandom(300_000))
+    dest = guest_dir / "payload.bin"
+    info = await session.put_file(local, str(dest), 0o640)
+    assert dest.read_bytes() == local.read_bytes()
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o640
+    assert info.sha256 == hashlib.sha256(local.read_bytes()).hexdigest() and info.size == 300_000
+    assert [p.name for p in guest_dir.iterdir()] == ["payload.bin"]  # no partial file left
+
+
+async def test_upload_keeps_replaced_files_mode(session: SshSession, guest_dir: Path, tmp_path: Path) -> None:
+    dest = guest_dir / "tool"
+    dest.write_text("old")
+    dest.chmod(0o751)
+    local = tmp_path / "tool"
+    local.write_text("new")
+    await session.put_file(local, str(dest), None)
+    assert dest.read_text() == "new" and stat.S_IMODE(dest.stat().st_mode) == 0o751
+
+
+async def test_upload_into_missing_directory_fails_clearly(session: SshSession, tmp_path: Path) -> None:
+    local = tmp_path / "f"
+    local.write_text("x")
+    with pytest.raises(StepFailed, match=r"/nonexistent-dir/f.*No such file"):
+        await session.put_file(local, "/nonexistent-dir/f", None)
+
+
+async def test_download_verifies(session: SshSession, guest_dir: Path, tmp_path: Path) -> None:
+    remote = guest_dir / "data"
+    remote.write_bytes(os.urandom(100_000))
+    local = tmp_path / "out" / "data"
+    info = await session.get_file(str(remote), local)
+    assert local.read_bytes() == remote.read_bytes()
+    assert info.sha256 == hashlib.sha256(remote.read_bytes()).hexdigest()
+    with pytest.raises(StepFailed, match="No such file"):
+        await session.get_file(str(guest_dir / "absent"), tmp_path / "absent")
+    assert not (tmp_path / "absent").exists()
+
+
+async def test_stat_make_dirs_remove(session: SshSession, guest_dir: Path) -> None:
+    deep = guest_dir / "a" / "b" / "c"
+    assert not (await session.stat(str(deep))).exists
+    created = await session.make_dirs(str(deep))
+    assert created == [str(guest_dir / "a"), str(guest_dir / "a" / "b"), str(deep)]
+    assert deep.is_dir() and not (await session.stat(str(deep))).is_file
+    (deep / "f").write_text("x")
+    assert await session.remove_dir(str(deep)) is False  # not empty: kept
+    await session.remove(str(deep / "f"))
+    assert await session.remove_dir(str(deep)) is True and not deep.exists()
+
+
+async def test_cancelled_command_is_killed_in_guest(session: SshSession, guest_dir: Path) -> None:
+    marker = guest_dir / "still-running"
+    task = asyncio.create_task(session.run(command(f"sleep 3 && touch {marker}")))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(3.5)
+    assert not marker.exists()
+    assert (await session.run(command("echo alive"))).stdout == "alive\n"  # connection still usable
+
+
+async def test_wrong_password_is_not_retryable(sshd: LocalSshd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WRONG_PW", "definitely-not-it")
+    account = sshd.sudo_account or sshd.login
+    target = parse_target(sshd.uri(account, password_env="WRONG_PW"))
+    with pytest.raises(ChannelUnavailable) as caught:
+        await open_session(target, connect_timeout=10)
+    assert "authentication failed" in caught.value.reason and not caught.value.retryable
+    assert "definitely-not-it" not in str(caught.value)
+
+
+async def test_host_key_mismatch_is_refused(sshd: LocalSshd, tmp_path: Path) -> None:
+    other = LocalSshd(tmp_path / "other")  # only to generate a different host key
+    other._prepare()
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(other.known_hosts.read_text().replace(f":{other.port}]", f":{sshd.port}]"))
+    other.stop()
+    uri = sshd.uri().replace(str(sshd.known_hosts), str(wrong))
+    with pytest.raises(ChannelUnavailable) as caught:
+        await open_session(parse_target(uri), connect_timeout=10)
+    assert "not verifiable" in caught.value.reason and not caught.value.retryable
+
+
+async def test_unknown_host_key_is_refused_by_default(sshd: LocalSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/known_hosts: strict means refuse
+    uri = f"ssh://{sshd.login.name}@{sshd.host}:{sshd.port}?key={sshd.login.key_file}"
+    with pytest.raises(ChannelUnavailable, match="not verifiable"):
+        await open_session(parse_target(uri), connect_timeout=10)
+    ignoring = await open_session(parse_target(uri + "&known_hosts=ignore"), connect_timeout=10)
+    await ignoring.close()
+
+
+async def test_unreachable_port_is_retryable(sshd: LocalSshd) -> None:
+    from bootstrap.local_sshd import _free_port
+
+    uri = f"ssh://root@127.0.0.1:{_free_port('127.0.0.1')}?known_hosts=ignore"
+    with pytest.raises(ChannelUnavailable) as caught:
+        await open_session(parse_target(uri), connect_timeout=5)
+    assert "refused" in caught.value.reason and caught.value.retryable
