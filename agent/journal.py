@@ -19,8 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import structlog
+
 from agent.errors import JournalError
 from agent.secrets import REDACTOR
+
+log = structlog.get_logger("beachhead.journal")
 
 RUNS_DIR_ENV = "BEACHHEAD_RUNS_DIR"
 
@@ -118,7 +122,8 @@ class RunDirectory:
             raise JournalError(f"{self.path / 'run.json'}: {exc}") from None
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every journal line in order; a torn last line (crash mid-write) is skipped."""
+        """Every journal line in order. A line torn by a crash mid-write is skipped with a
+        warning: the entry it began is then seen as an intent with no outcome."""
         if not self.journal_path.exists():
             return
         with self.journal_path.open(encoding="utf-8") as stream:
@@ -126,8 +131,7 @@ class RunDirectory:
                 try:
                     yield json.loads(line)
                 except ValueError:
-                    if stream.read(1):
-                        raise JournalError(f"{self.journal_path}:{number}: corrupt entry") from None
+                    log.warning("journal.torn_line", path=str(self.journal_path), line=number)
 
     def entries(self) -> list[JournalEntry]:
         """Journal records folded into one entry per operation, in sequence order."""
@@ -150,6 +154,8 @@ class Journal:
     def __init__(self, run_dir: RunDirectory) -> None:
         self.run_dir = run_dir
         self._stream: TextIO = run_dir.journal_path.open("a", encoding="utf-8")
+        if self._stream.tell() and not run_dir.journal_path.read_bytes().endswith(b"\n"):
+            self._stream.write("\n")  # end a line torn by a crash so the next entry stands alone
         self._next_seq = 1 + max((entry.seq for entry in run_dir.entries()), default=0)
 
     def _write(self, record: dict[str, Any]) -> None:
