@@ -389,6 +389,15 @@ class TargetWorkflow:
 
     async def _download(self, session: ChannelSession, step: DownloadStep) -> None:
         local = step.local_path(self.target.name)
+        missing = [parent for parent in reversed(local.parents) if not parent.exists()]
+        if missing:
+            seq = self.journal.reserve()
+            with self._journaled(
+                seq, "make_dirs", channel=session.channel, path=str(local.parent), where="local"
+            ) as after:
+                for directory in missing:
+                    directory.mkdir(exist_ok=True)
+                after["created"] = [str(directory) for directory in missing]
         seq = self.journal.reserve()
         replaces: dict[str, Any] = {"exists": local.exists()}
         if local.is_file():

@@ -130,8 +130,11 @@ class Undoer:
         created = entry.outcome.get("created", []) if entry.outcome else []
         if not created:
             return "no directory was created"
-        session = await self._session(entry.intent)
-        kept = [path for path in reversed(created) if not await session.remove_dir(path)]
+        if entry.intent.get("where") == "local":
+            kept = [path for path in reversed(created) if not _remove_local_dir(Path(path))]
+        else:
+            session = await self._session(entry.intent)
+            kept = [path for path in reversed(created) if not await session.remove_dir(path)]
         if kept:
             return f"removed {len(created) - len(kept)} directories; kept non-empty {', '.join(kept)}"
         return f"removed {', '.join(reversed(created))}"
@@ -165,6 +168,17 @@ class Undoer:
             )
             self.sessions[key] = await self.registry.connect(channel, target, self.connect_timeout)
         return self.sessions[key]
+
+
+def _remove_local_dir(path: Path) -> bool:
+    """Remove an empty local directory; False when it holds something (kept)."""
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def _label(entry: JournalEntry) -> str:

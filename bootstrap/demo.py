@@ -33,13 +33,15 @@ def main() -> int:
         env = {**os.environ, "BEACHHEAD_RUNS_DIR": str(workdir / "runs")}
         with LocalSshd(workdir / "sshd") as sshd:
             print(f"demo guest: OpenSSH sshd on {sshd.host}:{sshd.port} (keys in {workdir / 'sshd'})")
-            status = _show_and_run(["--log-level", "warning", "run", str(PLAN), "--target", sshd.uri(name="demo-guest")], env)
+            status = _show_and_run(
+                ["--log-level", "warning", "run", str(PLAN), "--target", sshd.uri(name="demo-guest")], env
+            )
             runs = sorted((workdir / "runs").iterdir()) if (workdir / "runs").is_dir() else []
             if not runs:
                 return status
             run_id = runs[-1].name
             _show_and_run(["journal", run_id], env)
-            report = Path("/tmp/beachhead-demo/reports/demo-guest.txt")
+            report = Path("~/beachhead-demo-reports/demo-guest.txt").expanduser()
             if report.exists():
                 print(f"\ndownloaded report {report}:\n{report.read_text()}")
             if not options.keep:

@@ -25,7 +25,7 @@ def test_run_json_contract(sshd: LocalSshd, tmp_path: Path, runs_dir: Path) -> N
     assert record["target"] == "one" and record["status"] == "ok" and record["channel"] == "ssh"
     assert (runs_dir / record["run_id"] / "journal.jsonl").exists()
     first, second = record["steps"]
-    assert STEP_FIELDS <= set(first)
+    assert set(first) >= STEP_FIELDS
     assert (first["kind"], first["status"], first["exit_code"], first["stdout"]) == ("run", "ok", 0, "hello\n")
     assert second["stderr"] == "warn\n" and isinstance(second["duration_s"], float)
 
@@ -91,7 +91,10 @@ def test_ctrl_c_cancels_cleanly(sshd: LocalSshd, guest_dir: Path, tmp_path: Path
     plan = write_plan(tmp_path, f"name: long\nsteps:\n  - run: 'sleep 5; touch {marker}'\n  - run: echo never\n")
     process = subprocess.Popen(
         [str(BEACHHEAD), "run", str(plan), "--target", sshd.uri(name="t"), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
     )
     try:
         deadline = time.monotonic() + 15

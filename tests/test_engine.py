@@ -116,8 +116,12 @@ async def test_concurrency_limit_is_respected(sshd: LocalSshd, guest_dir: Path, 
           - run: 'mkdir {guest_dir}/lock-$$; ls {guest_dir} | grep -c lock-; sleep 0.3; rmdir {guest_dir}/lock-$$'
         """,
     )
-    report = await run_plan(plan, [sshd.uri(name=f"c{n}") for n in range(6)], runs_dir=runs_dir,
-                            settings=RunSettings(concurrency=2, connect_timeout=5, retries=0))
+    report = await run_plan(
+        plan,
+        [sshd.uri(name=f"c{n}") for n in range(6)],
+        runs_dir=runs_dir,
+        settings=RunSettings(concurrency=2, connect_timeout=5, retries=0),
+    )
     assert report.ok
     assert max(int(r.steps[0].stdout.split()[-1]) for r in report.results) <= 2
 
@@ -125,8 +129,12 @@ async def test_concurrency_limit_is_respected(sshd: LocalSshd, guest_dir: Path, 
 async def test_unreachable_target_fails_after_retries(tmp_path: Path, runs_dir: Path) -> None:
     plan = write_plan(tmp_path, "name: x\nsteps: [{run: 'true'}]\n")
     port = _free_port("127.0.0.1")
-    result = await customize(f"ssh://root@127.0.0.1:{port}?known_hosts=ignore&name=gone", plan, runs_dir=runs_dir,
-                             settings=RunSettings(connect_timeout=2, retries=2, retry_delay=0.05))
+    result = await customize(
+        f"ssh://root@127.0.0.1:{port}?known_hosts=ignore&name=gone",
+        plan,
+        runs_dir=runs_dir,
+        settings=RunSettings(connect_timeout=2, retries=2, retry_delay=0.05),
+    )
     assert not result.ok
     assert "connection refused" in (result.error or "")
     assert result.steps[0].status == FAILED
@@ -139,8 +147,9 @@ async def test_connection_retries_until_guest_comes_up(sshd: LocalSshd, tmp_path
     starter.start()
     try:
         plan = write_plan(tmp_path, "name: x\nsteps: [{run: echo up}]\n")
-        result = await customize(late.uri(), plan, runs_dir=runs_dir,
-                                 settings=RunSettings(connect_timeout=5, retries=6, retry_delay=0.3))
+        result = await customize(
+            late.uri(), plan, runs_dir=runs_dir, settings=RunSettings(connect_timeout=5, retries=6, retry_delay=0.3)
+        )
         assert result.ok, result.error
         assert result.steps[0].stdout == "up\n"
     finally:

@@ -81,10 +81,13 @@ def test_third_party_channel_registers_like_builtin(third_party: ChannelRegistry
 async def test_fallback_to_next_channel_is_logged(
     third_party: ChannelRegistry, sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path
 ) -> None:
-    plan = write_plan(tmp_path, f"name: p\nsteps:\n  - run: echo via ssh\n  - upload: {{src: plan.yaml, dest: {guest_dir}/x}}\n")
+    plan = write_plan(
+        tmp_path, f"name: p\nsteps:\n  - run: echo via ssh\n  - upload: {{src: plan.yaml, dest: {guest_dir}/x}}\n"
+    )
     with structlog.testing.capture_logs() as logs:
-        report = await run_plan(plan, [sshd.uri()], registry=third_party, runs_dir=runs_dir,
-                                settings=RunSettings(retries=0))
+        report = await run_plan(
+            plan, [sshd.uri()], registry=third_party, runs_dir=runs_dir, settings=RunSettings(retries=0)
+        )
     result = report.results[0]
     assert result.ok, result.error
     assert result.steps[0].channel == "ssh" and result.steps[0].stdout == "via ssh\n"
@@ -97,8 +100,9 @@ async def test_pinned_channel_is_the_only_one_tried(
     third_party: ChannelRegistry, sshd: LocalSshd, tmp_path: Path, runs_dir: Path
 ) -> None:
     only_pigeon = write_plan(tmp_path, "name: p\nchannels: [carrier-pigeon]\nsteps: [{run: 'true'}]\n")
-    report = await run_plan(only_pigeon, [sshd.uri()], registry=third_party, runs_dir=runs_dir,
-                            settings=RunSettings(retries=0))
+    report = await run_plan(
+        only_pigeon, [sshd.uri()], registry=third_party, runs_dir=runs_dir, settings=RunSettings(retries=0)
+    )
     assert not report.ok and "pigeon got lost" in (report.results[0].error or "")
     only_ssh = write_plan(tmp_path, "name: p\nchannels: [ssh]\nsteps: [{run: 'true'}]\n", "ssh.yaml")
     with structlog.testing.capture_logs() as logs:

@@ -13,7 +13,7 @@ from agent.plans import RunSpec
 from agent.render import render
 from agent.targets import OsFamily
 
-AWKWARD = "it's \"quoted\" $HOME `x` \\ ; | & done"
+AWKWARD = 'it\'s "quoted" $HOME `x` \\ ; | & done'
 
 
 def _sh(command: str, stdin: bytes | None = None) -> str:
@@ -38,7 +38,7 @@ def test_powershell_is_encoded_utf16() -> None:
     request = render(RunSpec(command="Write-Output $env:NAME", env={"NAME": "O'Neil"}), OsFamily.WINDOWS)
     prefix = "powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand "
     assert request.command.startswith(prefix)
-    decoded = base64.b64decode(request.command[len(prefix):]).decode("utf-16-le")
+    decoded = base64.b64decode(request.command[len(prefix) :]).decode("utf-16-le")
     assert decoded.endswith("$env:NAME = 'O''Neil'; Write-Output $env:NAME")
 
 

@@ -39,14 +39,14 @@ async def test_run_separates_stdout_stderr_and_exit_status(session: SshSession) 
 
 
 async def test_env_values_reach_the_command_intact(session: SshSession) -> None:
-    tricky = "it's a \"quoted\" $HOME `tick` value"
+    tricky = 'it\'s a "quoted" $HOME `tick` value'
     outcome = await session.run(command('printf %s "$GREETING"', env={"GREETING": tricky}))
     assert outcome.stdout == tricky
 
 
 async def test_script_runs_from_stdin(session: SshSession, tmp_path: Path) -> None:
     script = tmp_path / "s.sh"
-    script.write_text("set -e\nx=$((6 * 7))\necho \"answer $x\"\n")
+    script.write_text('set -e\nx=$((6 * 7))\necho "answer $x"\n')
     outcome = await session.run(render(RunSpec(script=script, shell="bash"), OsFamily.LINUX))
     assert outcome.ok and outcome.stdout == "answer 42\n"
 
@@ -159,7 +159,9 @@ async def test_host_key_mismatch_is_refused(sshd: LocalSshd, tmp_path: Path) -> 
     assert "not verifiable" in caught.value.reason and not caught.value.retryable
 
 
-async def test_unknown_host_key_is_refused_by_default(sshd: LocalSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unknown_host_key_is_refused_by_default(
+    sshd: LocalSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/known_hosts: strict means refuse
     uri = f"ssh://{sshd.login.name}@{sshd.host}:{sshd.port}?key={sshd.login.key_file}"
     with pytest.raises(ChannelUnavailable, match="not verifiable"):

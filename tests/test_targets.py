@@ -18,7 +18,9 @@ def test_full_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     known = tmp_path / "kh"
     known.write_text("")
     monkeypatch.setenv("PW", "s3cret-value")
-    target = parse_target(f"ssh://deploy@web1.example:2222?key={key}&known_hosts={known}&password_env=PW&name=web1&os=linux")
+    target = parse_target(
+        f"ssh://deploy@web1.example:2222?key={key}&known_hosts={known}&password_env=PW&name=web1&os=linux"
+    )
     assert (target.user, target.host, target.port, target.name) == ("deploy", "web1.example", 2222, "web1")
     assert target.key_file == key and target.known_hosts == known and not target.known_hosts_ignore
     assert target.password == Secret("s3cret-value")

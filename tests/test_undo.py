@@ -30,16 +30,19 @@ def _plan(tmp_path: Path, guest_dir: Path) -> Path:
     )
 
 
-async def test_journal_records_before_and_after(sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path) -> None:
+async def test_journal_records_before_and_after(
+    sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path
+) -> None:
     (guest_dir / "existing.conf").write_text("original\n")
     result = await customize(sshd.uri(name="g"), _plan(tmp_path, guest_dir), runs_dir=runs_dir, settings=FAST)
     assert result.ok, result.error
     run_dir = RunDirectory.open(runs_dir, result.run_id)
     records = list(run_dir.records())
     phases = [(r["seq"], r["phase"]) for r in records]
-    assert phases == [(n, phase) for n in range(1, 6) for phase in ("intent", "done")]
+    assert phases == [(n, phase) for n in range(1, 7) for phase in ("intent", "done")]
     ops = [r["op"] for r in records if r["phase"] == "intent"]
-    assert ops == ["put_file", "make_dirs", "put_file", "run", "get_file"]
+    assert ops == ["put_file", "make_dirs", "put_file", "run", "make_dirs", "get_file"]
+    assert records[9]["created"] == [str(tmp_path / "local")] and records[8]["where"] == "local"
     replaced = records[0]["replaces"]
     assert replaced["exists"] is True and replaced["size"] == len("original\n")
     assert (run_dir.path / replaced["backup"]).read_text() == "original\n"
@@ -64,18 +67,18 @@ async def test_undo_restores_deletes_and_lists_commands(
     assert original.read_text() == "original\n"
     assert stat.S_IMODE(original.stat().st_mode) == 0o640
     assert not (guest_dir / "created").exists()
-    assert not local.exists()
-    assert len(report["undone"]) == 4 and report["failed"] == []
+    assert not local.parent.exists()
+    assert len(report["undone"]) == 5 and report["failed"] == []
     assert report["not_undoable"] == ["#4 g: command 'echo done' (exit status 0)"]
 
     again = beachhead("undo", result.run_id, "--json")
     assert again.returncode == 0
-    assert json.loads(again.stdout)["already_undone"] == 4
+    assert json.loads(again.stdout)["already_undone"] == 5
     assert original.read_text() == "original\n"
 
     shown = beachhead("journal", result.run_id, "--json")
     phases = [json.loads(line)["phase"] for line in shown.stdout.splitlines()]
-    assert phases.count("undone") == 4
+    assert phases.count("undone") == 5
 
 
 async def test_undo_leaves_files_changed_after_the_run(
@@ -95,7 +98,9 @@ async def test_undo_leaves_files_changed_after_the_run(
     assert not (guest_dir / "f").exists()
 
 
-async def test_interrupted_write_is_still_undone(sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path) -> None:
+async def test_interrupted_write_is_still_undone(
+    sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path
+) -> None:
     """A process that died between intent and outcome left a file undo must remove."""
     (tmp_path / "f").write_text("payload\n")
     plan = write_plan(tmp_path, f"name: x\nsteps: [{{upload: {{src: f, dest: {guest_dir}/f}}}}]\n")

@@ -1,10 +1,10 @@
 #!/bin/sh
-# Demo guest script: runs from stdin over the channel, leaves a report behind.
+# Demo guest script: runs from stdin over the channel and writes a report.
 set -eu
-mkdir -p /tmp/beachhead-demo
+cd ~/beachhead-demo
 {
   echo "greeting: ${GREETING}"
   echo "host: $(hostname)"
-  echo "motd sha256: $(sha256sum /tmp/beachhead-demo/motd | cut -d' ' -f1)"
-} > /tmp/beachhead-demo/report.txt
+  echo "motd sha256: $(sha256sum motd | cut -d' ' -f1)"
+} > report.txt
 echo "report written"
