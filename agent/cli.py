@@ -35,6 +35,7 @@ from agent.undo import Undoer
 
 T = TypeVar("T")
 INTERRUPTED = 130
+MAX_FAILURES_SHOWN = 10
 
 runs_dir_option = click.option(
     "--runs-dir",
@@ -139,10 +140,15 @@ def _summary(report: RunReport) -> None:
             result.error or "",
         )
     console.print(table)
+    shown = 0
     for result in report.results:
         failed = result.failed_step
         if failed is None or not (failed.stdout or failed.stderr):
             continue
+        if shown == MAX_FAILURES_SHOWN:
+            console.print(f"(output of the other failed targets: {report.run_dir / 'results.jsonl'})")
+            break
+        shown += 1
         console.rule(f"{result.target}: {failed.description}")
         if failed.stdout:
             console.print("[bold]stdout[/]", failed.stdout.rstrip(), markup=True, highlight=False)

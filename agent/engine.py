@@ -200,6 +200,7 @@ class TargetWorkflow:
         finally:
             await self._close_sessions()
             result.duration_s = time.monotonic() - started
+        self.engine.run_dir.record_result(result.to_json())
         self.log.info("target.finish", status=result.status, error=result.error, duration_s=round(result.duration_s, 3))
         self.engine.progress.target_finished(result)
         return result

@@ -1,8 +1,9 @@
 """The write journal: every operation that leaves a trace, recorded before and after.
 
 Each run has a directory ``RUNS_DIR/RUN_ID/`` holding ``run.json`` (what was run on
-what), ``journal.jsonl`` (append-only, one JSON object per line) and ``backups/`` (the
-content a write replaced, so ``beachhead undo`` can put it back). An entry's ``phase``
+what), ``journal.jsonl`` (append-only, one JSON object per line), ``results.jsonl``
+(each target's steps with their output) and ``backups/`` (the content a write replaced,
+so ``beachhead undo`` can put it back). An entry's ``phase``
 is ``intent`` before the operation, then ``done``, ``failed`` or ``interrupted``; undo
 appends ``undone`` or ``undo_failed``. An intent with no outcome means the process died
 mid-write: undo treats it as possibly done.
@@ -109,6 +110,16 @@ class RunDirectory:
     def journal_path(self) -> Path:
         """The run's append-only journal file."""
         return self.path / "journal.jsonl"
+
+    @property
+    def results_path(self) -> Path:
+        """One JSON line per finished target: its steps with their output."""
+        return self.path / "results.jsonl"
+
+    def record_result(self, record: dict[str, Any]) -> None:
+        """Append a finished target's result (already redacted by its producer)."""
+        with self.results_path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(REDACTOR.redact(record)) + "\n")
 
     def backup_path(self, seq: int) -> Path:
         """Where the content replaced by entry ``seq`` is kept."""

@@ -61,5 +61,8 @@ class RichProgress:
             mark = "[green]ok[/]" if result.ok else f"[red]failed[/]: {result.error}"
             total = self.progress.tasks[row].total or 0
             self.progress.update(row, completed=total if result.ok else None, description=f"  {result.target}: {mark}")
+            self.progress.stop_task(row)
         failed = f", [red]{self.failed} failed[/]" if self.failed else ""
         self.progress.update(self.overall, advance=1, description=f"targets ({self.ok} ok{failed})")
+        if self.ok + self.failed == self.progress.tasks[self.overall].total:
+            self.progress.stop_task(self.overall)

@@ -24,6 +24,7 @@ def test_run_json_contract(sshd: LocalSshd, tmp_path: Path, runs_dir: Path) -> N
     record = json.loads(line)
     assert record["target"] == "one" and record["status"] == "ok" and record["channel"] == "ssh"
     assert (runs_dir / record["run_id"] / "journal.jsonl").exists()
+    assert json.loads((runs_dir / record["run_id"] / "results.jsonl").read_text()) == record
     first, second = record["steps"]
     assert set(first) >= STEP_FIELDS
     assert (first["kind"], first["status"], first["exit_code"], first["stdout"]) == ("run", "ok", 0, "hello\n")

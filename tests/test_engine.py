@@ -195,3 +195,20 @@ async def test_bad_input_is_rejected_before_anything_runs(sshd: LocalSshd, tmp_p
     with pytest.raises(InputError, match="not available on Windows"):
         await run_plan(windows, [sshd.uri()], runs_dir=runs_dir)
     assert not runs_dir.exists()  # nothing ran, no run directory
+
+
+async def test_every_step_emits_start_and_finish_events(sshd: LocalSshd, tmp_path: Path, runs_dir: Path) -> None:
+    import structlog
+
+    plan = write_plan(tmp_path, "name: ev\nsteps:\n  - run: 'true'\n  - run: 'false'\n  - run: 'true'\n")
+    with structlog.testing.capture_logs() as logs:
+        result = await customize(sshd.uri(name="ev"), plan, runs_dir=runs_dir, settings=FAST)
+    steps = [(e["event"], e["step"], e.get("status")) for e in logs if e["event"].startswith("step.")]
+    assert steps == [
+        ("step.start", 1, None),
+        ("step.finish", 1, OK),
+        ("step.start", 2, None),
+        ("step.finish", 2, FAILED),
+    ]
+    finish = [e for e in logs if e["event"] == "target.finish"]
+    assert finish[0]["status"] == FAILED and all(e.get("run_id") == result.run_id for e in logs if "step" in e)

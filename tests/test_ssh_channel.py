@@ -177,3 +177,17 @@ async def test_unreachable_port_is_retryable(sshd: LocalSshd) -> None:
     with pytest.raises(ChannelUnavailable) as caught:
         await open_session(parse_target(uri), connect_timeout=5)
     assert "refused" in caught.value.reason and caught.value.retryable
+
+
+async def test_verification_catches_a_file_that_differs(session: SshSession, guest_dir: Path, tmp_path: Path) -> None:
+    from agent.checksums import sha256_of
+    from agent.errors import VerificationFailed
+
+    local = tmp_path / "f"
+    local.write_text("expected contents\n")
+    remote = guest_dir / "f"
+    await session.put_file(local, str(remote), None)
+    remote.write_text("tampered contents\n")  # same size, different bytes
+    with pytest.raises(VerificationFailed) as caught:
+        await session._verify(str(remote), sha256_of(local), local.stat().st_size, None)
+    assert sha256_of(local) in caught.value.reason and sha256_of(remote) in caught.value.reason
