@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -108,7 +108,6 @@ class RemoteStat:
     size: int = 0
     mode: int | None = None
     is_file: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -283,7 +283,9 @@ def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
             intent = entry.intent
             what = intent.get("path") or intent.get("command") or intent.get("script") or ""
             replaced = intent.get("replaces", {})
-            if entry.op != "run":
+            if entry.op == "make_dirs":
+                what += " (created)"
+            elif entry.op != "run":
                 what += " (replaced existing)" if replaced.get("exists") else " (new)"
             undo = entry.undo["phase"] if entry.undo else ("-" if entry.op == "run" else "")
             table.add_row(str(entry.seq), intent.get("target", ""), entry.op, what, entry.state, undo)

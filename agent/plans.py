@@ -338,9 +338,3 @@ def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     return _PlanReader(path).read(load_yaml(path))
 
-
-def validate_plan_channels(plan: Plan, known: set[str]) -> None:
-    """Reject a plan that names a channel no plugin provides."""
-    for name in plan.channels:
-        if name not in known:
-            raise InputError(plan.source, "channels", f"unknown channel {name!r} (known: {', '.join(sorted(known))})")
