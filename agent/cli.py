@@ -36,7 +36,15 @@ from agent.undo import Undoer
 T = TypeVar("T")
 INTERRUPTED = 130
 MAX_FAILURES_SHOWN = 10
+SECONDS = click.FloatRange(min=0, min_open=True)
 
+connect_timeout_option = click.option(
+    "--connect-timeout",
+    type=SECONDS,
+    default=RunSettings.connect_timeout,
+    show_default=True,
+    help="Seconds to wait for one connection attempt.",
+)
 runs_dir_option = click.option(
     "--runs-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -184,18 +192,12 @@ def _summary(report: RunReport) -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object per target on stdout.")
 @click.option(
     "--step-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=RunSettings.step_timeout,
     show_default=True,
     help="Seconds a step may take when neither it nor the plan sets a timeout.",
 )
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=RunSettings.connect_timeout,
-    show_default=True,
-    help="Seconds to wait for one connection attempt.",
-)
+@connect_timeout_option
 @click.option(
     "--retries",
     type=click.IntRange(0, 100),
@@ -296,7 +298,7 @@ def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
 @click.argument("run_id")
 @click.option("--force", is_flag=True, help="Revert files even when they changed again after the run.")
 @click.option("--json", "json_output", is_flag=True, help="Print the report as one JSON object.")
-@click.option("--connect-timeout", type=float, default=RunSettings.connect_timeout, show_default=True)
+@connect_timeout_option
 @runs_dir_option
 def undo(run_id: str, force: bool, json_output: bool, connect_timeout: float, runs_dir: Path | None) -> None:
     """Revert what run RUN_ID wrote: restore replaced files, delete created ones, and

@@ -337,4 +337,3 @@ def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file; raises :class:`InputError` naming what is wrong."""
     path = Path(path)
     return _PlanReader(path).read(load_yaml(path))
-

@@ -385,6 +385,5 @@ def beachhead_connect(channel: str, target: Target, connect_timeout: float) -> A
     return open_session(target, connect_timeout)
 
 
-
 if TYPE_CHECKING:
     _conforms: type[ChannelSession] = SshSession  # mypy checks the session protocol here

@@ -9,6 +9,7 @@ from pathlib import Path
 from agent import customize
 from agent.engine import RunSettings
 from agent.journal import RunDirectory
+from agent.results import TargetResult
 from bootstrap.local_sshd import LocalSshd
 from tests.conftest import beachhead, write_plan
 
@@ -28,6 +29,13 @@ def _plan(tmp_path: Path, guest_dir: Path) -> Path:
           - download: {{src: {guest_dir}/existing.conf, dest: "{tmp_path}/local/{{target}}.conf"}}
         """,
     )
+
+
+async def _upload_one(sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path) -> TargetResult:
+    """Run a plan that uploads one new file, ``guest_dir/f``."""
+    (tmp_path / "f").write_text("from run\n")
+    plan = write_plan(tmp_path, f"name: x\nsteps: [{{upload: {{src: f, dest: {guest_dir}/f}}}}]\n")
+    return await customize(sshd.uri(), plan, runs_dir=runs_dir, settings=FAST)
 
 
 async def test_journal_records_before_and_after(
@@ -84,9 +92,7 @@ async def test_undo_restores_deletes_and_lists_commands(
 async def test_undo_leaves_files_changed_after_the_run(
     sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path
 ) -> None:
-    (tmp_path / "f").write_text("from run\n")
-    plan = write_plan(tmp_path, f"name: x\nsteps: [{{upload: {{src: f, dest: {guest_dir}/f}}}}]\n")
-    result = await customize(sshd.uri(), plan, runs_dir=runs_dir, settings=FAST)
+    result = await _upload_one(sshd, guest_dir, tmp_path, runs_dir)
     assert result.ok
     (guest_dir / "f").write_text("edited by someone else\n")
     refused = beachhead("undo", result.run_id)
@@ -102,9 +108,7 @@ async def test_interrupted_write_is_still_undone(
     sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path
 ) -> None:
     """A process that died between intent and outcome left a file undo must remove."""
-    (tmp_path / "f").write_text("payload\n")
-    plan = write_plan(tmp_path, f"name: x\nsteps: [{{upload: {{src: f, dest: {guest_dir}/f}}}}]\n")
-    result = await customize(sshd.uri(), plan, runs_dir=runs_dir, settings=FAST)
+    result = await _upload_one(sshd, guest_dir, tmp_path, runs_dir)
     journal = runs_dir / result.run_id / "journal.jsonl"
     lines = journal.read_text().splitlines()
     journal.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # torn after the intent
