@@ -364,28 +364,25 @@ class TargetWorkflow:
                 )
 
     async def _upload(self, session: ChannelSession, step: UploadStep) -> None:
-        parent = (
-            str(PurePosixPath(step.dest).parent)
-            if self.os is OsFamily.LINUX
-            else str(PureWindowsPath(step.dest).parent)
-        )
+        dest = step.remote_path(self.target.name)
+        parent = str(PurePosixPath(dest).parent) if self.os is OsFamily.LINUX else str(PureWindowsPath(dest).parent)
         if parent not in (".", "/", "~") and not (await session.stat(parent)).exists:
             seq = self.journal.reserve()
             with self._journaled(seq, "make_dirs", channel=session.channel, path=parent) as after:
                 after["created"] = await session.make_dirs(parent)
-        before = await session.stat(step.dest)
+        before = await session.stat(dest)
         if before.exists and not before.is_file:
-            raise StepFailed(step.describe(), f"{step.dest} exists and is not a regular file")
+            raise StepFailed(step.describe(), f"{dest} exists and is not a regular file")
         seq = self.journal.reserve()
         replaces: dict[str, Any] = {"exists": before.exists}
         if before.exists:
             backup = self.engine.run_dir.backup_path(seq)
-            saved = await session.get_file(step.dest, backup)
+            saved = await session.get_file(dest, backup)
             replaces.update(size=saved.size, mode=before.mode, sha256=saved.sha256, backup=f"backups/{seq}")
         with self._journaled(
-            seq, "put_file", channel=session.channel, path=step.dest, src=str(step.src), replaces=replaces
+            seq, "put_file", channel=session.channel, path=dest, src=str(step.src), replaces=replaces
         ) as after:
-            written = await session.put_file(step.src, step.dest, step.mode)
+            written = await session.put_file(step.src, dest, step.mode)
             after.update(size=written.size, sha256=written.sha256, mode=written.mode)
 
     async def _download(self, session: ChannelSession, step: DownloadStep) -> None:

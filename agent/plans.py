@@ -64,9 +64,15 @@ class PortOpen:
 WaitCondition = PortOpen
 
 
+def for_target(path: str, target_name: str) -> str:
+    """``path`` with ``{target}`` replaced by the target's name (slashes made safe)."""
+    return path.replace("{target}", target_name.replace("/", "_"))
+
+
 @dataclass(frozen=True)
 class UploadStep:
-    """Copy a local file (relative to the plan's folder) to the guest."""
+    """Copy a local file (relative to the plan's folder) to the guest; ``{target}`` in
+    ``dest`` is the target's name."""
 
     src: Path
     dest: str
@@ -78,6 +84,10 @@ class UploadStep:
     def describe(self) -> str:
         """Human description of the step."""
         return f"upload {self.src.name} -> {self.dest}"
+
+    def remote_path(self, target_name: str) -> str:
+        """The guest destination for one target."""
+        return for_target(self.dest, target_name)
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,7 @@ class DownloadStep:
 
     def local_path(self, target_name: str) -> Path:
         """The local destination for one target."""
-        safe = target_name.replace("/", "_")
-        return Path(self.dest.replace("{target}", safe)).expanduser()
+        return Path(for_target(self.dest, target_name)).expanduser()
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ async def test_plan_runs_every_step(sshd: LocalSshd, guest_dir: Path, tmp_path: 
         wait: [{{port: {sshd.port}, timeout: 10}}]
         steps:
           - upload: {{src: app.conf, dest: {guest_dir}/etc/app.conf, mode: "0600"}}
+          - upload: {{src: app.conf, dest: "{guest_dir}/{{target}}.conf"}}
           - run: {{command: 'cat {guest_dir}/etc/app.conf; echo "$ROLE" > {guest_dir}/role', env: {{ROLE: web}}}}
           - download: {{src: {guest_dir}/role, dest: "out/{{target}}.role"}}
           - wait: {{port: {sshd.port}}}
@@ -39,8 +40,9 @@ async def test_plan_runs_every_step(sshd: LocalSshd, guest_dir: Path, tmp_path: 
     )
     result = await customize(sshd.uri(name="guest-1"), plan, runs_dir=runs_dir, settings=FAST)
     assert result.ok, result.to_json()
-    assert [s.status for s in result.steps] == [OK] * 5
-    assert result.channel == "ssh" and result.steps[2].stdout == "port=8080\n"
+    assert [s.status for s in result.steps] == [OK] * 6
+    assert result.channel == "ssh" and result.steps[3].stdout == "port=8080\n"
+    assert (guest_dir / "guest-1.conf").read_text() == "port=8080\n"
     assert (guest_dir / "etc" / "app.conf").read_text() == "port=8080\n"
     assert (tmp_path / "out" / "guest-1.role").read_text() == "web\n"
 
