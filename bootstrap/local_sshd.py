@@ -4,6 +4,8 @@ Run as root, sshd starts in a private mount namespace where ``/etc/passwd``,
 ``/etc/shadow``, ``/etc/group`` and ``/etc/sudoers`` are replaced by generated copies
 holding a password-protected, sudo-capable account: password authentication and
 ``sudo`` with a password work for real, and the host's accounts are never touched.
+Both logins get fresh home directories, so the guest's shells never source the host
+root's start-up files and the guest's ``~`` is not the host's.
 Run as another user, sshd serves only that user, by key.
 """
 
@@ -50,6 +52,17 @@ def _keygen(path: Path, comment: str) -> str:
         stdin=subprocess.DEVNULL,
     )
     return Path(f"{path}.pub").read_text().strip()
+
+
+def _with_home(passwd: str, user: str, home: Path) -> str:
+    """``passwd`` with ``user``'s home directory replaced."""
+    lines = []
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) == 7 and fields[0] == user:
+            fields[5] = str(home)
+        lines.append(":".join(fields))
+    return "\n".join(lines) + "\n"
 
 
 def _password_hash(password: str) -> str:
@@ -132,14 +145,12 @@ class LocalSshd:
         """Generated account files the namespace mounts over the host's."""
         etc = self.workdir / "etc"
         account = self.accounts[SUDO_USER]
-        home = self.public / "home" / SUDO_USER
-        home.mkdir(parents=True, exist_ok=True)
-        os.chown(home, SUDO_UID, SUDO_UID)
         assert account.password is not None
-        passwd = Path("/etc/passwd").read_text()
+        homes = {name: self._make_home(name, uid) for name, uid in (("root", 0), (SUDO_USER, SUDO_UID))}
+        passwd = _with_home(Path("/etc/passwd").read_text(), "root", homes["root"])
         group = Path("/etc/group").read_text()
         shadow = Path("/etc/shadow").read_text() if Path("/etc/shadow").exists() else ""
-        (etc / "passwd").write_text(passwd + f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::{home}:/bin/sh\n")
+        (etc / "passwd").write_text(passwd + f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::{homes[SUDO_USER]}:/bin/sh\n")
         (etc / "group").write_text(group + f"{SUDO_USER}:x:{SUDO_UID}:\n")
         shadow_file = etc / "shadow"
         shadow_file.write_text(shadow + f"{SUDO_USER}:{_password_hash(account.password)}:19000:0:99999:7:::\n")
@@ -149,6 +160,15 @@ class LocalSshd:
             f"Defaults !lecture\nDefaults env_reset\nroot ALL=(ALL:ALL) NOPASSWD: ALL\n{SUDO_USER} ALL=(ALL:ALL) ALL\n"
         )
         sudoers.chmod(0o440)
+
+    def _make_home(self, name: str, uid: int) -> Path:
+        """A fresh, empty home: logins here never run the host's shell start-up files,
+        whose side effects (version-manager hooks and the like) are not the guest's."""
+        home = self.public / "home" / name
+        home.mkdir(parents=True, exist_ok=True)
+        home.chmod(0o755)
+        os.chown(home, uid, uid)
+        return home
 
     def _command(self, config: Path) -> list[str]:
         sshd = [SSHD, "-D", "-e", "-f", str(config)]

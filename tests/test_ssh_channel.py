@@ -58,6 +58,12 @@ async def test_become_without_password(session: SshSession) -> None:
 
 
 @needs_root
+async def test_guest_logins_have_homes_of_their_own(sshd: LocalSshd, session: SshSession) -> None:
+    outcome = await session.run(command('printf %s "$HOME"'))
+    assert outcome.ok and outcome.stdout == str(sshd.public / "home" / "root")
+
+
+@needs_root
 async def test_password_login_and_sudo_with_password(sshd: LocalSshd, password_env: str) -> None:
     account = sshd.sudo_account
     assert account is not None
