@@ -12,7 +12,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,8 @@ from rich.table import Table
 from agent import __version__
 from agent.api import RunReport, run_plan
 from agent.engine import RunSettings
-from agent.errors import BeachheadError, InputError
+from agent.errors import BeachheadError
+from agent.exits import errors_exit
 from agent.journal import RunDirectory, default_runs_dir
 from agent.logs import configure_logging
 from agent.plans import load_plan
@@ -32,6 +33,7 @@ from agent.registry import default_registry
 from agent.results import StepResult, TargetResult
 from agent.targets import Target, load_targets_file, parse_target
 from agent.undo import Undoer
+from bootstrap.lab import cli as lab_cli
 
 T = TypeVar("T")
 INTERRUPTED = 130
@@ -70,16 +72,6 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo("interrupted", err=True)
         sys.exit(INTERRUPTED)
-
-
-@contextlib.contextmanager
-def _errors_exit() -> Iterator[None]:
-    try:
-        yield
-    except BeachheadError as exc:
-        label = "error" if isinstance(exc, InputError) else "failed"
-        click.echo(f"beachhead: {label}: {exc}", err=True)
-        sys.exit(exc.exit_status)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -228,7 +220,7 @@ def run(
 
     Exit status: 0 all targets ok, 1 some failed, 2 bad input (nothing ran).
     """
-    with _errors_exit():
+    with errors_exit():
         loaded = load_plan(plan)
         targets = [parse_target(uri) for uri in target_uris]
         if targets_file is not None:
@@ -269,7 +261,7 @@ def run(
 @runs_dir_option
 def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
     """Show what run RUN_ID wrote, and how each write ended."""
-    with _errors_exit():
+    with errors_exit():
         run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
         if json_output:
             for record in run_dir.records():
@@ -303,7 +295,7 @@ def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
 def undo(run_id: str, force: bool, json_output: bool, connect_timeout: float, runs_dir: Path | None) -> None:
     """Revert what run RUN_ID wrote: restore replaced files, delete created ones, and
     list what cannot be undone (commands). Safe to run again."""
-    with _errors_exit():
+    with errors_exit():
         run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
         undoer = Undoer(run_dir, default_registry(), connect_timeout=connect_timeout, force=force)
         report = _run_async(undoer.undo())
@@ -381,3 +373,7 @@ def channels(json_output: bool) -> None:
             ", ".join(f"{s}://" for s in sorted(i.target_schemes)),
         )
     Console().print(table)
+
+
+# -- lab ----------------------------------------------------------------------------------------
+main.add_command(lab_cli.lab)

@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssh-server openssh-client sudo openssl iproute2 util-linux ca-certificates)
+APT_PACKAGES=(
+  openssh-server openssh-client sudo openssl iproute2 util-linux ca-certificates
+  golang-go golang-github-vmware-govmomi-dev # the lab's vCenter launcher
+)
 PYTHON=${PYTHON:-python3}
 EXTRAS="test${1:+,$1}"
 

@@ -45,7 +45,8 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _keygen(path: Path, comment: str) -> str:
+def keygen(path: Path, comment: str) -> str:
+    """Generate an unencrypted ed25519 key pair at ``path``; return the public key line."""
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         check=True,
@@ -65,7 +66,8 @@ def _with_home(passwd: str, user: str, home: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _password_hash(password: str) -> str:
+def password_hash(password: str) -> str:
+    """A SHA-512 crypt hash of ``password``, as /etc/shadow holds it."""
     result = subprocess.run(
         ["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True, check=True
     )
@@ -98,7 +100,7 @@ class LocalSshd:
         (self.public / "authorized_keys").mkdir(exist_ok=True)
         host_key = self.workdir / "ssh_host_ed25519_key"
         if not host_key.exists():
-            _keygen(host_key, "beachhead-local-sshd")
+            keygen(host_key, "beachhead-local-sshd")
         host_pub = Path(f"{host_key}.pub").read_text().split()
         self.known_hosts.write_text(f"[{self.host}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
 
@@ -107,7 +109,7 @@ class LocalSshd:
         for name in names:
             key = self.workdir / "keys" / name
             if not key.exists():
-                _keygen(key, f"{name}@beachhead-local-sshd")
+                keygen(key, f"{name}@beachhead-local-sshd")
             authorized = self.public / "authorized_keys" / name
             authorized.write_text(Path(f"{key}.pub").read_text())
             authorized.chmod(0o644)
@@ -153,7 +155,7 @@ class LocalSshd:
         (etc / "passwd").write_text(passwd + f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::{homes[SUDO_USER]}:/bin/sh\n")
         (etc / "group").write_text(group + f"{SUDO_USER}:x:{SUDO_UID}:\n")
         shadow_file = etc / "shadow"
-        shadow_file.write_text(shadow + f"{SUDO_USER}:{_password_hash(account.password)}:19000:0:99999:7:::\n")
+        shadow_file.write_text(shadow + f"{SUDO_USER}:{password_hash(account.password)}:19000:0:99999:7:::\n")
         shadow_file.chmod(0o640)
         sudoers = etc / "sudoers"
         sudoers.write_text(

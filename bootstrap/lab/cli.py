@@ -1,0 +1,86 @@
+"""``beachhead lab``: bring the local vSphere lab up, report on it, take it down."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent.exits import errors_exit
+
+
+def _print(description: dict[str, Any], json_output: bool, headline: str) -> None:
+    if json_output:
+        click.echo(json.dumps(description))
+        return
+    vcenter = description["vcenter"]
+    click.echo(headline)
+    click.echo(f"vCenter  {vcenter['url']}  user {vcenter['username']}  CA {vcenter['ca_file'] or '(plain http)'}")
+    for vm in description["vms"]:
+        click.echo(f"  {vm['name']:<12} {vm['os']:<8} {vm['guest_id']:<26} {vm['ip']:<15} {vm['guest_username']}")
+    click.echo("Passwords: beachhead lab status --json")
+
+
+@click.group()
+def lab() -> None:
+    """The local vSphere lab: govmomi's simulator as vCenter (https on loopback) with
+    Linux guests (network namespaces running sshd) and a Windows stand-in.
+
+    Needs root. State lives in /run/beachhead-lab ($BEACHHEAD_LAB_DIR)."""
+
+
+@lab.command("up")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Lab YAML (VMs, network, vCenter port) [default: bootstrap/lab/default.yaml].",
+)
+@click.option("--http", is_flag=True, help="Serve vCenter over plain http instead of https.")
+@click.option("--json", "json_output", is_flag=True, help="Print the lab as one JSON object.")
+def lab_up(config_path: Path | None, http: bool, json_output: bool) -> None:
+    """Start the lab; when it already runs, report it. The first start builds the
+    vCenter launcher (cached afterwards)."""
+    from bootstrap.lab.config import load_config
+    from bootstrap.lab.lab import up
+
+    with errors_exit():
+        config = load_config(config_path)
+        state, started = up(config, http=http, progress=None if json_output else _progress)
+    _print(state.public(), json_output, "lab started" if started else "lab already running")
+
+
+def _progress(message: str) -> None:
+    click.echo(f"lab: {message}", err=True)
+
+
+@lab.command("status")
+@click.option("--json", "json_output", is_flag=True, help="Print the lab as one JSON object.")
+def lab_status(json_output: bool) -> None:
+    """Report the running lab; exit 1 when it is not running."""
+    from bootstrap.lab.lab import status
+
+    with errors_exit():
+        state = status()
+    if state is None:
+        if json_output:
+            click.echo(json.dumps({"running": False}))
+        click.echo("the lab is not running (beachhead lab up)", err=True)
+        sys.exit(1)
+    _print(state.public(), json_output, "lab running")
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Stop every lab process and remove every namespace and interface it made."""
+    from bootstrap.lab.lab import down
+
+    with errors_exit():
+        removed = down()
+    for item in removed:
+        click.echo(f"removed {item}")
+    click.echo("lab down")

@@ -1,0 +1,166 @@
+"""The lab's YAML configuration: vCenter endpoint, guest network and VMs.
+
+Bad input raises :class:`agent.errors.InputError` naming the file, the field and the
+reason. Passwords left out are generated when the lab comes up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import InputError
+from agent.yamlio import LineDict, at_line, load_yaml
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+OS_FAMILIES = ("linux", "windows")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+_GUEST_ID = re.compile(r"^[A-Za-z0-9_]+Guest$")
+_USERNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,63}$")
+_BRIDGE = re.compile(r"^[a-z][a-z0-9]{0,14}$")
+
+
+def generated_password() -> str:
+    """A password for a lab account (URL-safe, 20 characters)."""
+    return secrets.token_urlsafe(15)
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """One lab VM as configured."""
+
+    name: str
+    guest_id: str
+    os: str
+    guest_username: str
+    guest_password: str | None = None
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """The whole lab as configured."""
+
+    source: Path
+    host: str = "127.0.0.1"
+    port: int = 443
+    username: str = "administrator@vsphere.local"
+    password: str | None = None
+    bridge: str = "bhlab0"
+    subnet: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network("10.213.0.0/24"))
+    boot_delay_s: float = 2.0
+    vms: tuple[VmSpec, ...] = ()
+
+    def gateway(self) -> ipaddress.IPv4Address:
+        """The bridge's address: the first of the subnet."""
+        return self.subnet.network_address + 1
+
+    def guest_ip(self, index: int) -> ipaddress.IPv4Address:
+        """The address of the ``index``-th VM (0-based): .11, .12, ..."""
+        return self.subnet.network_address + 11 + index
+
+
+class _Reader:
+    """Validates one mapping of the file, naming fields in errors."""
+
+    def __init__(self, source: Path, mapping: Any, where: str) -> None:
+        if not isinstance(mapping, dict):
+            raise InputError(source, where or None, "must be a mapping")
+        self.source, self.mapping, self.where = source, mapping, where
+
+    def bad(self, key: str | None, reason: str) -> InputError:
+        name = ".".join(part for part in (self.where, key) if part)
+        return InputError(self.source, at_line(name, self.mapping, key), reason)
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key in self.mapping:
+            if key not in allowed:
+                raise self.bad(str(key), f"unknown field; expected one of {', '.join(sorted(allowed))}")
+
+    def text(self, key: str, default: str | None, pattern: re.Pattern[str] | None = None) -> str | None:
+        value = self.mapping.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.bad(key, "must be a non-empty string")
+        if pattern is not None and not pattern.match(value):
+            raise self.bad(key, f"{value!r} does not match {pattern.pattern}")
+        return value
+
+    def required(self, key: str, pattern: re.Pattern[str] | None = None) -> str:
+        value = self.text(key, None, pattern)
+        if value is None:
+            raise self.bad(key, "is required")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.mapping.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise self.bad(key, f"must be a number from {low:g} to {high:g}")
+        return float(value)
+
+
+def load_config(path: Path | None = None) -> LabConfig:
+    """Read and validate a lab file (the shipped default when ``path`` is None)."""
+    source = path or DEFAULT_CONFIG
+    top = _Reader(source, load_yaml(source), "")
+    top.check_keys({"vcenter", "network", "boot_delay_s", "vms"})
+
+    vcenter = _Reader(source, top.mapping.get("vcenter", LineDict()), "vcenter")
+    vcenter.check_keys({"host", "port", "username", "password"})
+    host = vcenter.text("host", "127.0.0.1")
+    assert host is not None
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise vcenter.bad("host", "the lab's vCenter listens on loopback only")
+    except ValueError:
+        raise vcenter.bad("host", "must be a loopback IP address") from None
+
+    network = _Reader(source, top.mapping.get("network", LineDict()), "network")
+    network.check_keys({"bridge", "subnet"})
+    try:
+        subnet = ipaddress.IPv4Network(network.text("subnet", "10.213.0.0/24"))
+    except ValueError as exc:
+        raise network.bad("subnet", f"not an IPv4 network: {exc}") from None
+    if not subnet.is_private or subnet.prefixlen > 26:
+        raise network.bad("subnet", "must be a private IPv4 network of /26 or larger")
+
+    vms_data = top.mapping.get("vms")
+    if not isinstance(vms_data, list) or not vms_data:
+        raise top.bad("vms", "must be a non-empty list of VMs")
+    if len(vms_data) > subnet.num_addresses - 12:
+        raise top.bad("vms", f"{len(vms_data)} VMs do not fit in {subnet}")
+    vms: list[VmSpec] = []
+    for index, entry in enumerate(vms_data, start=1):
+        vm = _Reader(source, entry, f"vms[{index}]")
+        vm.check_keys({"name", "guest_id", "os", "guest_username", "guest_password"})
+        name = vm.required("name", _NAME)
+        if any(existing.name == name for existing in vms):
+            raise vm.bad("name", f"VM name {name!r} appears twice")
+        os_family = vm.required("os")
+        if os_family not in OS_FAMILIES:
+            raise vm.bad("os", f"must be one of {', '.join(OS_FAMILIES)}")
+        vms.append(
+            VmSpec(
+                name=name,
+                guest_id=vm.required("guest_id", _GUEST_ID),
+                os=os_family,
+                guest_username=vm.required("guest_username", _USERNAME),
+                guest_password=vm.text("guest_password", None),
+            )
+        )
+
+    return LabConfig(
+        source=source,
+        host=host,
+        port=int(vcenter.number("port", 443, 1, 65535)),
+        username=vcenter.text("username", "administrator@vsphere.local") or "",
+        password=vcenter.text("password", None),
+        bridge=network.text("bridge", "bhlab0", _BRIDGE) or "bhlab0",
+        subnet=subnet,
+        boot_delay_s=top.number("boot_delay_s", 2.0, 0, 600),
+        vms=tuple(vms),
+    )

@@ -1,0 +1,145 @@
+"""Lab guests: a guest root directory and a holder process whose network, mount and
+UTS namespaces are the guest's.
+
+A Linux guest sees its own ``/tmp``, ``/root``, ``/home``, ``/var/tmp`` and account
+files (bind-mounted from its root directory) and shares the host's programs. Its sshd
+and console are started by the vCenter launcher when the VM powers on, inside these
+namespaces. A Windows stand-in has drive folders (``C/...``) under its root directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootstrap.lab.system import LabError, alive
+from bootstrap.local_sshd import keygen, password_hash
+
+PRIVATE_DIRS = ("tmp", "root", "home", "var/tmp")
+ACCOUNT_FILES = ("passwd", "group", "shadow")
+HOLDER_MARKER = "beachhead-lab-holder"
+HOLDER_START_S = 10.0
+FIRST_GUEST_UID = 1000
+
+
+@dataclass(frozen=True)
+class GuestLayout:
+    """Where one guest's files live on the host."""
+
+    root: Path
+
+    @property
+    def sshd_config(self) -> Path:
+        """The guest sshd's configuration."""
+        return self.root / "etc/ssh/sshd_config"
+
+    @property
+    def console_log(self) -> Path:
+        """What the guest console printed."""
+        return self.root.with_name(self.root.name + ".console.log")
+
+
+def prepare_linux_root(layout: GuestLayout, hostname: str, ip: str, username: str, password: str) -> int:
+    """Create the guest's private directories, its login (``username`` with
+    ``password``) and its sshd's host key and configuration; return the login's uid."""
+    root = layout.root
+    for sub in PRIVATE_DIRS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    (root / "var/tmp").chmod(0o1777)
+    (root / "root").chmod(0o700)
+    etc = root / "etc"
+    (etc / "ssh").mkdir(parents=True, exist_ok=True)
+    (etc / "hostname").write_text(hostname + "\n")
+
+    uid = _write_accounts(root, username, password)
+
+    host_key = etc / "ssh/ssh_host_ed25519_key"
+    if not host_key.exists():
+        keygen(host_key, f"root@{hostname}")
+    layout.sshd_config.write_text(
+        "\n".join(
+            [
+                f"ListenAddress {ip}:22",
+                f"HostKey {host_key}",
+                "PidFile none",
+                "UsePAM no",
+                "PermitRootLogin yes",
+                "PasswordAuthentication yes",
+                "KbdInteractiveAuthentication no",
+                "AuthorizedKeysFile .ssh/authorized_keys",
+                "Subsystem sftp internal-sftp",
+                "MaxStartups 200",
+                "LogLevel VERBOSE",
+                "",
+            ]
+        )
+    )
+    return uid
+
+
+def _write_accounts(root: Path, username: str, password: str) -> int:
+    """The host's system accounts, locked, plus the guest login with its password, under
+    a uid no host account has. Returns that uid."""
+    accounts = [line for line in Path("/etc/passwd").read_text().splitlines() if line.split(":")[0] != username]
+    groups = [line for line in Path("/etc/group").read_text().splitlines() if line.split(":")[0] != username]
+    uid = 0
+    if username == "root":
+        accounts.insert(0, "root:x:0:0:root:/root:/bin/bash")
+        groups.insert(0, "root:x:0:")
+    else:
+        taken = {int(line.split(":")[2]) for line in accounts + groups if line.count(":") >= 2}
+        uid = next(n for n in range(FIRST_GUEST_UID, 60000) if n not in taken)
+        home = root / "home" / username
+        home.mkdir(exist_ok=True)
+        os.chown(home, uid, uid)
+        accounts.append(f"{username}:x:{uid}:{uid}::/home/{username}:/bin/bash")
+        groups.append(f"{username}:x:{uid}:")
+    hashed = password_hash(password)
+    shadow_lines = []
+    for line in accounts:
+        name = line.split(":")[0]
+        shadow_lines.append(f"{name}:{hashed if name == username else '*'}:19000:0:99999:7:::")
+    etc = root / "etc"
+    (etc / "passwd").write_text("\n".join(accounts) + "\n")
+    (etc / "group").write_text("\n".join(groups) + "\n")
+    shadow = etc / "shadow"
+    shadow.write_text("\n".join(shadow_lines) + "\n")
+    shadow.chmod(0o640)
+    return uid
+
+
+def prepare_windows_root(layout: GuestLayout, username: str) -> None:
+    """The Windows stand-in's drive: ``C/Users/USER``, ``C/Windows/Temp``."""
+    for sub in (f"C/Users/{username}", "C/Windows/Temp"):
+        (layout.root / sub).mkdir(parents=True, exist_ok=True)
+
+
+def start_holder(netns: str, layout: GuestLayout, hostname: str, linux: bool) -> int:
+    """Start the process that holds the guest's namespaces and return its pid."""
+    mounts = []
+    if linux:
+        mounts += [f"mount --bind {shlex.quote(str(layout.root / d))} /{d}" for d in PRIVATE_DIRS]
+        mounts += [f"mount --bind {shlex.quote(str(layout.root / 'etc' / f))} /etc/{f}" for f in ACCOUNT_FILES]
+    script = " && ".join([*mounts, f"hostname {shlex.quote(hostname)}", f"exec -a {HOLDER_MARKER} sleep infinity"])
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", netns, "unshare", "--mount", "--uts", "--propagation", "private", "bash", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    # ip, unshare and sh exec one another, so the pid stays the holder's.
+    deadline = time.monotonic() + HOLDER_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise LabError(f"guest {hostname}: namespace holder exited: {error.strip()}")
+        if alive(process.pid, HOLDER_MARKER):
+            return process.pid
+        time.sleep(0.02)
+    raise LabError(f"guest {hostname}: namespace holder did not start within {HOLDER_START_S:g}s")

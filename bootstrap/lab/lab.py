@@ -1,0 +1,261 @@
+"""Bring the lab up, report on it, take it down.
+
+The lab is machine-wide (a bridge, network namespaces, one vCenter), so its state lives
+in ``/run/beachhead-lab`` (``$BEACHHEAD_LAB_DIR`` overrides), which a reboot clears
+along with the namespaces. ``state.json`` there (mode 0600: it holds the passwords)
+records everything ``down`` has to undo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bootstrap.lab import guests, system
+from bootstrap.lab.build import launcher_binary
+from bootstrap.lab.certs import ensure_certificates
+from bootstrap.lab.config import LabConfig, generated_password
+from bootstrap.lab.system import LabError
+
+READY_TIMEOUT_S = 45.0
+Progress = Callable[[str], None]
+LAUNCHER_MARKER = "launcher-"
+DEFAULT_BRIDGE = LabConfig.bridge
+
+
+def lab_dir() -> Path:
+    """The lab's state directory."""
+    return Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab"))
+
+
+def _host_if(index: int) -> str:
+    return f"bhlab-v{index}"
+
+
+def _mac(index: int) -> str:
+    # 00:50:56:00:00:00-00:50:56:3f:ff:ff is VMware's range for manually set addresses.
+    return f"00:50:56:3a:{index // 256:02x}:{index % 256:02x}"
+
+
+@dataclass
+class LabState:
+    """What a running lab is: the public description plus what ``down`` must undo."""
+
+    data: dict[str, Any]
+
+    @property
+    def path(self) -> Path:
+        """Where the state is stored."""
+        return lab_dir() / "state.json"
+
+    @classmethod
+    def load(cls) -> LabState | None:
+        """The stored state, or None when no lab was brought up."""
+        path = lab_dir() / "state.json"
+        try:
+            return cls(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{path}: unreadable lab state ({exc}); run `beachhead lab down`") from None
+
+    def save(self) -> None:
+        """Write the state (0600) atomically."""
+        partial = self.path.with_suffix(".part")
+        partial.touch(mode=0o600)
+        partial.write_text(json.dumps(self.data, indent=2) + "\n")
+        partial.replace(self.path)
+
+    def public(self) -> dict[str, Any]:
+        """The ``--json`` description: vcenter and vms."""
+        return {"vcenter": self.data["vcenter"], "vms": self.data["vms"]}
+
+    def running(self) -> bool:
+        """Whether the vCenter launcher runs and answers on its port."""
+        if not system.alive(self.data.get("launcher_pid"), LAUNCHER_MARKER):
+            return False
+        listen = self.data["listen"]
+        host, _, port = listen.rpartition(":")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
+            return True
+        return False
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab makes network namespaces and a bridge: run it as root")
+
+
+def up(config: LabConfig, http: bool = False, progress: Progress | None = None) -> tuple[LabState, bool]:
+    """Start the lab, or report the one already running. Returns the state and whether
+    this call started it. ``progress`` hears about each stage of a start."""
+    say = progress or (lambda message: None)
+    _require_root()
+    existing = LabState.load()
+    if existing is not None and existing.running():
+        return existing, False
+    down()
+    say("building the vCenter launcher (cached after the first time)")
+    binary = launcher_binary()
+    directory = lab_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    state = LabState({"bridge": config.bridge, "namespaces": [], "host_interfaces": [], "holders": []})
+    try:
+        _start(config, http, binary, directory, state, say)
+    except BaseException:
+        state.save()
+        down()
+        raise
+    return state, True
+
+
+def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: LabState, say: Progress) -> None:
+    certificate = ensure_certificates(directory / "pki", config.host)
+    gateway = config.gateway()
+    system.make_bridge(config.bridge, f"{gateway}/{config.subnet.prefixlen}")
+    vms, runtime_vms = [], []
+    for index, vm in enumerate(config.vms):
+        say(f"guest {vm.name}: network namespace, files, accounts")
+        netns, host_if = system.netns_name(vm.name), _host_if(index)
+        state.data["namespaces"].append(netns)
+        state.data["host_interfaces"].append(host_if)
+        ip, mac = str(config.guest_ip(index)), _mac(index)
+        system.make_guest_network(netns, host_if, config.bridge, mac, f"{ip}/{config.subnet.prefixlen}", str(gateway))
+        password = vm.guest_password or generated_password()
+        layout = guests.GuestLayout(directory / "guests" / vm.name)
+        linux, uid = vm.os == "linux", 0
+        if linux:
+            uid = guests.prepare_linux_root(layout, vm.name, ip, vm.guest_username, password)
+        else:
+            guests.prepare_windows_root(layout, vm.guest_username)
+        holder = guests.start_holder(netns, layout, vm.name, linux)
+        state.data["holders"].append(holder)
+        vms.append(
+            {
+                "name": vm.name,
+                "os": vm.os,
+                "guest_id": vm.guest_id,
+                "ip": ip,
+                "guest_username": vm.guest_username,
+                "guest_password": password,
+            }
+        )
+        runtime_vms.append(
+            {
+                **{key: vms[-1][key] for key in ("name", "os", "guest_id", "ip", "guest_username", "guest_password")},
+                "mac": mac,
+                "hostname": vm.name,
+                "holder_pid": holder,
+                "root": str(layout.root),
+                "sshd_config": str(layout.sshd_config) if linux else "",
+                "console_log": str(layout.console_log),
+                "guest_uid": uid,
+            }
+        )
+    password = config.password or generated_password()
+    listen = f"{config.host}:{config.port}"
+    runtime = directory / "launcher.json"
+    runtime.touch(mode=0o600)
+    runtime.write_text(
+        json.dumps(
+            {
+                "listen": listen,
+                "http": http,
+                "cert_file": str(certificate.cert_file),
+                "key_file": str(certificate.key_file),
+                "username": config.username,
+                "password": password,
+                "boot_delay_s": config.boot_delay_s,
+                "vms": runtime_vms,
+            }
+        )
+    )
+    say(f"vCenter on {listen}: creating and powering on {len(config.vms)} VMs")
+    ready = _start_launcher(binary, runtime, directory, state)
+    scheme = "http" if http else "https"
+    state.data.update(
+        listen=listen,
+        vcenter={
+            "url": f"{scheme}://{listen}/sdk",
+            "username": config.username,
+            "password": password,
+            "ca_file": None if http else str(certificate.ca_file),
+        },
+        vms=[{**vm, "moref": ready["vms"][vm["name"]]} for vm in vms],
+        config=str(config.source),
+    )
+    state.save()
+
+
+def _start_launcher(binary: Path, runtime: Path, directory: Path, state: LabState) -> dict[str, Any]:
+    out, log = directory / "launcher.out", directory / "launcher.log"
+    out.unlink(missing_ok=True)
+    with out.open("wb") as stdout, log.open("ab") as stderr:
+        process = subprocess.Popen(
+            [str(binary), "--config", str(runtime)],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            cwd=directory,
+        )
+    state.data["launcher_pid"] = process.pid
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = out.read_text().partition("\n")
+        if line[1]:
+            ready: dict[str, Any] = json.loads(line[0])
+            return ready
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+            raise LabError("the lab's vCenter exited while starting:\n" + "\n".join(tail))
+        time.sleep(0.1)
+    raise LabError(f"the lab's vCenter was not ready within {READY_TIMEOUT_S:g}s; see {log}")
+
+
+def status() -> LabState | None:
+    """The running lab's state, or None when it is not running."""
+    state = LabState.load()
+    return state if state is not None and state.running() else None
+
+
+def down() -> list[str]:
+    """Stop every process and remove every namespace and interface the lab made,
+    leftovers of an earlier lab included. Returns what it removed."""
+    _require_root()
+    removed: list[str] = []
+    state = LabState.load()
+    data = state.data if state else {}
+    if system.alive(data.get("launcher_pid"), LAUNCHER_MARKER):
+        system.stop_process(data["launcher_pid"], LAUNCHER_MARKER)
+        removed.append(f"vCenter launcher (pid {data['launcher_pid']})")
+    for pid in data.get("holders", []):
+        system.stop_process(pid, guests.HOLDER_MARKER, timeout=2)
+    for netns in sorted(set(data.get("namespaces", [])) | set(system.lab_namespaces())):
+        system.delete_namespace(netns)
+        removed.append(f"namespace {netns}")
+    for name in data.get("host_interfaces", []):
+        if system.link_exists(name):
+            system.delete_link(name)
+            removed.append(f"interface {name}")
+    for bridge in sorted({data.get("bridge") or DEFAULT_BRIDGE, DEFAULT_BRIDGE}):
+        if system.link_exists(bridge):
+            system.delete_link(bridge)
+            removed.append(f"bridge {bridge}")
+    directory = lab_dir()
+    if directory.is_dir():
+        # Keep the CA across labs so clients that trust it keep working.
+        for child in directory.iterdir():
+            if child.name != "pki":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return removed

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+const guestPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// guest is the machine behind one lab VM: a process (the holder) whose mount and
+// network namespaces are the guest's, and the processes the VM runs in them while it
+// is powered on (services such as sshd, the console, programs started by guest ops).
+type guest struct {
+	cfg       vmConfig
+	bootDelay time.Duration
+	moref     types.ManagedObjectReference
+
+	mu         sync.Mutex
+	generation int // bumped on every power change, so a stale boot timer does nothing
+	poweredOn  bool
+	toolsUp    bool
+	bootTime   time.Time
+	started    map[int64]*startedProcess
+	console    io.WriteCloser
+	daemons    []*exec.Cmd
+}
+
+// startedProcess is a program started by StartProgramInGuest: vSphere reports its exit
+// code and end time after it finishes.
+type startedProcess struct {
+	info processInfo
+}
+
+func newGuest(cfg vmConfig, bootDelay time.Duration) *guest {
+	return &guest{cfg: cfg, bootDelay: bootDelay, started: map[int64]*startedProcess{}}
+}
+
+func (g *guest) windows() bool { return g.cfg.OS == "windows" }
+
+// command runs argv inside the guest's namespaces as the guest login, with the guest's
+// base environment, in guest directory dir.
+func (g *guest) command(dir string, env []string, argv ...string) *exec.Cmd {
+	return g.enter(g.cfg.GuestUID, dir, env, argv...)
+}
+
+// system runs argv inside the guest's namespaces as root (services, the console).
+func (g *guest) system(dir string, env []string, argv ...string) *exec.Cmd {
+	return g.enter(0, dir, env, argv...)
+}
+
+func (g *guest) enter(uid int, dir string, env []string, argv ...string) *exec.Cmd {
+	args := []string{"--target", strconv.Itoa(g.cfg.HolderPid), "--mount", "--net", "--uts"}
+	if dir != "" {
+		// nsenter opens the directory before it enters the namespaces, so name it as
+		// the host sees the guest's file system.
+		args = append(args, "--wd="+g.hostPath(dir))
+	}
+	if uid != 0 {
+		id := strconv.Itoa(uid)
+		argv = append([]string{"setpriv", "--reuid=" + id, "--regid=" + id, "--init-groups"}, argv...)
+	}
+	cmd := exec.Command("nsenter", append(append(args, "--"), argv...)...)
+	cmd.Env = append(g.baseEnv(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd
+}
+
+func (g *guest) baseEnv() []string {
+	home := "/root"
+	if g.cfg.GuestUID != 0 {
+		home = "/home/" + g.cfg.GuestUsername
+	}
+	if g.windows() {
+		home = g.hostPath(`C:\Users\` + g.cfg.GuestUsername)
+	}
+	return []string{
+		"PATH=" + guestPath, "HOME=" + home, "USER=" + g.cfg.GuestUsername,
+		"LOGNAME=" + g.cfg.GuestUsername, "SHELL=/bin/sh", "LANG=C.UTF-8", "HOSTNAME=" + g.cfg.Hostname,
+	}
+}
+
+// hostPath is where a guest path lives on the host: inside the holder's mount
+// namespace for Linux guests, under the guest root for Windows drive paths.
+func (g *guest) hostPath(guestFile string) string {
+	if g.windows() {
+		drive, rest := "C", guestFile
+		if len(guestFile) >= 2 && guestFile[1] == ':' {
+			drive, rest = strings.ToUpper(guestFile[:1]), guestFile[2:]
+		}
+		rest = strings.ReplaceAll(rest, `\`, "/")
+		return filepath.Join(g.cfg.Root, drive, path.Clean("/"+rest))
+	}
+	return fmt.Sprintf("/proc/%d/root%s", g.cfg.HolderPid, path.Clean("/"+guestFile))
+}
+
+// guestPathOf is the inverse of hostPath for paths the lab creates.
+func (g *guest) guestPathOf(hostFile, guestDir string) string {
+	name := filepath.Base(hostFile)
+	if g.windows() {
+		return strings.TrimRight(guestDir, `\`) + `\` + name
+	}
+	return path.Join(guestDir, name)
+}
+
+// pids lists the processes in the guest's mount namespace, the holder excepted.
+func (g *guest) pids() []int {
+	own, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", g.cfg.HolderPid))
+	if err != nil {
+		return nil
+	}
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, entry := range entries {
+		pid, err := strconv.Atoi(entry.Name())
+		if err != nil || pid == g.cfg.HolderPid {
+			continue
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && ns == own {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func (g *guest) inGuest(pid int64) bool {
+	for _, p := range g.pids() {
+		if int64(p) == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// powerOn boots the guest: services and console start now, VMware Tools report
+// running after the boot delay.
+func (g *guest) powerOn() {
+	g.mu.Lock()
+	g.generation++
+	generation := g.generation
+	g.poweredOn = true
+	g.bootTime = time.Now()
+	g.startDaemons()
+	g.mu.Unlock()
+	time.AfterFunc(g.bootDelay, func() {
+		g.mu.Lock()
+		current := g.generation == generation
+		if current {
+			g.toolsUp = true
+		}
+		g.mu.Unlock()
+		if current {
+			g.publish(true)
+		}
+	})
+}
+
+func (g *guest) startDaemons() {
+	if g.cfg.SshdConfig != "" {
+		sshd := g.system("/", nil, "/usr/sbin/sshd", "-D", "-e", "-f", g.cfg.SshdConfig)
+		sshd.Stderr = g.logFile(g.cfg.Root + ".sshd.log")
+		if err := sshd.Start(); err == nil {
+			g.daemons = append(g.daemons, sshd)
+			go func() { _ = sshd.Wait() }()
+		}
+	}
+	g.startConsole()
+}
+
+// startConsole runs a login shell on a pseudo-terminal (script(1) owns the pty):
+// what is written to g.console is typed at the guest's console.
+func (g *guest) startConsole() {
+	shell := "/bin/bash --login"
+	if g.windows() {
+		shell = "/bin/sh"
+	}
+	dir := "/root"
+	if g.windows() {
+		dir = `C:\`
+	}
+	console := g.system(dir, []string{"TERM=dumb"}, "script", "--quiet", "--flush", "--return", "--command", shell, "/dev/null")
+	out := g.logFile(g.cfg.ConsoleLog)
+	console.Stdout, console.Stderr = out, out
+	stdin, err := console.StdinPipe()
+	if err != nil {
+		return
+	}
+	if err := console.Start(); err != nil {
+		return
+	}
+	g.console = stdin
+	g.daemons = append(g.daemons, console)
+	go func() { _ = console.Wait() }()
+}
+
+func (g *guest) logFile(name string) io.Writer {
+	if name == "" {
+		return nil
+	}
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// powerOff stops everything running in the guest.
+func (g *guest) powerOff() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.generation++
+	g.poweredOn, g.toolsUp = false, false
+	if g.console != nil {
+		_ = g.console.Close()
+		g.console = nil
+	}
+	for _, daemon := range g.daemons {
+		if daemon.Process != nil {
+			_ = daemon.Process.Kill()
+		}
+	}
+	g.daemons = nil
+	deadline := time.Now().Add(5 * time.Second)
+	for pids := g.pids(); len(pids) > 0 && time.Now().Before(deadline); pids = g.pids() {
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	g.started = map[int64]*startedProcess{}
+}
+
+// publish sets the VM's guest properties through the simulator's update path, so
+// property collectors see them change.
+func (g *guest) publish(running bool) {
+	obj := simulator.Map.Get(g.moref)
+	if obj == nil {
+		return
+	}
+	toolsRunning, toolsStatus, state := "guestToolsNotRunning", types.VirtualMachineToolsStatusToolsNotRunning, "notRunning"
+	ip, hostname, nics := "", "", []types.GuestNicInfo{}
+	if running {
+		toolsRunning, toolsStatus, state = "guestToolsRunning", types.VirtualMachineToolsStatusToolsOk, "running"
+		ip, hostname = g.cfg.IP, g.cfg.Hostname
+		nics = []types.GuestNicInfo{{
+			Network: "VM Network", IpAddress: []string{g.cfg.IP}, MacAddress: g.cfg.MAC,
+			Connected: true, DeviceConfigId: 4000,
+		}}
+	}
+	family := string(types.VirtualMachineGuestOsFamilyLinuxGuest)
+	if g.windows() {
+		family = string(types.VirtualMachineGuestOsFamilyWindowsGuest)
+	}
+	changes := []types.PropertyChange{
+		{Name: "guest.toolsRunningStatus", Val: toolsRunning},
+		{Name: "guest.toolsStatus", Val: toolsStatus},
+		{Name: "guest.toolsVersionStatus2", Val: "guestToolsCurrent"},
+		{Name: "guest.guestState", Val: state},
+		{Name: "guest.guestOperationsReady", Val: running}, // mo.ApplyPropertyChange allocates the *bool
+		{Name: "guest.interactiveGuestOperationsReady", Val: false},
+		{Name: "guest.guestId", Val: g.cfg.GuestID},
+		{Name: "guest.guestFamily", Val: family},
+		{Name: "guest.hostName", Val: hostname},
+		{Name: "guest.ipAddress", Val: ip},
+		{Name: "guest.net", Val: nics},
+		{Name: "summary.guest.toolsRunningStatus", Val: toolsRunning},
+		{Name: "summary.guest.toolsStatus", Val: toolsStatus},
+		{Name: "summary.guest.hostName", Val: hostname},
+		{Name: "summary.guest.ipAddress", Val: ip},
+	}
+	simulator.Map.WithLock(obj, func() { simulator.Map.Update(obj, changes) })
+}
+
+// state reports the guest's power and tools state for guest operations.
+func (g *guest) state() (poweredOn, toolsUp bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.poweredOn, g.toolsUp
+}

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// processManager is the lab's GuestProcessManager: programs really run in the guest.
+// It embeds the managed object type, as every simulator object must.
+type processManager struct {
+	mo.GuestProcessManager
+	lab *lab
+}
+
+// prepare checks what vSphere checks before a guest operation, in the same order:
+// power state, tools, credentials.
+func (l *lab) prepare(vm types.ManagedObjectReference, auth types.BaseGuestAuthentication) (*guest, *soap.Fault) {
+	g := l.guestOf(vm)
+	if g == nil {
+		return nil, simulator.Fault("not a lab VM", &types.ManagedObjectNotFound{Obj: vm})
+	}
+	poweredOn, toolsUp := g.state()
+	if !poweredOn {
+		vmObj, _ := simulator.Map.Get(vm).(*simulator.VirtualMachine)
+		existing := types.VirtualMachinePowerStatePoweredOff
+		if vmObj != nil {
+			existing = vmObj.Runtime.PowerState
+		}
+		return nil, simulator.Fault("", &types.InvalidPowerState{
+			RequestedState: types.VirtualMachinePowerStatePoweredOn, ExistingState: existing,
+		})
+	}
+	if !toolsUp {
+		return nil, simulator.Fault("", &types.GuestOperationsUnavailable{})
+	}
+	login, ok := auth.(*types.NamePasswordAuthentication)
+	if !ok || login.Username != g.cfg.GuestUsername || login.Password != g.cfg.GuestPassword {
+		return nil, simulator.Fault("", &types.InvalidGuestLogin{})
+	}
+	return g, nil
+}
+
+// StartProgramInGuest starts spec.ProgramPath with spec.Arguments in the guest and
+// returns its pid at once; the program's output goes nowhere, as in vSphere.
+func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soap.HasFault {
+	body := new(methods.StartProgramInGuestBody)
+	g, fault := m.lab.prepare(req.Vm, req.Auth)
+	if fault != nil {
+		body.Fault_ = fault
+		return body
+	}
+	spec := req.Spec.GetGuestProgramSpec()
+	argv, err := g.programArgv(spec.ProgramPath, spec.Arguments)
+	if err != nil {
+		body.Fault_ = simulator.Fault(err.Error(), &types.FileNotFound{FileFault: types.FileFault{File: spec.ProgramPath}})
+		return body
+	}
+	dir := spec.WorkingDirectory
+	if dir != "" {
+		if info, err := os.Stat(g.hostPath(spec.WorkingDirectory)); err != nil || !info.IsDir() {
+			body.Fault_ = simulator.Fault("", &types.FileNotFound{FileFault: types.FileFault{File: spec.WorkingDirectory}})
+			return body
+		}
+	}
+	cmd := g.command(dir, spec.EnvVariables, argv...)
+	if err := cmd.Start(); err != nil {
+		body.Fault_ = simulator.Fault(err.Error(), &types.GuestOperationsFault{})
+		return body
+	}
+	pid := int64(cmd.Process.Pid)
+	process := &startedProcess{info: processInfo{
+		Name: spec.ProgramPath, Pid: pid, Owner: g.cfg.GuestUsername,
+		CmdLine: strings.TrimSpace(fmt.Sprintf("%q %s", spec.ProgramPath, spec.Arguments)), StartTime: time.Now(),
+	}}
+	g.mu.Lock()
+	g.started[pid] = process
+	g.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		code := int32(0)
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			code = int32(exit.ExitCode())
+			if status, ok := exit.Sys().(syscall.WaitStatus); ok && status.Signaled() {
+				code = 128 + int32(status.Signal())
+			}
+		}
+		ended := time.Now()
+		g.mu.Lock()
+		process.info.EndTime, process.info.ExitCode = &ended, &code
+		g.mu.Unlock()
+	}()
+	body.Res = &types.StartProgramInGuestResponse{Returnval: pid}
+	return body
+}
+
+// programArgv is how the guest runs a program: on Linux through /bin/sh, as VMware
+// Tools does, so arguments may use the shell's syntax; on the Windows stand-in, only
+// cmd.exe's /c form is understood and its command goes to /bin/sh.
+func (g *guest) programArgv(program, arguments string) ([]string, error) {
+	if !g.windows() {
+		if _, err := os.Stat(g.hostPath(program)); err != nil {
+			return nil, fmt.Errorf("%s: no such program in the guest", program)
+		}
+		return []string{"/bin/sh", "-c", shellQuote(program) + " " + arguments}, nil
+	}
+	name := strings.ToLower(path.Base(strings.ReplaceAll(program, `\`, "/")))
+	command := strings.TrimSpace(arguments)
+	if (name == "cmd.exe" || name == "cmd") && strings.HasPrefix(strings.ToLower(command), "/c") {
+		return []string{"/bin/sh", "-c", strings.TrimSpace(command[2:])}, nil
+	}
+	return nil, fmt.Errorf("%s: the Windows stand-in runs only cmd.exe /c", program)
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// processInfo is vSphere's GuestProcessInfo as it goes on the wire. govmomi 0.24's
+// type drops an exit code of 0 (omitempty), which clients then read as unset; here the
+// exit code is present exactly when the process has ended.
+type processInfo struct {
+	Name      string     `xml:"name"`
+	Pid       int64      `xml:"pid"`
+	Owner     string     `xml:"owner"`
+	CmdLine   string     `xml:"cmdLine"`
+	StartTime time.Time  `xml:"startTime"`
+	EndTime   *time.Time `xml:"endTime,omitempty"`
+	ExitCode  *int32     `xml:"exitCode,omitempty"`
+}
+
+type listProcessesResponse struct {
+	Returnval []processInfo `xml:"returnval,omitempty"`
+}
+
+type listProcessesBody struct {
+	Res    *listProcessesResponse `xml:"ListProcessesInGuestResponse,omitempty"`
+	Fault_ *soap.Fault            `xml:"http://schemas.xmlsoap.org/soap/envelope/ Fault,omitempty"`
+}
+
+func (b *listProcessesBody) Fault() *soap.Fault { return b.Fault_ }
+
+// ListProcessesInGuest lists the guest's processes, and those started through guest
+// operations that have finished, with their exit codes.
+func (m *processManager) ListProcessesInGuest(req *types.ListProcessesInGuest) soap.HasFault {
+	body := new(listProcessesBody)
+	g, fault := m.lab.prepare(req.Vm, req.Auth)
+	if fault != nil {
+		body.Fault_ = fault
+		return body
+	}
+	wanted := map[int64]bool{}
+	for _, pid := range req.Pids {
+		wanted[pid] = true
+	}
+	g.mu.Lock()
+	listed := map[int64]bool{}
+	var processes []processInfo
+	for pid, p := range g.started {
+		if len(wanted) == 0 || wanted[pid] {
+			processes = append(processes, p.info)
+			listed[pid] = true
+		}
+	}
+	bootTime := g.bootTime
+	g.mu.Unlock()
+	for _, pid := range g.pids() {
+		p := int64(pid)
+		if listed[p] || (len(wanted) != 0 && !wanted[p]) {
+			continue
+		}
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		processes = append(processes, processInfo{
+			Name: strings.TrimSpace(string(comm)), Pid: p, Owner: g.cfg.GuestUsername,
+			CmdLine: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), StartTime: bootTime,
+		})
+	}
+	body.Res = &listProcessesResponse{Returnval: processes}
+	return body
+}
+
+// TerminateProcessInGuest sends SIGTERM, then SIGKILL if the process outlives 5 s.
+func (m *processManager) TerminateProcessInGuest(req *types.TerminateProcessInGuest) soap.HasFault {
+	body := new(methods.TerminateProcessInGuestBody)
+	g, fault := m.lab.prepare(req.Vm, req.Auth)
+	if fault != nil {
+		body.Fault_ = fault
+		return body
+	}
+	if !g.inGuest(req.Pid) {
+		body.Fault_ = simulator.Fault("", &types.GuestProcessNotFound{Pid: req.Pid})
+		return body
+	}
+	pid := int(req.Pid)
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	go func() {
+		time.Sleep(5 * time.Second)
+		if g.inGuest(req.Pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}()
+	body.Res = new(types.TerminateProcessInGuestResponse)
+	return body
+}
+
+// ReadEnvironmentVariableInGuest returns NAME=VALUE pairs of the guest's environment
+// (all of them when no names are given).
+func (m *processManager) ReadEnvironmentVariableInGuest(req *types.ReadEnvironmentVariableInGuest) soap.HasFault {
+	body := new(methods.ReadEnvironmentVariableInGuestBody)
+	g, fault := m.lab.prepare(req.Vm, req.Auth)
+	if fault != nil {
+		body.Fault_ = fault
+		return body
+	}
+	var values []string
+	for _, pair := range g.baseEnv() {
+		name := pair[:strings.Index(pair, "=")]
+		for _, wanted := range req.Names {
+			if wanted == name {
+				values = append(values, pair)
+			}
+		}
+		if len(req.Names) == 0 {
+			values = append(values, pair)
+		}
+	}
+	body.Res = &types.ReadEnvironmentVariableInGuestResponse{Returnval: values}
+	return body
+}

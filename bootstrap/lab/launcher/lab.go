@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// lab ties the simulator's VMs to the lab guests.
+type lab struct {
+	cfg     *labConfig
+	baseURL *url.URL
+
+	mu      sync.Mutex
+	byName  map[string]*guest
+	byMoref map[types.ManagedObjectReference]*guest
+	transfers
+}
+
+func newLab(cfg *labConfig) *lab {
+	l := &lab{cfg: cfg, byName: map[string]*guest{}, byMoref: map[types.ManagedObjectReference]*guest{}}
+	l.transfers.init()
+	for i := range cfg.VMs {
+		vm := cfg.VMs[i]
+		l.byName[vm.Name] = newGuest(vm, time.Duration(cfg.BootDelayS*float64(time.Second)))
+	}
+	return l
+}
+
+// install replaces the simulator's guest operation managers with the lab's (same
+// managed object ids), answers PutUsbScanCodes, and follows power state changes.
+func (l *lab) install() {
+	manager := simulator.Map.Get(guestOperationsManager).(*simulator.GuestOperationsManager)
+	processes := &processManager{lab: l}
+	processes.Self = *manager.ProcessManager
+	files := &fileManager{lab: l}
+	files.Self = *manager.FileManager
+	simulator.Map.Put(processes)
+	simulator.Map.Put(files)
+	simulator.UsbScanCodes = l.typeScanCodes
+	simulator.Map.AddHandler(&powerWatcher{lab: l})
+}
+
+var guestOperationsManager = types.ManagedObjectReference{Type: "GuestOperationsManager", Value: "guestOperationsManager"}
+
+// guestOf returns the guest behind vm, if the VM is a lab VM.
+func (l *lab) guestOf(vm types.ManagedObjectReference) *guest {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.byMoref[vm]
+}
+
+// createVMs creates and powers on one simulator VM per lab VM, with the guest's MAC on
+// its network adapter, and returns their managed object ids by name.
+func (l *lab) createVMs(ctx context.Context, u *url.URL) (map[string]string, error) {
+	client, err := newClient(ctx, u)
+	if err != nil {
+		return nil, fmt.Errorf("log in to the simulator: %w", err)
+	}
+	defer func() { _ = client.Logout(context.Background()) }()
+	finder := find.NewFinder(client.Client, true)
+	dc, err := finder.DefaultDatacenter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	finder.SetDatacenter(dc)
+	folders, err := dc.Folders(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := finder.DefaultResourcePool(ctx)
+	if err != nil {
+		return nil, err
+	}
+	network, err := finder.Network(ctx, "VM Network")
+	if err != nil {
+		return nil, err
+	}
+	backing, err := network.EthernetCardBackingInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	datastore, err := finder.DefaultDatastore(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	morefs := map[string]string{}
+	for _, cfg := range l.cfg.VMs {
+		nic, err := object.EthernetCardTypes().CreateEthernetCard("vmxnet3", backing)
+		if err != nil {
+			return nil, err
+		}
+		card := nic.(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+		card.AddressType = string(types.VirtualEthernetCardMacTypeManual)
+		card.MacAddress = cfg.MAC
+		spec := types.VirtualMachineConfigSpec{
+			Name:     cfg.Name,
+			GuestId:  cfg.GuestID,
+			NumCPUs:  1,
+			MemoryMB: 1024,
+			Files:    &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", datastore.Name())},
+			DeviceChange: []types.BaseVirtualDeviceConfigSpec{
+				&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: nic},
+			},
+		}
+		task, err := folders.VmFolder.CreateVM(ctx, spec, pool, nil)
+		if err != nil {
+			return nil, err
+		}
+		info, err := task.WaitForResult(ctx, nil)
+		if err != nil {
+			return nil, fmt.Errorf("create VM %s: %w", cfg.Name, err)
+		}
+		ref := info.Result.(types.ManagedObjectReference)
+		l.mu.Lock()
+		l.byMoref[ref] = l.byName[cfg.Name]
+		l.byName[cfg.Name].moref = ref
+		l.mu.Unlock()
+		morefs[cfg.Name] = ref.Value
+		power, err := object.NewVirtualMachine(client.Client, ref).PowerOn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := power.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("power on %s: %w", cfg.Name, err)
+		}
+	}
+	return morefs, nil
+}
+
+// shutdown powers every guest down: consoles, services and guest processes end.
+func (l *lab) shutdown() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, g := range l.byName {
+		g.powerOff()
+	}
+}
+
+// powerWatcher follows runtime.powerState changes of lab VMs (a registry handler).
+type powerWatcher struct{ lab *lab }
+
+func (w *powerWatcher) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "LabPowerWatcher", Value: "labPowerWatcher"}
+}
+
+func (w *powerWatcher) PutObject(mo.Reference)                    {}
+func (w *powerWatcher) RemoveObject(types.ManagedObjectReference) {}
+
+func (w *powerWatcher) UpdateObject(obj mo.Reference, changes []types.PropertyChange) {
+	g := w.lab.guestOf(obj.Reference())
+	if g == nil {
+		return
+	}
+	for _, change := range changes {
+		if change.Name != "runtime.powerState" {
+			continue
+		}
+		// The handler runs under the VM's lock; boot and shutdown update the VM, so
+		// they run on their own goroutine.
+		switch change.Val.(types.VirtualMachinePowerState) {
+		case types.VirtualMachinePowerStatePoweredOn:
+			go g.powerOn()
+		default:
+			go func() {
+				g.powerOff()
+				g.publish(false)
+			}()
+		}
+	}
+}

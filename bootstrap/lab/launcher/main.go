@@ -1,0 +1,122 @@
+// Command launcher runs the lab's vCenter: govmomi's simulator (VPX model) with the
+// lab's VMs, guest operations and keystrokes that act on the lab guests, and a guest
+// boot after power-on. It reads the runtime configuration the Python side writes,
+// prints one JSON line once it serves, and runs until SIGTERM or SIGINT.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/simulator"
+)
+
+// vmConfig is one lab VM and the guest behind it.
+type vmConfig struct {
+	Name          string `json:"name"`
+	GuestID       string `json:"guest_id"`
+	OS            string `json:"os"`
+	IP            string `json:"ip"`
+	MAC           string `json:"mac"`
+	Hostname      string `json:"hostname"`
+	GuestUsername string `json:"guest_username"`
+	GuestPassword string `json:"guest_password"`
+	HolderPid     int    `json:"holder_pid"`
+	Root          string `json:"root"`
+	SshdConfig    string `json:"sshd_config"`
+	ConsoleLog    string `json:"console_log"`
+	GuestUID      int    `json:"guest_uid"`
+}
+
+// labConfig is the runtime configuration written by bootstrap/lab.
+type labConfig struct {
+	Listen     string     `json:"listen"`
+	HTTP       bool       `json:"http"`
+	CertFile   string     `json:"cert_file"`
+	KeyFile    string     `json:"key_file"`
+	Username   string     `json:"username"`
+	Password   string     `json:"password"`
+	BootDelayS float64    `json:"boot_delay_s"`
+	VMs        []vmConfig `json:"vms"`
+}
+
+func readConfig(path string) (*labConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg := new(labConfig)
+	if err := json.Unmarshal(data, cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func main() {
+	configPath := flag.String("config", "", "runtime configuration (JSON) written by bootstrap/lab")
+	flag.Parse()
+	if *configPath == "" {
+		log.Fatal("--config is required")
+	}
+	cfg, err := readConfig(*configPath)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := run(cfg); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(cfg *labConfig) error {
+	model := simulator.VPX()
+	model.Machine = 0 // the lab's own VMs are created below
+	model.Host = 0    // one cluster only, so the default resource pool is unambiguous
+	if err := model.Create(); err != nil {
+		return fmt.Errorf("create model: %w", err)
+	}
+	defer model.Remove()
+
+	lab := newLab(cfg)
+	model.Service.Listen = &url.URL{Host: cfg.Listen, User: url.UserPassword(cfg.Username, cfg.Password)}
+	if !cfg.HTTP {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return fmt.Errorf("certificate: %w", err)
+		}
+		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	model.Service.HandleFunc(transferPath, lab.serveTransfer)
+	lab.install()
+
+	server := model.Service.NewServer()
+	defer server.Close()
+	lab.baseURL = &url.URL{Scheme: server.URL.Scheme, Host: server.URL.Host}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	morefs, err := lab.createVMs(ctx, server.URL)
+	if err != nil {
+		lab.shutdown()
+		return err
+	}
+	ready, _ := json.Marshal(map[string]any{"url": server.URL.String(), "vms": morefs, "pid": os.Getpid()})
+	fmt.Println(string(ready))
+
+	<-ctx.Done()
+	lab.shutdown()
+	return nil
+}
+
+// newClient logs in to the simulator as an ordinary client would.
+func newClient(ctx context.Context, u *url.URL) (*govmomi.Client, error) {
+	return govmomi.NewClient(ctx, u, true)
+}

@@ -1,0 +1,121 @@
+"""Host plumbing for the lab: commands, the bridge, network namespaces, processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from agent.errors import BeachheadError
+
+NETNS_PREFIX = "bhlab-"
+NETNS_DIR = Path("/run/netns")
+
+
+class LabError(BeachheadError):
+    """The lab could not be brought up, inspected or taken down."""
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a host command; a failure raises :class:`LabError` with its stderr."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    except FileNotFoundError:
+        raise LabError(f"{argv[0]} is not installed (run bootstrap/install.sh)") from None
+    if check and result.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: {result.stderr.strip() or f'exit status {result.returncode}'}")
+    return result
+
+
+def link_exists(name: str) -> bool:
+    """Whether a network interface ``name`` exists on the host."""
+    return Path("/sys/class/net", name).exists()
+
+
+def make_bridge(name: str, address: str) -> None:
+    """Create the lab bridge with ``address`` (CIDR) and bring it up (idempotent)."""
+    if not link_exists(name):
+        run("ip", "link", "add", name, "type", "bridge")
+    run("ip", "address", "replace", address, "dev", name)
+    run("ip", "link", "set", name, "up")
+
+
+def netns_name(vm: str) -> str:
+    """The network namespace of lab VM ``vm``."""
+    return f"{NETNS_PREFIX}{vm}"
+
+
+def lab_namespaces() -> list[str]:
+    """Network namespaces the lab made (by name prefix), including leftovers."""
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(NETNS_PREFIX))
+
+
+def make_guest_network(netns: str, host_if: str, bridge: str, mac: str, address: str, gateway: str) -> None:
+    """A namespace joined to the bridge by a veth pair: ``eth0`` inside with ``mac`` and
+    ``address`` (CIDR), ``host_if`` on the bridge."""
+    if not (NETNS_DIR / netns).exists():
+        run("ip", "netns", "add", netns)
+    if link_exists(host_if):
+        run("ip", "link", "del", host_if)
+    run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    run("ip", "link", "set", host_if, "master", bridge, "up")
+    inside = ("ip", "-n", netns)
+    run(*inside, "link", "set", "lo", "up")
+    run(*inside, "link", "set", "eth0", "address", mac)
+    run(*inside, "address", "replace", address, "dev", "eth0")
+    run(*inside, "link", "set", "eth0", "up")
+    run(*inside, "route", "replace", "default", "via", gateway)
+
+
+def namespace_pids(netns: str) -> list[int]:
+    """Processes running in network namespace ``netns``."""
+    result = run("ip", "netns", "pids", netns, check=False)
+    return [int(line) for line in result.stdout.split() if line.isdigit()]
+
+
+def delete_namespace(netns: str) -> None:
+    """Kill what runs in ``netns`` and delete it (its veth pair goes with it)."""
+    deadline = time.monotonic() + 5
+    while (pids := namespace_pids(netns)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    run("ip", "netns", "del", netns, check=False)
+
+
+def delete_link(name: str) -> None:
+    """Delete a host interface if it exists."""
+    if link_exists(name):
+        run("ip", "link", "del", name, check=False)
+
+
+def alive(pid: int | None, marker: str | None = None) -> bool:
+    """Whether ``pid`` runs (and, given ``marker``, its command line contains it)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return marker is None or marker.encode() in cmdline
+
+
+def stop_process(pid: int | None, marker: str | None = None, timeout: float = 10) -> None:
+    """SIGTERM ``pid``, then SIGKILL if it outlives ``timeout`` seconds."""
+    if not alive(pid, marker):
+        return
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive(pid, marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        if alive(pid, marker):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,124 @@
+"""Fixtures for the lab tests: the lab comes up once per session through the CLI
+(``beachhead lab up --json``); the tests then talk to it with plain pyvmomi, asyncssh
+and urllib, as any third-party client would."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim
+
+from tests.conftest import beachhead
+
+BOOT_DELAY_S = 3
+LAB_YAML = f"""
+vcenter: {{host: 127.0.0.1, port: 443}}
+network: {{bridge: bhlab0, subnet: 10.213.0.0/24}}
+boot_delay_s: {BOOT_DELAY_S}
+vms:
+  - {{name: lin-01, guest_id: debian12_64Guest, os: linux, guest_username: root}}
+  - {{name: lin-02, guest_id: ubuntu64Guest, os: linux, guest_username: root}}
+  - {{name: lin-03, guest_id: debian12_64Guest, os: linux, guest_username: admin}}
+  - {{name: win-01, guest_id: windows2019srv_64Guest, os: windows, guest_username: Administrator}}
+"""
+
+
+@pytest.fixture(scope="session")
+def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lab YAML the tests bring up."""
+    path = tmp_path_factory.mktemp("lab") / "lab.yaml"
+    path.write_text(LAB_YAML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lab_session(lab_config: Path) -> Iterator[Path]:
+    """The lab, up for the whole session and down afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    beachhead("lab", "down")
+    started = beachhead("lab", "up", "--config", str(lab_config), "--json", timeout=300)
+    assert started.returncode == 0, started.stderr
+    yield lab_config
+    beachhead("lab", "down")
+
+
+@pytest.fixture
+def lab(lab_session: Path) -> dict[str, Any]:
+    """The running lab's description (``beachhead lab status --json``)."""
+    status = beachhead("lab", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    description: dict[str, Any] = json.loads(status.stdout)
+    return description
+
+
+@dataclass
+class Vc:
+    """A pyvmomi connection to the lab's vCenter and the lab's description."""
+
+    si: vim.ServiceInstance
+    lab: dict[str, Any]
+    ssl_context: ssl.SSLContext
+
+    @property
+    def content(self) -> vim.ServiceInstanceContent:
+        """The service content."""
+        return self.si.RetrieveContent()
+
+    def vm(self, name: str) -> vim.VirtualMachine:
+        """The VM called ``name``."""
+        view = self.content.viewManager.CreateContainerView(self.content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            return next(vm for vm in view.view if vm.name == name)
+        finally:
+            view.Destroy()
+
+    def guest(self, name: str) -> dict[str, Any]:
+        """The lab's entry for VM ``name`` (ip, credentials)."""
+        return next(vm for vm in self.lab["vms"] if vm["name"] == name)
+
+    def auth(self, name: str, password: str | None = None) -> vim.vm.guest.NamePasswordAuthentication:
+        """Guest credentials for VM ``name`` (or a wrong password)."""
+        guest = self.guest(name)
+        return vim.vm.guest.NamePasswordAuthentication(
+            username=guest["guest_username"], password=password or guest["guest_password"]
+        )
+
+    @property
+    def processes(self) -> vim.vm.guest.ProcessManager:
+        """The guest process manager."""
+        return self.content.guestOperationsManager.processManager
+
+    @property
+    def files(self) -> vim.vm.guest.FileManager:
+        """The guest file manager."""
+        return self.content.guestOperationsManager.fileManager
+
+
+@pytest.fixture
+def vc(lab: dict[str, Any]) -> Iterator[Vc]:
+    """pyvmomi connected with its defaults (https, port 443), verifying the lab's CA."""
+    vcenter = lab["vcenter"]
+    context = ssl.create_default_context(cafile=vcenter["ca_file"])
+    si = SmartConnect(host="127.0.0.1", user=vcenter["username"], pwd=vcenter["password"], sslContext=context)
+    yield Vc(si, lab, context)
+    Disconnect(si)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout}s")

@@ -1,0 +1,75 @@
+"""`beachhead lab down` leaves nothing behind, `up` comes back, and bad lab files are
+refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import beachhead
+
+
+def _leftovers() -> list[str]:
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    found += [f"namespace {line.split()[0]}" for line in netns.splitlines() if line.startswith("bhlab-")]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    found += [f"interface {line.split(':')[1].strip()}" for line in links.splitlines() if ": bhlab" in line]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "beachhead-lab" in cmdline or "/lab/launcher-" in cmdline:
+            found.append(f"process {pid}: {cmdline.strip()}")
+    return found
+
+
+def test_down_leaves_nothing_behind_and_up_restores(lab_session: Path) -> None:
+    assert _leftovers(), "the lab should be running before this test"
+    down = beachhead("lab", "down")
+    assert down.returncode == 0, down.stderr
+    assert "removed namespace bhlab-lin-01" in down.stdout
+    assert _leftovers() == []
+    status = beachhead("lab", "status", "--json")
+    assert status.returncode == 1 and json.loads(status.stdout) == {"running": False}
+    assert beachhead("lab", "down").returncode == 0  # nothing to do is fine
+
+    up = beachhead("lab", "up", "--config", str(lab_session), "--json", timeout=300)
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["vms"][0]["name"] == "lin-01"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("vms: []\n", "vms (line 1): must be a non-empty list of VMs"),
+        ("vms:\n  - {name: a, guest_id: x, os: linux, guest_username: root}\n", "vms[1].guest_id (line 2)"),
+        ("vms:\n  - {name: a, guest_id: otherGuest, os: beos, guest_username: root}\n", "vms[1].os (line 2)"),
+        ("vcenter: {host: 10.0.0.1}\nvms: []\n", "vcenter.host (line 1): the lab's vCenter listens on loopback only"),
+        ("network: {subnet: 8.8.8.0/24}\nvms: []\n", "network.subnet (line 1): must be a private IPv4 network"),
+        ("vms:\n  - {name: a, guest_id: otherGuest, os: linux, guest_username: root, colour: red}\n", "colour"),
+        (
+            "vms:\n  - {name: a, guest_id: otherGuest, os: linux, guest_username: root}\n"
+            "  - {name: a, guest_id: otherGuest, os: linux, guest_username: root}\n",
+            "vms[2].name (line 3): VM name 'a' appears twice",
+        ),
+    ],
+)
+def test_bad_lab_file_exits_2_naming_file_and_field(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "lab.yaml"
+    config.write_text(text)
+    result = beachhead("lab", "up", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert str(config) in result.stderr and message in result.stderr
+
+
+def test_lab_help_explains_the_commands() -> None:
+    result = beachhead("lab", "--help")
+    assert result.returncode == 0
+    for command in ("up", "status", "down"):
+        assert command in result.stdout
