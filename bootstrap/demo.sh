@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Beachhead, starts a local sshd as a demo guest, and runs a bootstrap plan on it,
+# Installs Beachhead, starts the vSphere lab, and runs a bootstrap plan on its Linux guests,
 # then shows the run's journal and undoes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

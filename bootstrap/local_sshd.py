@@ -74,6 +74,13 @@ def password_hash(password: str) -> str:
     return result.stdout.strip()
 
 
+def sudoers(login: str) -> str:
+    """A sudoers file in which root needs no password and ``login`` may run anything
+    with its own password."""
+    rules = "root ALL=(ALL:ALL) NOPASSWD: ALL\n" + (f"{login} ALL=(ALL:ALL) ALL\n" if login != "root" else "")
+    return "Defaults !lecture\nDefaults env_reset\n" + rules
+
+
 class LocalSshd:
     """Starts and stops one sshd on ``host`` (loopback) with generated keys and accounts."""
 
@@ -157,11 +164,9 @@ class LocalSshd:
         shadow_file = etc / "shadow"
         shadow_file.write_text(shadow + f"{SUDO_USER}:{password_hash(account.password)}:19000:0:99999:7:::\n")
         shadow_file.chmod(0o640)
-        sudoers = etc / "sudoers"
-        sudoers.write_text(
-            f"Defaults !lecture\nDefaults env_reset\nroot ALL=(ALL:ALL) NOPASSWD: ALL\n{SUDO_USER} ALL=(ALL:ALL) ALL\n"
-        )
-        sudoers.chmod(0o440)
+        sudoers_file = etc / "sudoers"
+        sudoers_file.write_text(sudoers(SUDO_USER))
+        sudoers_file.chmod(0o440)
 
     def _make_home(self, name: str, uid: int) -> Path:
         """A fresh, empty home: logins here never run the host's shell start-up files,

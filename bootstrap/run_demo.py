@@ -1,21 +1,28 @@
-"""The demo: a bootstrap run of ``bootstrap/demo/plan.yaml`` against a local sshd that
-the demo starts (a real OpenSSH on 127.0.0.1 with generated keys), then the run's
-journal, then ``beachhead undo``. Run it with ``bash bootstrap/demo.sh``."""
+"""The demo: a bootstrap run of ``bootstrap/demo/plan.yaml`` on the Linux guests of the
+local vSphere lab (which the demo starts, and stops again if it started it), then the
+run's journal, then ``beachhead undo``. Without root, or with ``--local-sshd``, the
+guest is a local sshd on 127.0.0.1 instead. Run it with ``bash bootstrap/demo.sh``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from bootstrap.local_sshd import LocalSshd
 
 PLAN = Path(__file__).parent / "demo" / "plan.yaml"
 BEACHHEAD = Path(sys.executable).with_name("beachhead")
+REPORTS = Path("~/beachhead-demo-reports").expanduser()
 
 
 def _show_and_run(arguments: list[str], env: dict[str, str]) -> int:
@@ -23,26 +30,79 @@ def _show_and_run(arguments: list[str], env: dict[str, str]) -> int:
     return subprocess.run([str(BEACHHEAD), *arguments], env=env, check=False).returncode
 
 
+def _beachhead_json(*arguments: str) -> tuple[int, dict[str, Any] | None]:
+    done = subprocess.run([str(BEACHHEAD), *arguments], capture_output=True, text=True, check=False)
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except ValueError:
+        sys.stderr.write(done.stderr)
+        return done.returncode, None
+
+
+@contextmanager
+def _lab_guests(workdir: Path, env: dict[str, str], keep: bool) -> Iterator[list[str]]:
+    """Target URIs for the lab's Linux guests, their passwords in ``env`` and their host
+    keys in a known_hosts file. Starts the lab when it is down; stops it afterwards
+    then, unless ``keep``."""
+    status, _ = _beachhead_json("lab", "status", "--json")
+    started = status != 0
+    print("\n$ beachhead lab up --json", flush=True)
+    status, lab = _beachhead_json("lab", "up", "--json")
+    if status != 0 or lab is None:
+        raise SystemExit(f"demo: the lab did not start (exit {status})")
+    known_hosts = workdir / "known_hosts"
+    uris = []
+    for vm in lab["vms"]:
+        if vm["os"] != "linux":
+            continue
+        variable = "BEACHHEAD_DEMO_PASSWORD_" + re.sub(r"\W", "_", vm["name"]).upper()
+        env[variable] = vm["guest_password"]
+        with known_hosts.open("a") as entries:
+            entries.write(f"{vm['ip']} {vm['ssh_host_key']}\n")
+        uris.append(
+            f"ssh://{vm['guest_username']}@{vm['ip']}"
+            f"?password_env={variable}&known_hosts={known_hosts}&name={vm['name']}"
+        )
+        print(f"demo guest: lab VM {vm['name']} ({vm['guest_id']}), sshd on {vm['ip']}:22")
+    try:
+        yield uris
+    finally:
+        if started and not keep:
+            _show_and_run(["lab", "down"], env)
+        elif started:
+            print("\nthe lab keeps running: `beachhead lab status`, `beachhead lab down`")
+
+
+@contextmanager
+def _local_sshd_guest(workdir: Path) -> Iterator[list[str]]:
+    """The target URI of a local sshd on 127.0.0.1, started for the demo."""
+    with LocalSshd(workdir / "sshd") as sshd:
+        print(f"demo guest: OpenSSH sshd on {sshd.host}:{sshd.port} (keys in {workdir / 'sshd'})")
+        yield [sshd.uri(name="demo-guest")]
+
+
 def main() -> int:
-    """Start the demo guest, run the plan on it, show the journal, undo; 0 on success."""
+    """Start the demo guests, run the plan on them, show the journal, undo; 0 on success."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="skip the final undo")
+    parser.add_argument("--keep", action="store_true", help="skip the final undo, and leave the lab running")
+    parser.add_argument("--local-sshd", action="store_true", help="use a local sshd instead of the lab's guests")
     options = parser.parse_args()
+    local = options.local_sshd or os.geteuid() != 0
+    if local and not options.local_sshd:
+        print("demo: not root, so no lab: the guest is a local sshd")
     with tempfile.TemporaryDirectory(prefix="beachhead-demo-") as scratch:
         workdir = Path(scratch)
         env = {**os.environ, "BEACHHEAD_RUNS_DIR": str(workdir / "runs")}
-        with LocalSshd(workdir / "sshd") as sshd:
-            print(f"demo guest: OpenSSH sshd on {sshd.host}:{sshd.port} (keys in {workdir / 'sshd'})")
-            status = _show_and_run(
-                ["--log-level", "warning", "run", str(PLAN), "--target", sshd.uri(name="demo-guest")], env
-            )
+        guests = _local_sshd_guest(workdir) if local else _lab_guests(workdir, env, options.keep)
+        with guests as uris:
+            targets = [argument for uri in uris for argument in ("--target", uri)]
+            status = _show_and_run(["--log-level", "warning", "run", str(PLAN), *targets], env)
             runs = sorted((workdir / "runs").iterdir()) if (workdir / "runs").is_dir() else []
             if not runs:
                 return status
             run_id = runs[-1].name
             _show_and_run(["journal", run_id], env)
-            report = Path("~/beachhead-demo-reports/demo-guest.txt").expanduser()
-            if report.exists():
+            for report in sorted(REPORTS.glob("*.txt")) if REPORTS.is_dir() else []:
                 print(f"\ndownloaded report {report}:\n{report.read_text()}")
             if not options.keep:
                 undo_status = _show_and_run(["--log-level", "warning", "undo", run_id], env)

@@ -51,6 +51,12 @@ def lab_up(config_path: Path | None, http: bool, json_output: bool) -> None:
     with errors_exit():
         config = load_config(config_path)
         state, started = up(config, http=http, progress=None if json_output else _progress)
+    if not started and state.data.get("config") != str(config.source.resolve()):
+        click.echo(
+            f"beachhead: note: the running lab was started from {state.data.get('config')}; "
+            f"run `beachhead lab down` first to start it from {config.source}",
+            err=True,
+        )
     _print(state.public(), json_output, "lab started" if started else "lab already running")
 
 

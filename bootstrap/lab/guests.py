@@ -1,10 +1,11 @@
 """Lab guests: a guest root directory and a holder process whose network, mount and
 UTS namespaces are the guest's.
 
-A Linux guest sees its own ``/tmp``, ``/root``, ``/home``, ``/var/tmp`` and account
-files (bind-mounted from its root directory) and shares the host's programs. Its sshd
-and console are started by the vCenter launcher when the VM powers on, inside these
-namespaces. A Windows stand-in has drive folders (``C/...``) under its root directory.
+A Linux guest sees its own ``/tmp``, ``/root``, ``/home``, ``/var/tmp``, account files,
+sudoers (its login may sudo with its password), ``/etc/hosts`` (its own name) and
+``/etc/resolv.conf`` (no name server), bind-mounted from its root directory, and shares
+the host's programs. Its sshd and console are started by the vCenter launcher when the
+VM powers on, inside these namespaces. A Windows stand-in has drive folders (``C/...``) under its root directory.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootstrap.lab.system import LabError, alive
-from bootstrap.local_sshd import keygen, password_hash
+from bootstrap.local_sshd import keygen, password_hash, sudoers
 
 PRIVATE_DIRS = ("tmp", "root", "home", "var/tmp")
-ACCOUNT_FILES = ("passwd", "group", "shadow")
+# Files of the guest's own /etc, bind-mounted over the host's.
+GUEST_ETC_FILES = ("passwd", "group", "shadow", "hosts", "resolv.conf")
 HOLDER_MARKER = "beachhead-lab-holder"
 HOLDER_START_S = 10.0
 FIRST_GUEST_UID = 1000
@@ -36,6 +38,15 @@ class GuestLayout:
     def sshd_config(self) -> Path:
         """The guest sshd's configuration."""
         return self.root / "etc/ssh/sshd_config"
+
+    @property
+    def ssh_host_key(self) -> Path:
+        """The guest sshd's private host key (the public one is beside it, ``.pub``)."""
+        return self.root / "etc/ssh/ssh_host_ed25519_key"
+
+    def ssh_host_public_key(self) -> str:
+        """The guest sshd's public host key, ``TYPE BASE64``, for a known_hosts entry."""
+        return " ".join(self.ssh_host_key.with_suffix(".pub").read_text().split()[:2])
 
     @property
     def console_log(self) -> Path:
@@ -55,10 +66,14 @@ def prepare_linux_root(layout: GuestLayout, hostname: str, ip: str, username: st
     etc = root / "etc"
     (etc / "ssh").mkdir(parents=True, exist_ok=True)
     (etc / "hostname").write_text(hostname + "\n")
+    (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{ip}\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    # No name server: lookups stay inside the guest (and fail fast) instead of waiting
+    # on, or leaking to, the host's resolver.
+    (etc / "resolv.conf").write_text("# lab guest: names resolve from /etc/hosts only\nnameserver 127.0.0.1\n")
 
     uid = _write_accounts(root, username, password)
 
-    host_key = etc / "ssh/ssh_host_ed25519_key"
+    host_key = layout.ssh_host_key
     if not host_key.exists():
         keygen(host_key, f"root@{hostname}")
     layout.sshd_config.write_text(
@@ -110,6 +125,9 @@ def _write_accounts(root: Path, username: str, password: str) -> int:
     shadow = etc / "shadow"
     shadow.write_text("\n".join(shadow_lines) + "\n")
     shadow.chmod(0o640)
+    sudoers_file = etc / "sudoers"
+    sudoers_file.write_text(sudoers(username))
+    sudoers_file.chmod(0o440)
     return uid
 
 
@@ -124,7 +142,9 @@ def start_holder(netns: str, layout: GuestLayout, hostname: str, linux: bool) ->
     mounts = []
     if linux:
         mounts += [f"mount --bind {shlex.quote(str(layout.root / d))} /{d}" for d in PRIVATE_DIRS]
-        mounts += [f"mount --bind {shlex.quote(str(layout.root / 'etc' / f))} /etc/{f}" for f in ACCOUNT_FILES]
+        mounts += [f"mount --bind {shlex.quote(str(layout.root / 'etc' / f))} /etc/{f}" for f in GUEST_ETC_FILES]
+        if Path("/etc/sudoers").exists():
+            mounts.append(f"mount --bind {shlex.quote(str(layout.root / 'etc/sudoers'))} /etc/sudoers")
     script = " && ".join([*mounts, f"hostname {shlex.quote(hostname)}", f"exec -a {HOLDER_MARKER} sleep infinity"])
     process = subprocess.Popen(
         ["ip", "netns", "exec", netns, "unshare", "--mount", "--uts", "--propagation", "private", "bash", "-c", script],

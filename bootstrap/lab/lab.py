@@ -148,6 +148,7 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
                 "ip": ip,
                 "guest_username": vm.guest_username,
                 "guest_password": password,
+                "ssh_host_key": layout.ssh_host_public_key() if linux else None,
             }
         )
         runtime_vms.append(
@@ -192,7 +193,7 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
             "ca_file": None if http else str(certificate.ca_file),
         },
         vms=[{**vm, "moref": ready["vms"][vm["name"]]} for vm in vms],
-        config=str(config.source),
+        config=str(config.source.resolve()),
     )
     state.save()
 

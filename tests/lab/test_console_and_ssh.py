@@ -78,11 +78,13 @@ def test_keystrokes_need_a_powered_on_vm(vc: Vc) -> None:
 
 
 async def test_ssh_to_the_guest_address(vc: Vc) -> None:
+    """The guest's sshd answers on its address with the host key the lab reports."""
     guest = vc.guest("lin-01")
     vm = vc.vm("lin-01")
     wait_for(lambda: vm.guest.ipAddress == guest["ip"], what="lin-01 address")
+    known_hosts = asyncssh.import_known_hosts(f"{guest['ip']} {guest['ssh_host_key']}\n")
     async with asyncssh.connect(
-        guest["ip"], username=guest["guest_username"], password=guest["guest_password"], known_hosts=None
+        guest["ip"], username=guest["guest_username"], password=guest["guest_password"], known_hosts=known_hosts
     ) as connection:
         result = await connection.run("hostname; id -u; ip -4 -o address show eth0", check=True)
     hostname, uid, address = str(result.stdout).splitlines()
@@ -96,3 +98,17 @@ async def test_ssh_refuses_a_wrong_password(vc: Vc) -> None:
         await asyncssh.connect(
             guest["ip"], username=guest["guest_username"], password="wrong", known_hosts=None, connect_timeout=10
         )
+
+
+async def test_a_non_root_guest_login_may_sudo_with_its_password(vc: Vc) -> None:
+    guest = vc.guest("lin-03")
+    wait_for(lambda: vc.vm("lin-03").guest.ipAddress == guest["ip"], what="lin-03 address")
+    async with asyncssh.connect(
+        guest["ip"], username=guest["guest_username"], password=guest["guest_password"], known_hosts=None
+    ) as connection:
+        plain = await connection.run("id -un", check=True)
+        refused = await connection.run("sudo -S -p '' id -un", input="wrong\n")
+        elevated = await connection.run("sudo -S -p '' id -un", input=guest["guest_password"] + "\n")
+    assert str(plain.stdout).strip() == "admin"
+    assert refused.exit_status != 0
+    assert (elevated.exit_status, str(elevated.stdout).strip()) == (0, "root")

@@ -26,12 +26,17 @@ def test_up_json_contract_and_idempotence(lab_config: Path, lab: dict[str, Any])
     assert Path(lab["vcenter"]["ca_file"]).is_file()
     for vm in lab["vms"]:
         assert {"name", "os", "guest_id", "ip", "guest_username", "guest_password"} <= set(vm)
+        assert (vm["ssh_host_key"] or "").startswith("ssh-ed25519 ") == (vm["os"] == "linux")
     assert sorted(vm["os"] for vm in lab["vms"]).count("linux") >= 2
     assert any(vm["os"] == "windows" for vm in lab["vms"])
 
     again = beachhead("lab", "up", "--config", str(lab_config), "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == lab  # reported, not restarted: same passwords
+    assert "note" not in again.stderr
+    other = beachhead("lab", "up", "--json")  # the default lab file: still the running lab, with a note
+    assert json.loads(other.stdout) == lab
+    assert "run `beachhead lab down` first to start it from" in other.stderr
 
 
 def test_pyvmomi_defaults_connect_and_the_certificate_verifies_against_the_lab_ca(lab: dict[str, Any]) -> None:
