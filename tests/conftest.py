@@ -72,3 +72,17 @@ def beachhead(*args: str, timeout: float = 120, env: dict[str, str] | None = Non
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+def run_demo(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the demo (``bootstrap/demo.sh`` without its install step) with ``home`` as
+    $HOME, where it puts the reports it downloads."""
+    return subprocess.run(
+        [sys.executable, "-m", "bootstrap.run_demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "HOME": str(home)},
+        check=False,
+    )

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import beachhead
+from tests.conftest import beachhead, run_demo
 
 
 def test_demo_runs_on_the_lab_guests_and_undoes(lab_session: Path, tmp_path: Path) -> None:
-    demo = subprocess.run(
-        [sys.executable, "-m", "bootstrap.run_demo"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "HOME": str(tmp_path)},
-        check=False,
-    )
+    demo = run_demo(tmp_path)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     for guest in ("lin-01", "lin-02", "lin-03"):
         assert f"host: {guest}\n" in demo.stdout  # the report configure.sh wrote in that guest

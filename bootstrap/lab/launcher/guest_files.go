@@ -127,12 +127,25 @@ func writeGuestFile(tr *transfer, body io.Reader) error {
 	return os.Rename(tmp.Name(), tr.hostFile)
 }
 
+func fileNotFound(guestFile string) *soap.Fault {
+	return simulator.Fault("", &types.FileNotFound{FileFault: types.FileFault{File: guestFile}})
+}
+
+func fileAlreadyExists(guestFile string) *soap.Fault {
+	return simulator.Fault("", &types.FileAlreadyExists{FileFault: types.FileFault{File: guestFile}})
+}
+
+func notAFile(guestFile string) *soap.Fault {
+	return simulator.Fault("", &types.NotAFile{FileFault: types.FileFault{File: guestFile}})
+}
+
+// fileFault is the vSphere fault for a failed file system call on guestFile.
 func fileFault(guestFile string, err error) *soap.Fault {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return simulator.Fault("", &types.FileNotFound{FileFault: types.FileFault{File: guestFile}})
+		return fileNotFound(guestFile)
 	case errors.Is(err, fs.ErrExist):
-		return simulator.Fault("", &types.FileAlreadyExists{FileFault: types.FileFault{File: guestFile}})
+		return fileAlreadyExists(guestFile)
 	case errors.Is(err, fs.ErrPermission):
 		return simulator.Fault("", &types.NoPermission{})
 	}
@@ -142,33 +155,27 @@ func fileFault(guestFile string, err error) *soap.Fault {
 // InitiateFileTransferToGuest returns a URL that takes one HTTP PUT of the file.
 func (m *fileManager) InitiateFileTransferToGuest(req *types.InitiateFileTransferToGuest) soap.HasFault {
 	body := new(methods.InitiateFileTransferToGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	hostFile := g.hostPath(req.GuestFilePath)
-	if info, err := os.Stat(filepath.Dir(hostFile)); err != nil || !info.IsDir() {
-		body.Fault_ = simulator.Fault("", &types.FileNotFound{FileFault: types.FileFault{File: req.GuestFilePath}})
-		return body
-	}
-	if info, err := os.Lstat(hostFile); err == nil {
-		if info.IsDir() {
-			body.Fault_ = simulator.Fault("", &types.NotAFile{FileFault: types.FileFault{File: req.GuestFilePath}})
-			return body
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.InitiateFileTransferToGuestResponse, *soap.Fault) {
+		hostFile := g.hostPath(req.GuestFilePath)
+		if info, err := os.Stat(filepath.Dir(hostFile)); err != nil || !info.IsDir() {
+			return nil, fileNotFound(req.GuestFilePath)
 		}
-		if !req.Overwrite {
-			body.Fault_ = simulator.Fault("", &types.FileAlreadyExists{FileFault: types.FileFault{File: req.GuestFilePath}})
-			return body
+		if info, err := os.Lstat(hostFile); err == nil {
+			if info.IsDir() {
+				return nil, notAFile(req.GuestFilePath)
+			}
+			if !req.Overwrite {
+				return nil, fileAlreadyExists(req.GuestFilePath)
+			}
 		}
-	}
-	mode := os.FileMode(0o644)
-	if posix, ok := req.FileAttributes.(*types.GuestPosixFileAttributes); ok && posix.Permissions != 0 {
-		mode = os.FileMode(posix.Permissions & 0o7777)
-	}
-	tr := &transfer{guest: g, hostFile: hostFile, upload: true, size: req.FileSize,
-		overwrite: req.Overwrite, mode: mode, expires: time.Now().Add(transferTTL)}
-	body.Res = &types.InitiateFileTransferToGuestResponse{Returnval: m.lab.transferURL(tr)}
+		mode := os.FileMode(0o644)
+		if posix, ok := req.FileAttributes.(*types.GuestPosixFileAttributes); ok && posix.Permissions != 0 {
+			mode = os.FileMode(posix.Permissions & 0o7777)
+		}
+		tr := &transfer{guest: g, hostFile: hostFile, upload: true, size: req.FileSize,
+			overwrite: req.Overwrite, mode: mode, expires: time.Now().Add(transferTTL)}
+		return &types.InitiateFileTransferToGuestResponse{Returnval: m.lab.transferURL(tr)}, nil
+	})
 	return body
 }
 
@@ -176,25 +183,20 @@ func (m *fileManager) InitiateFileTransferToGuest(req *types.InitiateFileTransfe
 // serves one HTTP GET of it.
 func (m *fileManager) InitiateFileTransferFromGuest(req *types.InitiateFileTransferFromGuest) soap.HasFault {
 	body := new(methods.InitiateFileTransferFromGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	hostFile := g.hostPath(req.GuestFilePath)
-	info, err := os.Stat(hostFile)
-	if err != nil {
-		body.Fault_ = fileFault(req.GuestFilePath, err)
-		return body
-	}
-	if info.IsDir() {
-		body.Fault_ = simulator.Fault("", &types.NotAFile{FileFault: types.FileFault{File: req.GuestFilePath}})
-		return body
-	}
-	tr := &transfer{guest: g, hostFile: hostFile, expires: time.Now().Add(transferTTL)}
-	body.Res = &types.InitiateFileTransferFromGuestResponse{Returnval: types.FileTransferInformation{
-		Attributes: posixAttributes(info), Size: info.Size(), Url: m.lab.transferURL(tr),
-	}}
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.InitiateFileTransferFromGuestResponse, *soap.Fault) {
+		hostFile := g.hostPath(req.GuestFilePath)
+		info, err := os.Stat(hostFile)
+		if err != nil {
+			return nil, fileFault(req.GuestFilePath, err)
+		}
+		if info.IsDir() {
+			return nil, notAFile(req.GuestFilePath)
+		}
+		tr := &transfer{guest: g, hostFile: hostFile, expires: time.Now().Add(transferTTL)}
+		return &types.InitiateFileTransferFromGuestResponse{Returnval: types.FileTransferInformation{
+			Attributes: posixAttributes(info), Size: info.Size(), Url: m.lab.transferURL(tr),
+		}}, nil
+	})
 	return body
 }
 
@@ -212,48 +214,39 @@ func posixAttributes(info os.FileInfo) *types.GuestPosixFileAttributes {
 // MakeDirectoryInGuest creates a directory, and its parents when asked.
 func (m *fileManager) MakeDirectoryInGuest(req *types.MakeDirectoryInGuest) soap.HasFault {
 	body := new(methods.MakeDirectoryInGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	hostDir := g.hostPath(req.DirectoryPath)
-	var err error
-	if req.CreateParentDirectories {
-		err = os.MkdirAll(hostDir, 0o755)
-	} else {
-		err = os.Mkdir(hostDir, 0o755)
-	}
-	if err != nil {
-		body.Fault_ = fileFault(req.DirectoryPath, err)
-		return body
-	}
-	body.Res = new(types.MakeDirectoryInGuestResponse)
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.MakeDirectoryInGuestResponse, *soap.Fault) {
+		hostDir := g.hostPath(req.DirectoryPath)
+		var err error
+		if req.CreateParentDirectories {
+			err = os.MkdirAll(hostDir, 0o755)
+		} else {
+			err = os.Mkdir(hostDir, 0o755)
+		}
+		if err != nil {
+			return nil, fileFault(req.DirectoryPath, err)
+		}
+		return new(types.MakeDirectoryInGuestResponse), nil
+	})
 	return body
 }
 
 // DeleteFileInGuest deletes a file; a directory is refused with NotAFile.
 func (m *fileManager) DeleteFileInGuest(req *types.DeleteFileInGuest) soap.HasFault {
 	body := new(methods.DeleteFileInGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	hostFile := g.hostPath(req.FilePath)
-	info, err := os.Lstat(hostFile)
-	if err == nil && info.IsDir() {
-		body.Fault_ = simulator.Fault("", &types.NotAFile{FileFault: types.FileFault{File: req.FilePath}})
-		return body
-	}
-	if err == nil {
-		err = os.Remove(hostFile)
-	}
-	if err != nil {
-		body.Fault_ = fileFault(req.FilePath, err)
-		return body
-	}
-	body.Res = new(types.DeleteFileInGuestResponse)
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.DeleteFileInGuestResponse, *soap.Fault) {
+		hostFile := g.hostPath(req.FilePath)
+		info, err := os.Lstat(hostFile)
+		if err == nil && info.IsDir() {
+			return nil, notAFile(req.FilePath)
+		}
+		if err == nil {
+			err = os.Remove(hostFile)
+		}
+		if err != nil {
+			return nil, fileFault(req.FilePath, err)
+		}
+		return new(types.DeleteFileInGuestResponse), nil
+	})
 	return body
 }
 
@@ -261,58 +254,52 @@ func (m *fileManager) DeleteFileInGuest(req *types.DeleteFileInGuest) soap.HasFa
 // index/maxResults paging and an optional regular expression on names.
 func (m *fileManager) ListFilesInGuest(req *types.ListFilesInGuest) soap.HasFault {
 	body := new(methods.ListFilesInGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	hostFile := g.hostPath(req.FilePath)
-	info, err := os.Lstat(hostFile)
-	if err != nil {
-		body.Fault_ = fileFault(req.FilePath, err)
-		return body
-	}
-	var pattern *regexp.Regexp
-	if req.MatchPattern != "" {
-		if pattern, err = regexp.Compile(req.MatchPattern); err != nil {
-			body.Fault_ = simulator.Fault(err.Error(), &types.InvalidArgument{InvalidProperty: "matchPattern"})
-			return body
-		}
-	}
-	var files []types.GuestFileInfo
-	if info.IsDir() {
-		entries, err := os.ReadDir(hostFile)
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.ListFilesInGuestResponse, *soap.Fault) {
+		hostFile := g.hostPath(req.FilePath)
+		info, err := os.Lstat(hostFile)
 		if err != nil {
-			body.Fault_ = fileFault(req.FilePath, err)
-			return body
+			return nil, fileFault(req.FilePath, err)
 		}
-		names := []string{".", ".."}
-		for _, entry := range entries {
-			names = append(names, entry.Name())
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			if pattern != nil && !pattern.MatchString(name) {
-				continue
-			}
-			if entry, err := os.Lstat(filepath.Join(hostFile, name)); err == nil {
-				files = append(files, guestFileInfo(name, entry))
+		var pattern *regexp.Regexp
+		if req.MatchPattern != "" {
+			if pattern, err = regexp.Compile(req.MatchPattern); err != nil {
+				return nil, simulator.Fault(err.Error(), &types.InvalidArgument{InvalidProperty: "matchPattern"})
 			}
 		}
-	} else {
-		files = append(files, guestFileInfo(req.FilePath, info))
-	}
-	start := int(req.Index)
-	if start > len(files) {
-		start = len(files)
-	}
-	files = files[start:]
-	remaining := 0
-	if req.MaxResults > 0 && len(files) > int(req.MaxResults) {
-		remaining = len(files) - int(req.MaxResults)
-		files = files[:req.MaxResults]
-	}
-	body.Res = &types.ListFilesInGuestResponse{Returnval: types.GuestListFileInfo{Files: files, Remaining: int32(remaining)}}
+		var files []types.GuestFileInfo
+		if info.IsDir() {
+			entries, err := os.ReadDir(hostFile)
+			if err != nil {
+				return nil, fileFault(req.FilePath, err)
+			}
+			names := []string{".", ".."}
+			for _, entry := range entries {
+				names = append(names, entry.Name())
+			}
+			sort.Strings(names)
+			for _, name := range names {
+				if pattern != nil && !pattern.MatchString(name) {
+					continue
+				}
+				if entry, err := os.Lstat(filepath.Join(hostFile, name)); err == nil {
+					files = append(files, guestFileInfo(name, entry))
+				}
+			}
+		} else {
+			files = append(files, guestFileInfo(req.FilePath, info))
+		}
+		start := int(req.Index)
+		if start > len(files) {
+			start = len(files)
+		}
+		files = files[start:]
+		remaining := 0
+		if req.MaxResults > 0 && len(files) > int(req.MaxResults) {
+			remaining = len(files) - int(req.MaxResults)
+			files = files[:req.MaxResults]
+		}
+		return &types.ListFilesInGuestResponse{Returnval: types.GuestListFileInfo{Files: files, Remaining: int32(remaining)}}, nil
+	})
 	return body
 }
 
@@ -331,24 +318,20 @@ func guestFileInfo(name string, info os.FileInfo) types.GuestFileInfo {
 // directory given (the guest's temporary directory by default) and returns its path.
 func (m *fileManager) CreateTemporaryFileInGuest(req *types.CreateTemporaryFileInGuest) soap.HasFault {
 	body := new(methods.CreateTemporaryFileInGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	dir := req.DirectoryPath
-	if dir == "" {
-		dir = "/tmp"
-		if g.windows() {
-			dir = `C:\Windows\Temp`
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.CreateTemporaryFileInGuestResponse, *soap.Fault) {
+		dir := req.DirectoryPath
+		if dir == "" {
+			dir = "/tmp"
+			if g.windows() {
+				dir = `C:\Windows\Temp`
+			}
 		}
-	}
-	file, err := os.CreateTemp(g.hostPath(dir), req.Prefix+"*"+req.Suffix)
-	if err != nil {
-		body.Fault_ = fileFault(dir, err)
-		return body
-	}
-	file.Close()
-	body.Res = &types.CreateTemporaryFileInGuestResponse{Returnval: g.guestPathOf(file.Name(), dir)}
+		file, err := os.CreateTemp(g.hostPath(dir), req.Prefix+"*"+req.Suffix)
+		if err != nil {
+			return nil, fileFault(dir, err)
+		}
+		file.Close()
+		return &types.CreateTemporaryFileInGuestResponse{Returnval: g.guestPathOf(file.Name(), dir)}, nil
+	})
 	return body
 }

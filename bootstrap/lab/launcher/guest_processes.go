@@ -52,57 +52,63 @@ func (l *lab) prepare(vm types.ManagedObjectReference, auth types.BaseGuestAuthe
 	return g, nil
 }
 
+// guestOp answers a guest operation as vSphere does: its checks first (prepare), then
+// op on the guest. The results fill the method's response body.
+func guestOp[R any](
+	l *lab, vm types.ManagedObjectReference, auth types.BaseGuestAuthentication, op func(*guest) (*R, *soap.Fault),
+) (*R, *soap.Fault) {
+	g, fault := l.prepare(vm, auth)
+	if fault != nil {
+		return nil, fault
+	}
+	return op(g)
+}
+
 // StartProgramInGuest starts spec.ProgramPath with spec.Arguments in the guest and
 // returns its pid at once; the program's output goes nowhere, as in vSphere.
 func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soap.HasFault {
 	body := new(methods.StartProgramInGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	spec := req.Spec.GetGuestProgramSpec()
-	argv, err := g.programArgv(spec.ProgramPath, spec.Arguments)
-	if err != nil {
-		body.Fault_ = simulator.Fault(err.Error(), &types.FileNotFound{FileFault: types.FileFault{File: spec.ProgramPath}})
-		return body
-	}
-	dir := spec.WorkingDirectory
-	if dir != "" {
-		if info, err := os.Stat(g.hostPath(spec.WorkingDirectory)); err != nil || !info.IsDir() {
-			body.Fault_ = simulator.Fault("", &types.FileNotFound{FileFault: types.FileFault{File: spec.WorkingDirectory}})
-			return body
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.StartProgramInGuestResponse, *soap.Fault) {
+		spec := req.Spec.GetGuestProgramSpec()
+		argv, err := g.programArgv(spec.ProgramPath, spec.Arguments)
+		if err != nil {
+			return nil, simulator.Fault(err.Error(), &types.FileNotFound{FileFault: types.FileFault{File: spec.ProgramPath}})
 		}
-	}
-	cmd := g.command(dir, spec.EnvVariables, argv...)
-	if err := cmd.Start(); err != nil {
-		body.Fault_ = simulator.Fault(err.Error(), &types.GuestOperationsFault{})
-		return body
-	}
-	pid := int64(cmd.Process.Pid)
-	process := &startedProcess{info: processInfo{
-		Name: spec.ProgramPath, Pid: pid, Owner: g.cfg.GuestUsername,
-		CmdLine: strings.TrimSpace(fmt.Sprintf("%q %s", spec.ProgramPath, spec.Arguments)), StartTime: time.Now(),
-	}}
-	g.mu.Lock()
-	g.started[pid] = process
-	g.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
-		code := int32(0)
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			code = int32(exit.ExitCode())
-			if status, ok := exit.Sys().(syscall.WaitStatus); ok && status.Signaled() {
-				code = 128 + int32(status.Signal())
+		dir := spec.WorkingDirectory
+		if dir != "" {
+			if info, err := os.Stat(g.hostPath(spec.WorkingDirectory)); err != nil || !info.IsDir() {
+				return nil, fileNotFound(spec.WorkingDirectory)
 			}
 		}
-		ended := time.Now()
+		cmd := g.command(dir, spec.EnvVariables, argv...)
+		if err := cmd.Start(); err != nil {
+			return nil, simulator.Fault(err.Error(), &types.GuestOperationsFault{})
+		}
+		pid := int64(cmd.Process.Pid)
+		process := &startedProcess{info: processInfo{
+			Name: spec.ProgramPath, Pid: pid, Owner: g.cfg.GuestUsername,
+			CmdLine: strings.TrimSpace(fmt.Sprintf("%q %s", spec.ProgramPath, spec.Arguments)), StartTime: time.Now(),
+		}}
 		g.mu.Lock()
-		process.info.EndTime, process.info.ExitCode = &ended, &code
+		g.started[pid] = process
 		g.mu.Unlock()
-	}()
-	body.Res = &types.StartProgramInGuestResponse{Returnval: pid}
+		go func() {
+			err := cmd.Wait()
+			code := int32(0)
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				code = int32(exit.ExitCode())
+				if status, ok := exit.Sys().(syscall.WaitStatus); ok && status.Signaled() {
+					code = 128 + int32(status.Signal())
+				}
+			}
+			ended := time.Now()
+			g.mu.Lock()
+			process.info.EndTime, process.info.ExitCode = &ended, &code
+			g.mu.Unlock()
+		}()
+		return &types.StartProgramInGuestResponse{Returnval: pid}, nil
+	})
 	return body
 }
 
@@ -154,63 +160,56 @@ func (b *listProcessesBody) Fault() *soap.Fault { return b.Fault_ }
 // operations that have finished, with their exit codes.
 func (m *processManager) ListProcessesInGuest(req *types.ListProcessesInGuest) soap.HasFault {
 	body := new(listProcessesBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	wanted := map[int64]bool{}
-	for _, pid := range req.Pids {
-		wanted[pid] = true
-	}
-	g.mu.Lock()
-	listed := map[int64]bool{}
-	var processes []processInfo
-	for pid, p := range g.started {
-		if len(wanted) == 0 || wanted[pid] {
-			processes = append(processes, p.info)
-			listed[pid] = true
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*listProcessesResponse, *soap.Fault) {
+		wanted := map[int64]bool{}
+		for _, pid := range req.Pids {
+			wanted[pid] = true
 		}
-	}
-	bootTime := g.bootTime
-	g.mu.Unlock()
-	for _, pid := range g.pids() {
-		p := int64(pid)
-		if listed[p] || (len(wanted) != 0 && !wanted[p]) {
-			continue
+		g.mu.Lock()
+		listed := map[int64]bool{}
+		var processes []processInfo
+		for pid, p := range g.started {
+			if len(wanted) == 0 || wanted[pid] {
+				processes = append(processes, p.info)
+				listed[pid] = true
+			}
 		}
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		processes = append(processes, processInfo{
-			Name: strings.TrimSpace(string(comm)), Pid: p, Owner: g.cfg.GuestUsername,
-			CmdLine: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), StartTime: bootTime,
-		})
-	}
-	body.Res = &listProcessesResponse{Returnval: processes}
+		bootTime := g.bootTime
+		g.mu.Unlock()
+		for _, pid := range g.pids() {
+			p := int64(pid)
+			if listed[p] || (len(wanted) != 0 && !wanted[p]) {
+				continue
+			}
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			processes = append(processes, processInfo{
+				Name: strings.TrimSpace(string(comm)), Pid: p, Owner: g.cfg.GuestUsername,
+				CmdLine: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), StartTime: bootTime,
+			})
+		}
+		return &listProcessesResponse{Returnval: processes}, nil
+	})
 	return body
 }
 
 // TerminateProcessInGuest sends SIGTERM, then SIGKILL if the process outlives 5 s.
 func (m *processManager) TerminateProcessInGuest(req *types.TerminateProcessInGuest) soap.HasFault {
 	body := new(methods.TerminateProcessInGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	if !g.inGuest(req.Pid) {
-		body.Fault_ = simulator.Fault("", &types.GuestProcessNotFound{Pid: req.Pid})
-		return body
-	}
-	pid := int(req.Pid)
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	go func() {
-		time.Sleep(5 * time.Second)
-		if g.inGuest(req.Pid) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.TerminateProcessInGuestResponse, *soap.Fault) {
+		if !g.inGuest(req.Pid) {
+			return nil, simulator.Fault("", &types.GuestProcessNotFound{Pid: req.Pid})
 		}
-	}()
-	body.Res = new(types.TerminateProcessInGuestResponse)
+		pid := int(req.Pid)
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		go func() {
+			time.Sleep(5 * time.Second)
+			if g.inGuest(req.Pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}()
+		return new(types.TerminateProcessInGuestResponse), nil
+	})
 	return body
 }
 
@@ -218,23 +217,20 @@ func (m *processManager) TerminateProcessInGuest(req *types.TerminateProcessInGu
 // (all of them when no names are given).
 func (m *processManager) ReadEnvironmentVariableInGuest(req *types.ReadEnvironmentVariableInGuest) soap.HasFault {
 	body := new(methods.ReadEnvironmentVariableInGuestBody)
-	g, fault := m.lab.prepare(req.Vm, req.Auth)
-	if fault != nil {
-		body.Fault_ = fault
-		return body
-	}
-	var values []string
-	for _, pair := range g.baseEnv() {
-		name := pair[:strings.Index(pair, "=")]
-		for _, wanted := range req.Names {
-			if wanted == name {
+	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.ReadEnvironmentVariableInGuestResponse, *soap.Fault) {
+		var values []string
+		for _, pair := range g.baseEnv() {
+			name := pair[:strings.Index(pair, "=")]
+			for _, wanted := range req.Names {
+				if wanted == name {
+					values = append(values, pair)
+				}
+			}
+			if len(req.Names) == 0 {
 				values = append(values, pair)
 			}
 		}
-		if len(req.Names) == 0 {
-			values = append(values, pair)
-		}
-	}
-	body.Res = &types.ReadEnvironmentVariableInGuestResponse{Returnval: values}
+		return &types.ReadEnvironmentVariableInGuestResponse{Returnval: values}, nil
+	})
 	return body
 }
