@@ -4,11 +4,13 @@ and urllib, as any third-party client would."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,16 +42,37 @@ def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+LOCK_FILE = Path("/run/beachhead-lab.tests.lock")
+LOCK_WAIT_S = 900
+
+
+@contextmanager
+def _machine_lock() -> Iterator[None]:
+    """The lab is machine-wide: two test sessions on one machine take turns."""
+    with LOCK_FILE.open("w") as lock:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test session held {LOCK_FILE} for {LOCK_WAIT_S}s")
+                time.sleep(1)
+        yield
+
+
 @pytest.fixture(scope="session")
 def lab_session(lab_config: Path) -> Iterator[Path]:
     """The lab, up for the whole session and down afterwards."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    beachhead("lab", "down")
-    started = beachhead("lab", "up", "--config", str(lab_config), "--json", timeout=300)
-    assert started.returncode == 0, started.stderr
-    yield lab_config
-    beachhead("lab", "down")
+    with _machine_lock():
+        beachhead("lab", "down")
+        started = beachhead("lab", "up", "--config", str(lab_config), "--json", timeout=300)
+        assert started.returncode == 0, started.stderr
+        yield lab_config
+        beachhead("lab", "down")
 
 
 @pytest.fixture
