@@ -23,7 +23,7 @@ from rich.table import Table
 from agent import __version__
 from agent.api import RunReport, run_plan
 from agent.engine import RunSettings
-from agent.errors import BeachheadError
+from agent.errors import BeachheadError, InputError
 from agent.exits import errors_exit
 from agent.journal import RunDirectory, default_runs_dir
 from agent.logs import configure_logging
@@ -33,6 +33,8 @@ from agent.registry import default_registry
 from agent.results import StepResult, TargetResult
 from agent.targets import Target, load_targets_file, parse_target
 from agent.undo import Undoer
+from agent.vsphere.connection import vcenter_pool
+from agent.vsphere.vmlogs import LogFile, diagnostic_logs, vm_logs
 from bootstrap.lab import cli as lab_cli
 
 T = TypeVar("T")
@@ -197,6 +199,12 @@ def _summary(report: RunReport) -> None:
     show_default=True,
     help="Extra connection attempts (exponential backoff) before a channel counts as unreachable.",
 )
+@click.option(
+    "--wire-log",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Record every SOAP call to vCenter and every HTTP transfer in FILE (JSON lines, secrets redacted).",
+)
 @runs_dir_option
 def run(
     plan: Path,
@@ -207,6 +215,7 @@ def run(
     step_timeout: float,
     connect_timeout: float,
     retries: int,
+    wire_log: Path | None,
     runs_dir: Path | None,
 ) -> None:
     """Run PLAN on every target.
@@ -214,9 +223,12 @@ def run(
     \b
     Target URIs:
       ssh://USER@HOST[:PORT]?key=PATH&known_hosts=PATH|ignore&password_env=VAR&name=LABEL
+      vsphere://USER@VCENTER[:PORT]/VM?password_env=VAR&guest_user=NAME&guest_password_env=VAR
+                 [&scheme=http|https][&insecure=1][&ca_file=PATH]   (VM: name or instance uuid)
     Passwords are never given on the command line: password_env names the environment
     variable that holds one. Host keys are checked against ~/.ssh/known_hosts unless
-    known_hosts names another file or says ignore.
+    known_hosts names another file or says ignore; vCenter certificates against the
+    system's CAs or ca_file, unless insecure=1.
 
     Exit status: 0 all targets ok, 1 some failed, 2 bad input (nothing ran).
     """
@@ -226,7 +238,11 @@ def run(
         if targets_file is not None:
             targets.extend(load_targets_file(targets_file))
         settings = RunSettings(
-            concurrency=concurrency, step_timeout=step_timeout, connect_timeout=connect_timeout, retries=retries
+            concurrency=concurrency,
+            step_timeout=step_timeout,
+            connect_timeout=connect_timeout,
+            retries=retries,
+            wire_log=wire_log,
         )
         live = RichProgress(len(targets)) if sys.stderr.isatty() else None
         progress = _ResultPrinter(live) if json_output else live
@@ -376,4 +392,48 @@ def channels(json_output: bool) -> None:
 
 
 # -- lab ----------------------------------------------------------------------------------------
+@main.command()
+@click.argument("target_uri", metavar="URI")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save the logs under DIR/VM/ (with vCenter's diagnostic logs) instead of printing vmware.log.",
+)
+@connect_timeout_option
+def logs(target_uri: str, output: Path | None, connect_timeout: float) -> None:
+    """Fetch a VM's logs: its vmware.log files from the VM's datastore folder, and with
+    --output also the logs vCenter's DiagnosticManager offers.
+
+    \b
+    URI: vsphere://USER@VCENTER[:PORT]/VM?password_env=VAR[&ca_file=PATH|&insecure=1]
+    """
+    with errors_exit():
+        target = parse_target(target_uri)
+        if target.scheme != "vsphere":
+            raise InputError(
+                "URI", "scheme", f"logs come from vCenter: give a vsphere:// target, not {target.scheme}://"
+            )
+        fetched = _run_async(_fetch_logs(target, connect_timeout, with_diagnostics=output is not None))
+    if output is None:
+        click.echo(fetched[0].text, nl=False)
+        return
+    folder = output / (target.vm or target.name).replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    for log_file in fetched:
+        (folder / log_file.name).write_text(log_file.text)
+        click.echo(f"{folder / log_file.name}  {len(log_file.text.encode())} bytes")
+
+
+async def _fetch_logs(target: Target, connect_timeout: float, *, with_diagnostics: bool) -> list[LogFile]:
+    async with vcenter_pool() as pool:
+        vcenter = await pool.get(target, connect_timeout)
+        vm = await vcenter.find_vm(target.vm or "")
+        fetched = await vm_logs(vcenter, vm)
+        if with_diagnostics:
+            fetched += await diagnostic_logs(vcenter)
+        return fetched
+
+
 main.add_command(lab_cli.lab)

@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Protocol
 
 import structlog
@@ -24,11 +24,12 @@ import structlog
 from agent.channel import ChannelSession
 from agent.errors import BeachheadError, ChannelError, ChannelUnavailable, InputError, StepFailed
 from agent.journal import Journal, RunDirectory
-from agent.plans import Capability, DownloadStep, Plan, RunStep, Step, UploadStep, WaitStep
+from agent.plans import Capability, DownloadStep, Plan, PortOpen, RunStep, Step, UploadStep, VmCondition, WaitStep
 from agent.registry import ChannelRegistry
 from agent.render import render
 from agent.results import FAILED, OK, StepResult, TargetResult
 from agent.targets import OsFamily, Target
+from agent.vsphere.connection import current_pool, vcenter_pool
 from agent.waits import wait_for_port
 
 log = structlog.get_logger("beachhead.engine")
@@ -43,6 +44,7 @@ class RunSettings:
     connect_timeout: float = 30.0
     retries: int = 3
     retry_delay: float = 0.5
+    wire_log: Path | None = None
 
 
 class Progress(Protocol):
@@ -99,6 +101,7 @@ def check_run_input(plan: Plan, targets: Sequence[Target], registry: ChannelRegi
         )
     for target in targets:
         os_family = resolve_os(plan, target)
+        _check_conditions(plan, target)
         for number, step in enumerate(plan.steps, 1):
             if isinstance(step, RunStep):
                 try:
@@ -111,6 +114,19 @@ def check_run_input(plan: Plan, targets: Sequence[Target], registry: ChannelRegi
                     f"step {number} ({step.kind})",
                     f"no channel can {step.capability} on {target.name} ({target.scheme}://, {os_family})",
                 )
+
+
+def _check_conditions(plan: Plan, target: Target) -> None:
+    waits = [(f"wait[{i}]", c) for i, c in enumerate(plan.wait, 1)]
+    waits += [(f"step {n} (wait)", s.condition) for n, s in enumerate(plan.steps, 1) if isinstance(s, WaitStep)]
+    for where, condition in waits:
+        if isinstance(condition, VmCondition) and target.scheme != "vsphere":
+            raise InputError(
+                plan.source,
+                where,
+                f"{condition.state} is a vSphere VM state; target {target.name} is {target.scheme}:// "
+                "(give a vsphere:// target)",
+            )
 
 
 class Engine:
@@ -140,8 +156,17 @@ class Engine:
             async with limit:
                 return await TargetWorkflow(self, plan, target).execute()
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(target)) for target in targets]
+        wire_log = None
+        if self.settings.wire_log is not None:
+            from agent.vsphere.wirelog import WireLog
+
+            wire_log = WireLog(self.settings.wire_log)
+        try:
+            async with vcenter_pool(wire_log), asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(target)) for target in targets]
+        finally:
+            if wire_log is not None:
+                wire_log.close()
         results = [task.result() for task in tasks]
         log.info(
             "run.finish",
@@ -254,7 +279,7 @@ class TargetWorkflow:
 
     async def _dispatch(self, step: Step, result: StepResult) -> None:
         if isinstance(step, WaitStep):
-            await wait_for_port(self.target.host, step.condition)
+            await self._wait(step.condition)
             return
         assert step.capability is not None
         # A command may have run before its connection dropped: only transfers are retried.
@@ -278,6 +303,17 @@ class TargetWorkflow:
                     await session.close()
                 self.log.warning("step.retry", step=result.number, reason=exc.reason, attempt=attempt + 1)
                 await asyncio.sleep(self._backoff(attempt))
+
+    async def _wait(self, condition: PortOpen | VmCondition) -> None:
+        if isinstance(condition, PortOpen):
+            await wait_for_port(self.target.host, condition)
+            return
+        vcenter = await current_pool().get(self.target, self.settings.connect_timeout)
+        vm = await vcenter.find_vm(self.target.vm or "")
+        snapshot = await vcenter.watcher.wait_for(vm, condition.state)
+        self.log.info(
+            "vm.condition_met", condition=str(condition.state), power_state=snapshot.power_state, ip=snapshot.ip
+        )
 
     # -- channels ---------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
@@ -304,6 +340,9 @@ class TargetWorkflow:
                 self.log.warning("channel.fallback", channel=name, reason=exc.reason)
                 continue
             self.sessions[name] = session
+            discovered = getattr(session, "os_family", None)
+            if self.target.os is None and self.plan.os is None and discovered is not None:
+                self.os = discovered  # read from the VM: render commands for what it runs
             return session
         raise ChannelUnavailable(
             "/".join(c.info.name for c in candidates) or "no channel",

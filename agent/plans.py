@@ -61,7 +61,29 @@ class PortOpen:
         return f"port {self.port} open"
 
 
-WaitCondition = PortOpen
+class VmState(StrEnum):
+    """States of a vSphere VM a plan can wait for; vCenter's event stream reports them."""
+
+    POWERED_ON = "powered_on"
+    TOOLS_RUNNING = "tools_running"
+    GUESTOPS_READY = "guestops_ready"
+    IP_ASSIGNED = "ip_assigned"
+
+
+@dataclass(frozen=True)
+class VmCondition:
+    """Wait until the target's VM is in ``state`` (vsphere:// targets)."""
+
+    state: VmState
+    timeout: float | None = None
+
+    def describe(self) -> str:
+        """Human description of the condition."""
+        return self.state.value.replace("_", " ").replace("guestops", "guest operations")
+
+
+WaitCondition = PortOpen | VmCondition
+CONDITION_NAMES = ("port", *(state.value for state in VmState))
 
 
 def for_target(path: str, target_name: str) -> str:
@@ -330,10 +352,23 @@ class _PlanReader:
         )
 
     def condition(self, body: Any, where: str) -> WaitCondition:
+        if isinstance(body, str) and body in VmState.__members__.values():
+            return VmCondition(VmState(body))
         if not isinstance(body, dict):
-            raise self.error(where, "must be a mapping such as {port: 22, timeout: 60}")
+            raise self.error(where, "must be a condition such as {port: 22, timeout: 60} or tools_running")
+        states = [key for key in body if key in VmState.__members__.values()]
+        if states and len(body) == 1:
+            options = body[states[0]]
+            if options is None:
+                return VmCondition(VmState(states[0]))
+            if not isinstance(options, dict):
+                raise self.error(f"{where}.{states[0]}", "must be empty or a mapping such as {timeout: 300}", body)
+            options = self.fields(options, f"{where}.{states[0]}", body, set(), {"timeout"})
+            timeout = self.seconds(options.get("timeout"), f"{where}.{states[0]}.timeout", options, "timeout")
+            return VmCondition(VmState(states[0]), timeout)
         if "port" not in body:
-            raise self.error(where, f"unknown condition (known: port) in {', '.join(body) or 'empty mapping'}", body)
+            known = ", ".join(CONDITION_NAMES)
+            raise self.error(where, f"unknown condition (known: {known}) in {', '.join(body) or 'empty mapping'}", body)
         body = self.fields(body, where, None, {"port"}, {"timeout"})
         port = body["port"]
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:

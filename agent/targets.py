@@ -2,6 +2,9 @@
 
 ``ssh://user@host:port?key=PATH&known_hosts=PATH|ignore&password_env=VAR&name=LABEL``
 
+``vsphere://user@vcenter:port/VM?password_env=VAR&guest_user=NAME&guest_password_env=VAR``
+(VM by name or instance uuid; ``scheme=http|https``, ``insecure=1``, ``ca_file=PATH``)
+
 Credentials never travel on the command line in clear: a password is named by the
 environment variable that holds it, a key by its file.
 """
@@ -32,8 +35,23 @@ IGNORE = "ignore"
 #: Query parameters each scheme understands; anything else is rejected as a typo.
 SCHEME_PARAMETERS: dict[str, frozenset[str]] = {
     "ssh": frozenset({"key", "known_hosts", "password_env", "passphrase_env", "name", "os", "connect_timeout"}),
+    "vsphere": frozenset(
+        {
+            "password_env",
+            "guest_user",
+            "guest_password_env",
+            "scheme",
+            "insecure",
+            "ca_file",
+            "name",
+            "os",
+            "connect_timeout",
+        }
+    ),
 }
-DEFAULT_PORTS = {"ssh": 22}
+DEFAULT_PORTS = {"ssh": 22, "vsphere": 443}
+HTTP_PORT = 80
+TRUE_WORDS, FALSE_WORDS = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,14 @@ class Target:
     password: Secret | None = field(default=None, repr=False)
     passphrase: Secret | None = field(default=None, repr=False)
     connect_timeout: float | None = None
+    # vsphere:// only: the VM (name or instance uuid), the guest login, and how to
+    # reach the vCenter (plain http when asked; certificate checks on unless insecure).
+    vm: str | None = None
+    guest_user: str | None = None
+    guest_password: Secret | None = field(default=None, repr=False)
+    http: bool = False
+    insecure: bool = False
+    ca_file: Path | None = None
 
     @property
     def address(self) -> str:
@@ -85,14 +111,13 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
             "a password may not be written in the URI; name the environment variable "
             "that holds it with ?password_env=VAR",
         )
-    try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise bad("port", f"invalid port in {uri!r}") from None
     host = parts.hostname
     if not host:
         raise bad("host", f"no host in {uri!r}")
-    if parts.path not in ("", "/"):
+    vm = unquote(parts.path[1:]) if scheme == "vsphere" else None
+    if scheme == "vsphere" and not vm:
+        raise bad("path", f"no VM in {uri!r} (expected vsphere://user@vcenter/VM-NAME-OR-UUID)")
+    if scheme != "vsphere" and parts.path not in ("", "/"):
         raise bad("path", f"{scheme}:// targets take no path, got {parts.path!r}")
 
     params: dict[str, str] = {}
@@ -104,7 +129,14 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
             raise bad(key, f"parameter {key!r} given twice")
         params[key] = value
 
+    http = _http_scheme(params, bad)
+    try:
+        port = parts.port or (HTTP_PORT if http else DEFAULT_PORTS[scheme])
+    except ValueError:
+        raise bad("port", f"invalid port in {uri!r}") from None
     user = unquote(parts.username) if parts.username else None
+    if scheme == "vsphere" and not user:
+        raise bad("user", f"no vCenter user in {uri!r} (expected vsphere://user@vcenter/VM)")
     known_hosts: Path | None = None
     ignore = False
     if "known_hosts" in params:
@@ -113,7 +145,12 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
         else:
             known_hosts = _existing_file(params["known_hosts"], bad, "known_hosts")
     key_file = _existing_file(params["key"], bad, "key") if "key" in params else None
+    ca_file = _existing_file(params["ca_file"], bad, "ca_file") if "ca_file" in params else None
     password = _secret_from_env(params.get("password_env"), bad, "password_env")
+    guest_password = _secret_from_env(params.get("guest_password_env"), bad, "guest_password_env")
+    insecure = _flag(params.get("insecure"), bad, "insecure")
+    if scheme == "vsphere" and password is None:
+        raise bad("password_env", "a vsphere:// target needs the vCenter password: ?password_env=VAR")
     passphrase = _secret_from_env(params.get("passphrase_env"), bad, "passphrase_env")
     os_family = None
     if "os" in params:
@@ -133,6 +170,8 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
     default_name = f"{user}@{host}" if user else host
     if parts.port:
         default_name += f":{port}"
+    if vm:
+        default_name = vm
     return Target(
         scheme=scheme,
         host=host,
@@ -147,7 +186,30 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
         password=password,
         passphrase=passphrase,
         connect_timeout=connect_timeout,
+        vm=vm,
+        guest_user=params.get("guest_user") or None,
+        guest_password=guest_password,
+        http=http,
+        insecure=insecure,
+        ca_file=ca_file,
     )
+
+
+def _http_scheme(params: dict[str, str], bad: Any) -> bool:
+    value = params.get("scheme", "https")
+    if value not in ("http", "https"):
+        raise bad("scheme", f"must be http or https, got {value!r}")
+    return value == "http"
+
+
+def _flag(value: str | None, bad: Any, field_name: str) -> bool:
+    if value is None:
+        return False
+    if value.lower() in TRUE_WORDS or value == "":
+        return True
+    if value.lower() in FALSE_WORDS:
+        return False
+    raise bad(field_name, f"must be 1 or 0, got {value!r}")
 
 
 def _existing_file(value: str, bad: Any, field_name: str) -> Path:
@@ -168,8 +230,17 @@ def _secret_from_env(variable: str | None, bad: Any, field_name: str) -> Secret 
     return Secret(value)
 
 
-#: Fields of a mapping entry in a targets file, in URI order.
-MAPPING_FIELDS = ("uri", "scheme", "user", "host", "port", *tuple(sorted(SCHEME_PARAMETERS["ssh"])))
+#: Fields of a mapping entry in a targets file, in URI order: ``scheme`` is the URI's
+#: (ssh, vsphere), ``vm`` a vsphere:// path; a plain-http vCenter is written as a ``uri``.
+MAPPING_FIELDS = (
+    "uri",
+    "scheme",
+    "user",
+    "host",
+    "port",
+    "vm",
+    *sorted(set().union(*SCHEME_PARAMETERS.values()) - {"scheme"}),
+)
 
 
 def uri_from_mapping(entry: dict[str, Any], bad: Any) -> str:
@@ -185,8 +256,8 @@ def uri_from_mapping(entry: dict[str, Any], bad: Any) -> str:
         if not extra:
             return uri
         parts = urlsplit(uri)
-        if {"scheme", "user", "host", "port"} & set(extra):
-            raise bad("uri", "give either uri or scheme/user/host/port, not both")
+        if {"scheme", "user", "host", "port", "vm"} & set(extra):
+            raise bad("uri", "give either uri or scheme/user/host/port/vm, not both")
         query = "&".join(filter(None, [parts.query, _query(extra)]))
         return parts._replace(query=query).geturl()
     if "host" not in entry:
@@ -196,9 +267,10 @@ def uri_from_mapping(entry: dict[str, Any], bad: Any) -> str:
     host = str(entry["host"])
     host = f"[{host}]" if ":" in host else host
     port = f":{entry['port']}" if entry.get("port") is not None else ""
-    params = {k: v for k, v in entry.items() if k not in ("scheme", "user", "host", "port")}
+    path = f"/{quote(str(entry['vm']), safe='')}" if entry.get("vm") is not None else ""
+    params = {k: v for k, v in entry.items() if k not in ("scheme", "user", "host", "port", "vm")}
     query = _query(params)
-    return f"{scheme}://{userinfo}{host}{port}" + (f"?{query}" if query else "")
+    return f"{scheme}://{userinfo}{host}{port}{path}" + (f"?{query}" if query else "")
 
 
 def _query(params: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from agent.errors import BeachheadError
 from agent.journal import Journal, JournalEntry, RunDirectory
 from agent.registry import ChannelRegistry
 from agent.targets import Target, parse_target
+from agent.vsphere.connection import vcenter_pool
 
 log = structlog.get_logger("beachhead.undo")
 
@@ -75,31 +76,37 @@ class Undoer:
         report = UndoReport()
         journal = Journal(self.run_dir)
         try:
-            for entry in reversed(self.run_dir.entries()):
-                if entry.undone:
-                    report.already_undone += 1
-                    continue
-                label = _label(entry)
-                if entry.op == "run":
-                    state = entry.outcome.get("exit_status") if entry.outcome else entry.state
-                    report.not_undoable.append(f"{label} (exit status {state})")
-                    continue
+            async with vcenter_pool():
                 try:
-                    action = await self._revert(entry)
-                except (BeachheadError, OSError) as exc:
-                    journal.outcome(entry.seq, "undo_failed", error=str(exc))
-                    report.failed.append(f"{label}: {exc}")
-                    log.warning("undo.failed", seq=entry.seq, error=str(exc))
-                    continue
-                journal.outcome(entry.seq, "undone", action=action)
-                report.undone.append(f"{label}: {action}")
-                log.info("undo.done", seq=entry.seq, action=action)
+                    await self._undo_entries(journal, report)
+                finally:
+                    for session in self.sessions.values():
+                        with contextlib.suppress(Exception):
+                            await session.close()
         finally:
             journal.close()
-            for session in self.sessions.values():
-                with contextlib.suppress(Exception):
-                    await session.close()
         return report
+
+    async def _undo_entries(self, journal: Journal, report: UndoReport) -> None:
+        for entry in reversed(self.run_dir.entries()):
+            if entry.undone:
+                report.already_undone += 1
+                continue
+            label = _label(entry)
+            if entry.op == "run":
+                state = entry.outcome.get("exit_status") if entry.outcome else entry.state
+                report.not_undoable.append(f"{label} (exit status {state})")
+                continue
+            try:
+                action = await self._revert(entry)
+            except (BeachheadError, OSError) as exc:
+                journal.outcome(entry.seq, "undo_failed", error=str(exc))
+                report.failed.append(f"{label}: {exc}")
+                log.warning("undo.failed", seq=entry.seq, error=str(exc))
+                continue
+            journal.outcome(entry.seq, "undone", action=action)
+            report.undone.append(f"{label}: {action}")
+            log.info("undo.done", seq=entry.seq, action=action)
 
     async def _revert(self, entry: JournalEntry) -> str:
         intent = entry.intent

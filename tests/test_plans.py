@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import InputError
-from agent.plans import DownloadStep, PortOpen, RunStep, UploadStep, WaitStep, load_plan
+from agent.plans import DownloadStep, PortOpen, RunStep, UploadStep, VmCondition, VmState, WaitStep, load_plan
 from agent.targets import OsFamily
 from tests.conftest import write_plan
 
@@ -95,7 +95,10 @@ def test_yaml_octal_mode_means_octal(plan_dir: Path) -> None:
             "true or false",
         ),
         ("name: x\nsteps:\n  - wait: {port: 70000}\n", "step 1 (wait).port (line 3)", "TCP port"),
-        ("name: x\nsteps:\n  - wait: {tools_running: true}\n", "step 1 (wait) (line 3)", "unknown condition"),
+        ("name: x\nsteps:\n  - wait: {tools_runing: {timeout: 3}}\n", "step 1 (wait) (line 3)", "unknown condition"),
+        ("name: x\nsteps:\n  - wait: {tools_running: true}\n", "step 1 (wait).tools_running (line 3)", "mapping"),
+        ("name: x\nwait: [{ip_assigned: {timeout: -1}}]\n", "wait[1].ip_assigned.timeout (line 2)", "positive"),
+        ("name: x\nwait: [{ip_assigned: {retries: 1}}]\n", "wait[1].ip_assigned.retries (line 2)", "unknown"),
         ("name: x\nos: solaris\nsteps: [{run: ls}]\n", "os (line 2)", "unknown OS family"),
         ("name: x\nsteps:\n  - run: ''\n", "step 1 (run) (line 3)", "empty command"),
         ("name: x\nsteps: [{run: ls}\n", "line 3, column 1", "invalid YAML"),
@@ -114,3 +117,26 @@ def test_malformed_plans_are_rejected_with_location(plan_dir: Path, body: str, w
 def test_missing_plan_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="file not found"):
         load_plan(tmp_path / "absent.yaml")
+
+
+def test_vm_conditions_in_their_three_forms(plan_dir: Path) -> None:
+    path = write_plan(
+        plan_dir,
+        """
+        name: boot
+        wait:
+          - powered_on
+          - {tools_running: {timeout: 300}}
+          - {guestops_ready: }
+        steps:
+          - wait: {ip_assigned: {timeout: 60}}
+        """,
+    )
+    plan = load_plan(path)
+    assert plan.wait == (
+        VmCondition(VmState.POWERED_ON),
+        VmCondition(VmState.TOOLS_RUNNING, 300.0),
+        VmCondition(VmState.GUESTOPS_READY),
+    )
+    assert plan.steps[0] == WaitStep(VmCondition(VmState.IP_ASSIGNED, 60.0))
+    assert plan.steps[0].describe() == "wait for ip assigned"

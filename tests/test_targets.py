@@ -93,3 +93,54 @@ def test_targets_file_must_be_list(tmp_path: Path) -> None:
     path = write_plan(tmp_path, "host: a\n", "targets.yaml")
     with pytest.raises(InputError, match="expected a list"):
         load_targets_file(path)
+
+
+def test_vsphere_target(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VC_PW", "vc-secret")
+    monkeypatch.setenv("GUEST_PW", "guest-secret")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-")
+    target = parse_target(
+        f"vsphere://administrator%40vsphere.local@vc.example:8443/web%2001"
+        f"?password_env=VC_PW&guest_user=root&guest_password_env=GUEST_PW&ca_file={ca}"
+    )
+    assert (target.scheme, target.host, target.port, target.user) == (
+        "vsphere",
+        "vc.example",
+        8443,
+        "administrator@vsphere.local",
+    )
+    assert (target.vm, target.name, target.guest_user, target.ca_file) == ("web 01", "web 01", "root", ca)
+    assert target.password is not None and target.password.reveal() == "vc-secret"
+    assert target.guest_password is not None and target.guest_password.reveal() == "guest-secret"
+    assert not target.http and not target.insecure
+    uuid = "4213a3c5-0c1a-4c4f-9d3e-6f1b2a3c4d5e"
+    plain = parse_target(f"vsphere://u@vc/{uuid}?password_env=VC_PW&scheme=http&insecure=1")
+    assert (plain.port, plain.http, plain.insecure, plain.vm) == (80, True, True, uuid)
+
+
+@pytest.mark.parametrize(
+    ("uri", "field", "reason"),
+    [
+        ("vsphere://u@vc?password_env=VC_PW", "path", "no VM"),
+        ("vsphere://vc/vm1?password_env=VC_PW", "user", "no vCenter user"),
+        ("vsphere://u@vc/vm1", "password_env", "needs the vCenter password"),
+        ("vsphere://u@vc/vm1?password_env=VC_PW&scheme=ftp", "scheme", "http or https"),
+        ("vsphere://u@vc/vm1?password_env=VC_PW&insecure=maybe", "insecure", "1 or 0"),
+        ("vsphere://u@vc/vm1?password_env=VC_PW&key=x", "key", "unknown parameter"),
+    ],
+)
+def test_bad_vsphere_targets(monkeypatch: pytest.MonkeyPatch, uri: str, field: str, reason: str) -> None:
+    monkeypatch.setenv("VC_PW", "x")
+    with pytest.raises(InputError) as caught:
+        parse_target(uri)
+    assert caught.value.where == field
+    assert reason in caught.value.reason
+
+
+def test_vsphere_target_as_a_mapping(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VC_PW", "x")
+    listing = tmp_path / "targets.yaml"
+    listing.write_text("- {scheme: vsphere, user: admin, host: vc, vm: db-01, password_env: VC_PW, guest_user: root}\n")
+    [target] = load_targets_file(listing)
+    assert (target.scheme, target.vm, target.guest_user, target.port) == ("vsphere", "db-01", "root", 443)

@@ -4,24 +4,25 @@ and urllib, as any third-party client would."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 
+from bootstrap.lab.lock import lab_lock
 from tests.conftest import beachhead
 
 BOOT_DELAY_S = 3
+FLEET = [f"fleet-{n:02d}" for n in range(1, 18)]  # with lin-01..03: twenty Linux VMs
 LAB_YAML = f"""
 vcenter: {{host: 127.0.0.1, port: 443}}
 network: {{bridge: bhlab0, subnet: 10.213.0.0/24}}
@@ -31,7 +32,7 @@ vms:
   - {{name: lin-02, guest_id: ubuntu64Guest, os: linux, guest_username: root}}
   - {{name: lin-03, guest_id: debian12_64Guest, os: linux, guest_username: admin}}
   - {{name: win-01, guest_id: windows2019srv_64Guest, os: windows, guest_username: Administrator}}
-"""
+""" + "".join(f"  - {{name: {name}, guest_id: debian12_64Guest, os: linux, guest_username: root}}\n" for name in FLEET)
 
 
 @pytest.fixture(scope="session")
@@ -42,32 +43,12 @@ def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-LOCK_FILE = Path("/run/beachhead-lab.tests.lock")
-LOCK_WAIT_S = 900
-
-
-@contextmanager
-def _machine_lock() -> Iterator[None]:
-    """The lab is machine-wide: two test sessions on one machine take turns."""
-    with LOCK_FILE.open("w") as lock:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another test session held {LOCK_FILE} for {LOCK_WAIT_S}s")
-                time.sleep(1)
-        yield
-
-
 @pytest.fixture(scope="session")
 def lab_session(lab_config: Path) -> Iterator[Path]:
     """The lab, up for the whole session and down afterwards."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    with _machine_lock():
+    with lab_lock():
         beachhead("lab", "down")
         started = beachhead("lab", "up", "--config", str(lab_config), "--json", timeout=300)
         assert started.returncode == 0, started.stderr
@@ -145,3 +126,26 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "con
             return result
         time.sleep(0.1)
     raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+@pytest.fixture
+def vsphere_uri(lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """Builds the vsphere:// target URI of a lab VM, its passwords in the environment."""
+    vcenter = lab["vcenter"]
+    monkeypatch.setenv("LAB_VCENTER_PASSWORD", vcenter["password"])
+
+    def uri(name: str, guest_password: str | None = None, **parameters: str) -> str:
+        guest = next(vm for vm in lab["vms"] if vm["name"] == name)
+        variable = "LAB_GUEST_PASSWORD_" + name.replace("-", "_").upper()
+        monkeypatch.setenv(variable, guest_password or guest["guest_password"])
+        query = {
+            "password_env": "LAB_VCENTER_PASSWORD",
+            "guest_user": guest["guest_username"],
+            "guest_password_env": variable,
+            "ca_file": vcenter["ca_file"],
+            **parameters,
+        }
+        user = quote(vcenter["username"], safe="")
+        return f"vsphere://{user}@127.0.0.1/{name}?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+    return uri

@@ -124,7 +124,19 @@ func writeGuestFile(tr *transfer, body io.Reader) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
+	if err := tr.guest.own(tmp.Name()); err != nil {
+		return err
+	}
 	return os.Rename(tmp.Name(), tr.hostFile)
+}
+
+// own gives a file the lab created to the guest login, as VMware Tools acts as the
+// authenticated user.
+func (g *guest) own(hostFile string) error {
+	if g.cfg.GuestUID == 0 {
+		return nil
+	}
+	return os.Lchown(hostFile, g.cfg.GuestUID, g.cfg.GuestUID)
 }
 
 func fileNotFound(guestFile string) *soap.Fault {
@@ -216,6 +228,13 @@ func (m *fileManager) MakeDirectoryInGuest(req *types.MakeDirectoryInGuest) soap
 	body := new(methods.MakeDirectoryInGuestBody)
 	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.MakeDirectoryInGuestResponse, *soap.Fault) {
 		hostDir := g.hostPath(req.DirectoryPath)
+		var missing []string
+		for dir := hostDir; ; dir = filepath.Dir(dir) {
+			if _, err := os.Lstat(dir); err == nil || dir == filepath.Dir(dir) {
+				break
+			}
+			missing = append(missing, dir)
+		}
 		var err error
 		if req.CreateParentDirectories {
 			err = os.MkdirAll(hostDir, 0o755)
@@ -224,6 +243,11 @@ func (m *fileManager) MakeDirectoryInGuest(req *types.MakeDirectoryInGuest) soap
 		}
 		if err != nil {
 			return nil, fileFault(req.DirectoryPath, err)
+		}
+		for _, dir := range missing {
+			if err := g.own(dir); err != nil {
+				return nil, fileFault(req.DirectoryPath, err)
+			}
 		}
 		return new(types.MakeDirectoryInGuestResponse), nil
 	})
@@ -331,6 +355,9 @@ func (m *fileManager) CreateTemporaryFileInGuest(req *types.CreateTemporaryFileI
 			return nil, fileFault(dir, err)
 		}
 		file.Close()
+		if err := g.own(file.Name()); err != nil {
+			return nil, fileFault(dir, err)
+		}
 		return &types.CreateTemporaryFileInGuestResponse{Returnval: g.guestPathOf(file.Name(), dir)}, nil
 	})
 	return body

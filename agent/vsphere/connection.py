@@ -1,0 +1,320 @@
+"""The async vCenter connection: pyvmomi in a bounded pool of worker threads, one
+logged-in session per vCenter and user shared by every target on it, kept alive, and
+logged in again when the server forgets it (session expiry, vCenter restart).
+
+A run opens its connections inside :func:`vcenter_pool`; channels and wait conditions
+find them with :func:`current_pool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import re
+import ssl
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim, vmodl
+
+from agent.errors import BeachheadError, ChannelUnavailable
+from agent.secrets import Secret
+from agent.targets import Target
+
+if TYPE_CHECKING:
+    from agent.vsphere.watcher import VmWatcher
+    from agent.vsphere.wirelog import WireLog
+
+T = TypeVar("T")
+log = structlog.get_logger("beachhead.vsphere")
+
+DEFAULT_WORKERS = 16
+KEEPALIVE_S = 300.0
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+SOCKET_TIMEOUT_S = 60.0
+UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+# Faults that mean the server no longer knows our session: log in again, then retry.
+SESSION_LOST = (vim.fault.NotAuthenticated,)
+
+
+class VSphereError(BeachheadError):
+    """vCenter refused or failed an operation."""
+
+
+class VmNotFound(VSphereError):
+    """No VM (or more than one) answers to the name or uuid a target gave."""
+
+
+@dataclass(frozen=True)
+class VCenterAddress:
+    """Which vCenter, as whom, and how to trust it: targets with the same address share
+    one session."""
+
+    host: str
+    port: int
+    user: str
+    http: bool = False
+    insecure: bool = False
+    ca_file: Path | None = None
+
+    @classmethod
+    def of(cls, target: Target) -> VCenterAddress:
+        """The vCenter a vsphere:// target names."""
+        return cls(target.host, target.port, target.user or "", target.http, target.insecure, target.ca_file)
+
+    @property
+    def url(self) -> str:
+        """The SDK URL, for messages."""
+        return f"{'http' if self.http else 'https'}://{self.host}:{self.port}/sdk"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How to verify the server: the given CA, the system's, or (insecure) not at all."""
+        if self.http:
+            return None
+        if self.insecure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+
+
+class VCenter:
+    """One logged-in vCenter session. Blocking pyvmomi calls run in a bounded pool of
+    worker threads through :meth:`call`, which logs in again once when the server has
+    forgotten the session."""
+
+    def __init__(
+        self,
+        address: VCenterAddress,
+        password: Secret,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        workers: int = DEFAULT_WORKERS,
+        wire_log: WireLog | None = None,
+    ) -> None:
+        self.address = address
+        self._password = password
+        self._connect_timeout = connect_timeout
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"vcenter-{address.host}")
+        self._wire_log = wire_log
+        self._si: Any = None
+        self._login_lock = asyncio.Lock()
+        self._keepalive: asyncio.Task[None] | None = None
+        self._watcher: VmWatcher | None = None
+        self.log = log.bind(vcenter=address.url, user=address.user)
+
+    # -- session ------------------------------------------------------------------------
+    async def open(self) -> VCenter:
+        """Log in; raises :class:`ChannelUnavailable` when the vCenter cannot be reached
+        or refuses the credentials."""
+        await self._in_thread(self._connect)
+        self._keepalive = asyncio.create_task(self._keep_alive(), name=f"vcenter-keepalive-{self.address.host}")
+        self.log.info("vcenter.connected")
+        return self
+
+    def _connect(self) -> None:
+        options: dict[str, Any] = {
+            "host": self.address.host,
+            "port": self.address.port,
+            "user": self.address.user,
+            "pwd": self._password.reveal(),
+            "protocol": "http" if self.address.http else "https",
+            # A socket timeout for every call: long enough for the watcher's WaitForUpdatesEx.
+            "httpConnectionTimeout": max(self._connect_timeout, SOCKET_TIMEOUT_S),
+        }
+        context = self.address.ssl_context()
+        if context is not None:
+            options["sslContext"] = context
+        try:
+            if self._wire_log is not None:
+                from agent.vsphere.wirelog import connect_logged
+
+                self._si = connect_logged(self._wire_log, **options)
+            else:
+                self._si = SmartConnect(**options)
+        except vim.fault.InvalidLogin:
+            raise self.unavailable("vCenter refused the user name or password", retryable=False) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise self.unavailable(
+                f"certificate not trusted ({exc.verify_message}); give ?ca_file=PATH, or ?insecure=1 to skip checks",
+                retryable=False,
+            ) from None
+        except (OSError, vmodl.MethodFault) as exc:
+            raise self.unavailable(f"cannot connect: {exc}", retryable=True) from None
+
+    def unavailable(self, reason: str, *, retryable: bool) -> ChannelUnavailable:
+        """An error naming this vCenter."""
+        return ChannelUnavailable("vsphere", self.address.url, reason, retryable=retryable)
+
+    async def relogin(self) -> None:
+        """Log in again on the same connection, so managed object references stay valid."""
+        async with self._login_lock:
+            with contextlib.suppress(vmodl.MethodFault):
+                if await self._in_thread(lambda: self._si.content.sessionManager.currentSession) is not None:
+                    return  # another task logged in meanwhile
+            await self._in_thread(
+                lambda: self._si.content.sessionManager.Login(self.address.user, self._password.reveal())
+            )
+            self.log.info("vcenter.relogin")
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            try:
+                await self.call(lambda: self._si.CurrentTime())
+            except (OSError, vmodl.MethodFault, BeachheadError) as exc:
+                self.log.warning("vcenter.keepalive_failed", error=str(exc))
+
+    async def close(self) -> None:
+        """Stop the watcher and keep-alive, log out, release the worker threads."""
+        if self._watcher is not None:
+            await self._watcher.close()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+        if self._si is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._in_thread(Disconnect, self._si), timeout=10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- calls --------------------------------------------------------------------------
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking pyvmomi call in a worker thread; when the session was lost, log
+        in again and retry once."""
+        try:
+            return await self._in_thread(fn, *args)
+        except SESSION_LOST:
+            await self.relogin()
+            return await self._in_thread(fn, *args)
+
+    @property
+    def content(self) -> Any:
+        """The ServiceContent (root folder, managers)."""
+        return self._si.content
+
+    @property
+    def stub(self) -> Any:
+        """pyvmomi's SOAP stub (its session cookie authenticates HTTP transfers)."""
+        return self._si._stub
+
+    def session_cookie(self) -> str:
+        """The ``vmware_soap_session`` cookie value, for datastore and transfer HTTP calls."""
+        cookie = str(self.stub.cookie or "")
+        match = re.search(r'vmware_soap_session="?([^";]+)', cookie)
+        return match.group(1) if match else ""
+
+    def http_base(self) -> str:
+        """``scheme://host:port`` of the vCenter, for URLs built by hand."""
+        host = f"[{self.address.host}]" if ":" in self.address.host else self.address.host
+        return f"{'http' if self.address.http else 'https'}://{host}:{self.address.port}"
+
+    # -- inventory ----------------------------------------------------------------------
+    async def find_vm(self, name_or_uuid: str) -> Any:
+        """The VM with this instance uuid (or BIOS uuid), else this exact name."""
+        if UUID.match(name_or_uuid):
+            index = self.content.searchIndex
+            for instance_uuid in (True, False):
+                found = await self.call(index.FindByUuid, None, name_or_uuid, True, instance_uuid)
+                if found is not None:
+                    return found
+        matches = await self.call(self._vms_named, name_or_uuid)
+        if not matches:
+            raise VmNotFound(f"{self.address.url}: no VM named {name_or_uuid!r}")
+        if len(matches) > 1:
+            raise VmNotFound(f"{self.address.url}: {len(matches)} VMs are named {name_or_uuid!r}; use its uuid")
+        return matches[0]
+
+    def _vms_named(self, name: str) -> list[Any]:
+        view = self.content.viewManager.CreateContainerView(self.content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            spec = vmodl.query.PropertyCollector.FilterSpec(
+                objectSet=[
+                    vmodl.query.PropertyCollector.ObjectSpec(
+                        obj=view,
+                        skip=True,
+                        selectSet=[
+                            vmodl.query.PropertyCollector.TraversalSpec(
+                                name="view", type=vim.view.ContainerView, path="view", skip=False
+                            )
+                        ],
+                    )
+                ],
+                propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])],
+            )
+            found = self.content.propertyCollector.RetrieveContents([spec])
+            return [item.obj for item in found if item.propSet and item.propSet[0].val == name]
+        finally:
+            view.DestroyView()
+
+    @property
+    def watcher(self) -> VmWatcher:
+        """The one event watcher of this vCenter, started on first use."""
+        if self._watcher is None:
+            from agent.vsphere.watcher import VmWatcher
+
+            self._watcher = VmWatcher(self)
+        return self._watcher
+
+
+class VCenterPool:
+    """The vCenter sessions of one run: one per vCenter address, opened on first use."""
+
+    def __init__(self, wire_log: WireLog | None = None) -> None:
+        self.wire_log = wire_log
+        self._vcenters: dict[VCenterAddress, VCenter] = {}
+        self._opening: dict[VCenterAddress, asyncio.Lock] = {}
+
+    async def get(self, target: Target, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> VCenter:
+        """The logged-in vCenter of a vsphere:// target."""
+        if target.password is None:
+            raise ChannelUnavailable("vsphere", target.name, "no vCenter password (?password_env=VAR)")
+        address = VCenterAddress.of(target)
+        lock = self._opening.setdefault(address, asyncio.Lock())
+        async with lock:
+            if address not in self._vcenters:
+                vcenter = VCenter(address, target.password, connect_timeout=connect_timeout, wire_log=self.wire_log)
+                self._vcenters[address] = await vcenter.open()
+            return self._vcenters[address]
+
+    async def close(self) -> None:
+        """Close every session."""
+        vcenters, self._vcenters = list(self._vcenters.values()), {}
+        for vcenter in vcenters:
+            await vcenter.close()
+
+
+_CURRENT: contextvars.ContextVar[VCenterPool | None] = contextvars.ContextVar("beachhead_vcenters", default=None)
+
+
+@contextlib.asynccontextmanager
+async def vcenter_pool(wire_log: WireLog | None = None) -> AsyncIterator[VCenterPool]:
+    """Open a pool for the work inside (a run, an undo), and close its sessions after."""
+    pool = VCenterPool(wire_log)
+    token = _CURRENT.set(pool)
+    try:
+        yield pool
+    finally:
+        _CURRENT.reset(token)
+        await pool.close()
+
+
+def current_pool() -> VCenterPool:
+    """The pool of the run in progress."""
+    pool = _CURRENT.get()
+    if pool is None:
+        raise VSphereError("no vCenter pool: open one with agent.vsphere.connection.vcenter_pool()")
+    return pool

@@ -1,0 +1,363 @@
+"""One event watcher per vCenter: a PropertyCollector ``WaitForUpdatesEx`` loop over a
+list view of the watched VMs, plus an EventHistoryCollector for what properties do not
+show (guest customization, reconfiguration).
+
+A thousand watched VMs cost one loop, one list view and one filter update per change,
+not a thousand pollers. The watcher keeps each VM's current state, so a wait resolves
+at once when the state already holds, and turns every change into a typed
+:class:`VmEvent`. When the vCenter goes away (restart, network), it logs in again,
+rebuilds its filters and carries on; what changed meanwhile arrives as ordinary changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pyVmomi import vim, vmodl
+
+from agent.errors import BeachheadError
+from agent.plans import VmState
+
+if TYPE_CHECKING:
+    from agent.vsphere.connection import VCenter
+
+log = structlog.get_logger("beachhead.vsphere.watcher")
+
+WAIT_S = 10  # WaitForUpdatesEx's longest wait: the loop checks for shutdown this often
+RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+FIRST_STATE_TIMEOUT_S = 30.0
+PROPERTIES = (
+    "name",
+    "runtime.powerState",
+    "guest.toolsRunningStatus",
+    "guest.guestOperationsReady",
+    "guest.ipAddress",
+    "guest.net",
+    "guest.guestFamily",
+    "config.guestId",
+)
+EVENT_TYPES = (
+    "CustomizationStartedEvent",
+    "CustomizationSucceeded",
+    "CustomizationFailed",
+    "CustomizationLinuxIdentityFailed",
+    "CustomizationNetworkSetupFailed",
+    "CustomizationSysprepFailed",
+    "CustomizationUnknownFailure",
+    "VmReconfiguredEvent",
+)
+
+
+class EventKind(StrEnum):
+    """What happened to a watched VM."""
+
+    POWERED_ON = "powered_on"
+    POWERED_OFF = "powered_off"
+    TOOLS_RUNNING = "tools_running"
+    TOOLS_STOPPED = "tools_stopped"
+    GUESTOPS_READY = "guestops_ready"
+    GUESTOPS_UNAVAILABLE = "guestops_unavailable"
+    IP_ASSIGNED = "ip_assigned"
+    CUSTOMIZATION_STARTED = "customization_started"
+    CUSTOMIZATION_SUCCEEDED = "customization_succeeded"
+    CUSTOMIZATION_FAILED = "customization_failed"
+    RECONFIGURED = "reconfigured"
+
+
+@dataclass(frozen=True)
+class GuestNic:
+    """One guest network adapter as VMware Tools reports it."""
+
+    mac: str
+    addresses: tuple[str, ...]
+    network: str = ""
+
+
+@dataclass(frozen=True)
+class VmEvent:
+    """A change of a watched VM, with what it changed to (``detail``)."""
+
+    kind: EventKind
+    vm: str
+    name: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VmSnapshot:
+    """A watched VM's state as last reported."""
+
+    vm: str
+    name: str = ""
+    power_state: str = ""
+    tools_running_status: str = ""
+    guestops_ready: bool = False
+    ip: str = ""
+    net: tuple[GuestNic, ...] = ()
+    guest_family: str = ""
+    guest_id: str = ""
+
+    def satisfies(self, state: VmState) -> bool:
+        """Whether this VM is in ``state``."""
+        if state is VmState.POWERED_ON:
+            return self.power_state == "poweredOn"
+        if state is VmState.TOOLS_RUNNING:
+            return self.tools_running_status == "guestToolsRunning"
+        if state is VmState.GUESTOPS_READY:
+            return self.guestops_ready
+        return bool(self.ip) and not self.ip.startswith(("169.254.", "fe80:"))
+
+
+class WatcherClosed(BeachheadError):
+    """The watcher was closed while something waited on it."""
+
+
+def _nics(value: Any) -> tuple[GuestNic, ...]:
+    return tuple(
+        GuestNic(str(nic.macAddress or ""), tuple(str(a) for a in nic.ipAddress or ()), str(nic.network or ""))
+        for nic in value or ()
+    )
+
+
+_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "name": ("name", lambda v: str(v or "")),
+    "runtime.powerState": ("power_state", lambda v: str(v or "")),
+    "guest.toolsRunningStatus": ("tools_running_status", lambda v: str(v or "")),
+    "guest.guestOperationsReady": ("guestops_ready", bool),
+    "guest.ipAddress": ("ip", lambda v: str(v or "")),
+    "guest.net": ("net", _nics),
+    "guest.guestFamily": ("guest_family", lambda v: str(v or "")),
+    "config.guestId": ("guest_id", lambda v: str(v or "")),
+}
+
+
+def changes_between(before: VmSnapshot | None, after: VmSnapshot) -> list[VmEvent]:
+    """The events that take a VM from ``before`` (None: first seen) to ``after``.
+    A VM first seen reports nothing: its state is not news."""
+    if before is None:
+        return []
+    events: list[VmEvent] = []
+
+    def event(kind: EventKind, **detail: Any) -> None:
+        events.append(VmEvent(kind, after.vm, after.name, detail))
+
+    if before.power_state != after.power_state and after.power_state in ("poweredOn", "poweredOff"):
+        event(EventKind.POWERED_ON if after.power_state == "poweredOn" else EventKind.POWERED_OFF)
+    tools_before, tools_after = before.satisfies(VmState.TOOLS_RUNNING), after.satisfies(VmState.TOOLS_RUNNING)
+    if tools_before != tools_after:
+        event(EventKind.TOOLS_RUNNING if tools_after else EventKind.TOOLS_STOPPED)
+    if before.guestops_ready != after.guestops_ready:
+        event(EventKind.GUESTOPS_READY if after.guestops_ready else EventKind.GUESTOPS_UNAVAILABLE)
+    if after.satisfies(VmState.IP_ASSIGNED) and (before.ip, before.net) != (after.ip, after.net):
+        nics = [{"mac": nic.mac, "addresses": list(nic.addresses)} for nic in after.net]
+        event(EventKind.IP_ASSIGNED, ip=after.ip, net=nics)
+    return events
+
+
+def _event_kind(event: Any) -> EventKind | None:
+    if isinstance(event, vim.event.CustomizationStartedEvent):
+        return EventKind.CUSTOMIZATION_STARTED
+    if isinstance(event, vim.event.CustomizationSucceeded):
+        return EventKind.CUSTOMIZATION_SUCCEEDED
+    if isinstance(event, vim.event.CustomizationFailed):
+        return EventKind.CUSTOMIZATION_FAILED
+    if isinstance(event, vim.event.VmReconfiguredEvent):
+        return EventKind.RECONFIGURED
+    return None
+
+
+class VmWatcher:
+    """The event watcher of one vCenter (see the module's description)."""
+
+    def __init__(self, vcenter: VCenter) -> None:
+        self.vcenter = vcenter
+        self._watched: dict[str, Any] = {}  # moref id -> VirtualMachine
+        self._state: dict[str, VmSnapshot] = {}
+        self._changed = asyncio.Condition()
+        self._subscribers: list[asyncio.Queue[VmEvent]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._collector: Any = None
+        self._list_view: Any = None
+        self._event_collector: Any = None
+        self._last_event_key = -1
+        self._version = ""
+        self._closed = False
+
+    # -- what callers use ----------------------------------------------------------------
+    async def watch(self, vm: Any) -> VmSnapshot:
+        """Start watching ``vm`` (a pyvmomi VirtualMachine) and return its current state."""
+        self._start()
+        await asyncio.wait_for(self._ready.wait(), FIRST_STATE_TIMEOUT_S)
+        if vm._moId not in self._watched:
+            self._watched[vm._moId] = vm
+            await self.vcenter.call(self._list_view.ModifyListView, [vm], None)
+        async with asyncio.timeout(FIRST_STATE_TIMEOUT_S):
+            return await self.wait_until(vm, lambda snapshot: True)
+
+    def state(self, vm: Any) -> VmSnapshot | None:
+        """The last reported state of a watched VM."""
+        return self._state.get(vm._moId)
+
+    async def wait_for(self, vm: Any, state: VmState) -> VmSnapshot:
+        """Return once ``vm`` is in ``state`` (at once when it already is); the caller
+        bounds the wait (``asyncio.timeout``)."""
+        await self.watch(vm)
+        return await self.wait_until(vm, lambda snapshot: snapshot.satisfies(state))
+
+    async def wait_until(self, vm: Any, predicate: Callable[[VmSnapshot], bool]) -> VmSnapshot:
+        """Return the VM's state once ``predicate`` holds for it (the caller bounds the wait)."""
+        async with self._changed:
+            while True:
+                if self._closed:
+                    raise WatcherClosed("the vCenter watcher was closed")
+                snapshot = self._state.get(vm._moId)
+                if snapshot is not None and predicate(snapshot):
+                    return snapshot
+                await self._changed.wait()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[VmEvent]]:
+        """A queue that receives every event of every watched VM while the block runs."""
+        queue: asyncio.Queue[VmEvent] = asyncio.Queue()
+        self._subscribers.append(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.remove(queue)
+
+    async def close(self) -> None:
+        """Stop the loop; waiters get :class:`WatcherClosed`."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- the loop ------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"vcenter-watcher-{self.vcenter.address.host}")
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                if self._collector is None:
+                    await self.vcenter.call(self._create_filters)
+                    self._ready.set()
+                    attempt = 0
+                await self._follow()
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.vcenter.call(self._destroy_filters), timeout=5)
+                raise
+            except Exception as exc:  # the vCenter went away: log in again and rebuild
+                delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
+                attempt += 1
+                log.warning("watcher.reconnect", vcenter=self.vcenter.address.url, error=str(exc), delay_s=delay)
+                self._collector = None
+                await asyncio.sleep(delay)
+                with contextlib.suppress(Exception):
+                    await self.vcenter.relogin()
+
+    def _create_filters(self) -> None:
+        content = self.vcenter.content
+        self._collector = content.propertyCollector.CreatePropertyCollector()
+        self._list_view = content.viewManager.CreateListView(list(self._watched.values()))
+        spec = vmodl.query.PropertyCollector
+        self._collector.CreateFilter(
+            spec.FilterSpec(
+                objectSet=[
+                    spec.ObjectSpec(
+                        obj=self._list_view,
+                        skip=True,
+                        selectSet=[spec.TraversalSpec(name="view", type=vim.view.ListView, path="view", skip=False)],
+                    )
+                ],
+                propSet=[spec.PropertySpec(type=vim.VirtualMachine, pathSet=list(PROPERTIES))],
+            ),
+            True,
+        )
+        self._event_collector = content.eventManager.CreateCollectorForEvents(
+            vim.event.EventFilterSpec(eventTypeId=list(EVENT_TYPES))
+        )
+        self._collector.CreateFilter(
+            spec.FilterSpec(
+                objectSet=[spec.ObjectSpec(obj=self._event_collector)],
+                propSet=[spec.PropertySpec(type=vim.event.EventHistoryCollector, pathSet=["latestPage"])],
+            ),
+            True,
+        )
+        self._version = ""
+        self._last_event_key = -1  # a new collector's first page is history again
+
+    def _destroy_filters(self) -> None:
+        for obj, method in (
+            (self._event_collector, "DestroyCollector"),
+            (self._list_view, "DestroyView"),
+            (self._collector, "DestroyPropertyCollector"),
+        ):
+            with contextlib.suppress(Exception):
+                getattr(obj, method)()
+
+    async def _follow(self) -> None:
+        options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=WAIT_S)
+        while True:
+            update = await self.vcenter.call(self._collector.WaitForUpdatesEx, self._version, options)
+            if update is None:
+                continue
+            self._version = update.version
+            events: list[VmEvent] = []
+            for filter_update in update.filterSet or ():
+                for change in filter_update.objectSet or ():
+                    events += self._apply(change)
+            async with self._changed:
+                self._changed.notify_all()
+            for event in events:
+                log.info("vm.event", kind=str(event.kind), vm=event.name, **event.detail)
+                for queue in self._subscribers:
+                    queue.put_nowait(event)
+
+    def _apply(self, change: Any) -> list[VmEvent]:
+        if isinstance(change.obj, vim.event.EventHistoryCollector):
+            return self._apply_events(change)
+        moref = change.obj._moId
+        if change.kind == "leave":
+            self._state.pop(moref, None)
+            return []
+        before = self._state.get(moref)
+        updates: dict[str, Any] = {}
+        for item in change.changeSet or ():
+            if item.name in _FIELDS:
+                attribute, convert = _FIELDS[item.name]
+                updates[attribute] = convert(item.val if item.op != "remove" else None)
+        after = replace(before or VmSnapshot(moref), **updates)
+        self._state[moref] = after
+        return changes_between(before, after)
+
+    def _apply_events(self, change: Any) -> list[VmEvent]:
+        page = next((item.val for item in change.changeSet or () if item.name == "latestPage"), None) or []
+        fresh = sorted((event for event in page if event.key > self._last_event_key), key=lambda e: e.key)
+        first_page = self._last_event_key < 0
+        if page:
+            self._last_event_key = max(self._last_event_key, *(event.key for event in page))
+        if first_page:
+            return []  # history from before we watched is not news
+        events = []
+        for raw in fresh:
+            kind = _event_kind(raw)
+            moref = raw.vm.vm._moId if raw.vm is not None and raw.vm.vm is not None else None
+            if kind is None or moref not in self._watched:
+                continue
+            name = self._state[moref].name if moref in self._state else raw.vm.name
+            events.append(VmEvent(kind, moref, name, {"message": raw.fullFormattedMessage or ""}))
+        return events

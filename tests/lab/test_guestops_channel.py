@@ -1,0 +1,221 @@
+"""The guestops channel and vSphere wait conditions, end to end through `beachhead run`
+on the lab: commands, transfers, verification, faults, undo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pyVim.task import WaitForTask
+
+from tests.conftest import BEACHHEAD, beachhead, write_plan
+from tests.lab.conftest import FLEET, Vc, wait_for
+
+GUESTS = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "guests"
+
+
+def _results(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_commands_and_files_through_guestops(tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]) -> None:
+    (tmp_path / "app.conf").write_text("listen 8080\n")
+    plan = write_plan(
+        tmp_path,
+        """
+        name: guestops
+        channels: [guestops]
+        wait: [guestops_ready]
+        steps:
+          - run: "echo out-$(hostname); echo err >&2"
+          - upload: {src: app.conf, dest: /root/gops/app.conf, mode: "0640"}
+          - run: {script: script.sh, env: {GREETING: hi}}
+          - download: {src: /root/gops/app.conf, dest: "TMP/back.conf"}
+          - run: "exit 3"
+        """.replace("TMP", str(tmp_path)),
+    )
+    (tmp_path / "script.sh").write_text('cat /root/gops/app.conf; echo "$GREETING from script"\n')
+    done = beachhead("run", str(plan), "--target", vsphere_uri("lin-01"), "--json", timeout=120)
+    assert done.returncode == 1, done.stderr
+    [result] = _results(done)
+    assert result["channel"] == "guestops"
+    first, upload, script, download, last = result["steps"][1:]
+    assert (first["exit_code"], first["stdout"], first["stderr"]) == (0, "out-lin-01\n", "err\n")
+    assert upload["status"] == "ok" and download["status"] == "ok"
+    guest_file = GUESTS / "lin-01/root/gops/app.conf"
+    assert guest_file.read_text() == "listen 8080\n"
+    assert guest_file.stat().st_mode & 0o7777 == 0o640
+    assert script["stdout"] == "listen 8080\nhi from script\n"
+    assert (tmp_path / "back.conf").read_text() == "listen 8080\n"
+    assert (last["status"], last["exit_code"]) == ("failed", 3)
+    assert not list((GUESTS / "lin-01/tmp").glob("beachhead-*")), "temporary output files left in the guest"
+
+    undo = beachhead("undo", result["run_id"])
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert not guest_file.exists() and not guest_file.parent.exists()
+
+
+def test_the_os_family_is_read_from_the_vm(tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]) -> None:
+    (tmp_path / "notes.txt").write_text("windows stand-in\n")
+    plan = write_plan(
+        tmp_path,
+        r"""
+        name: windows-files
+        steps:
+          - upload: {src: notes.txt, dest: 'C:\Users\Administrator\notes.txt'}
+          - download: {src: 'C:\Users\Administrator\notes.txt', dest: "TMP/notes-back.txt"}
+        """.replace("TMP", str(tmp_path)),
+    )
+    done = beachhead("run", str(plan), "--target", vsphere_uri("win-01"), "--json", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (GUESTS / "win-01/C/Users/Administrator/notes.txt").read_text() == "windows stand-in\n"
+    assert (tmp_path / "notes-back.txt").read_text() == "windows stand-in\n"
+
+
+def test_wrong_guest_password_fails_without_retrying(
+    tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]
+) -> None:
+    plan = write_plan(tmp_path, "name: x\nsteps:\n  - run: 'true'\n")
+    done = beachhead("run", str(plan), "--target", vsphere_uri("lin-02", guest_password="wrong"), "--json")
+    assert done.returncode == 1
+    [result] = _results(done)
+    assert "the guest refused the user name or password" in result["error"]
+
+
+def test_a_run_started_while_the_vm_is_off_waits_for_power_on_tools_and_ip(
+    tmp_path: Path, runs_dir: Path, vc: Vc, vsphere_uri: Callable[..., str]
+) -> None:
+    vm = vc.vm("lin-03")
+    WaitForTask(vm.PowerOffVM_Task())
+    plan = write_plan(
+        tmp_path,
+        """
+        name: first-boot
+        channels: [guestops]
+        wait:
+          - {powered_on: {timeout: 60}}
+          - tools_running
+          - {ip_assigned: {timeout: 60}}
+        steps:
+          - run: id -un
+        """,
+    )
+    run = subprocess.Popen(
+        [str(BEACHHEAD), "run", str(plan), "--target", vsphere_uri("lin-03"), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        assert run.poll() is None, "the run should be waiting for the VM"
+        WaitForTask(vm.PowerOnVM_Task())
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        wait_for(lambda: vm.runtime.powerState == "poweredOn", what="lin-03 on")
+    assert run.returncode == 0, stderr
+    [result] = [json.loads(line) for line in stdout.splitlines()]
+    waits, step = result["steps"][:3], result["steps"][3]
+    assert [w["status"] for w in waits] == ["ok"] * 3
+    assert waits[0]["duration_s"] >= 1.5  # it waited for the power-on, not for a poll
+    assert step["stdout"] == "admin\n"
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert {"powered_on", "tools_running", "ip_assigned"} <= {e.get("kind") for e in events if e["event"] == "vm.event"}
+
+
+def test_a_powered_off_vm_times_out_waiting(
+    tmp_path: Path, runs_dir: Path, vc: Vc, vsphere_uri: Callable[..., str]
+) -> None:
+    vm = vc.vm("lin-02")
+    WaitForTask(vm.PowerOffVM_Task())
+    try:
+        plan = write_plan(tmp_path, "name: x\nwait: [{powered_on: {timeout: 2}}]\nsteps:\n  - run: 'true'\n")
+        done = beachhead("run", str(plan), "--target", vsphere_uri("lin-02"), "--json")
+    finally:
+        WaitForTask(vm.PowerOnVM_Task())
+    assert done.returncode == 1
+    [result] = _results(done)
+    assert result["steps"][0]["error"] == "timed out after 2s"
+    assert result["steps"][1]["status"] == "skipped"
+
+
+def test_vm_conditions_need_a_vsphere_target(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, "name: x\nwait: [tools_running]\nsteps:\n  - run: 'true'\n")
+    done = beachhead("run", str(plan), "--target", "ssh://root@127.0.0.1")
+    assert done.returncode == 2
+    assert "wait[1]: tools_running is a vSphere VM state" in done.stderr
+
+
+def test_unknown_vm_is_reported(tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]) -> None:
+    plan = write_plan(tmp_path, "name: x\nsteps:\n  - run: 'true'\n")
+    uri = vsphere_uri("lin-01").replace("/lin-01?", "/no-such-vm?")
+    done = beachhead("run", str(plan), "--target", uri, "--json")
+    assert done.returncode == 1
+    assert "no VM named 'no-such-vm'" in _results(done)[0]["error"]
+
+
+def test_one_plan_on_twenty_vms_at_once(tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]) -> None:
+    names = ["lin-01", "lin-02", "lin-03", *FLEET]
+    assert len(names) == 20
+    (tmp_path / "marker").write_text("fleet\n")
+    plan = write_plan(
+        tmp_path,
+        """
+        name: fleet
+        channels: [guestops]
+        wait: [guestops_ready]
+        steps:
+          - upload: {src: marker, dest: "~/fleet-marker"}
+          - run: 'cat ~/fleet-marker; hostname'
+        """,
+    )
+    targets = [argument for name in names for argument in ("--target", vsphere_uri(name))]
+    done = beachhead("run", str(plan), *targets, "--json", timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = {r["target"]: r for r in _results(done)}
+    assert set(results) == set(names)
+    for name, result in results.items():
+        assert result["steps"][-1]["stdout"] == f"fleet\n{name}\n"
+    assert (GUESTS / "fleet-17/root/fleet-marker").read_text() == "fleet\n"
+
+
+def test_a_wait_survives_a_vcenter_restart(
+    tmp_path: Path, runs_dir: Path, vc: Vc, vsphere_uri: Callable[..., str]
+) -> None:
+    """The watcher logs in again and rebuilds its filters; the lab's vCenter comes back
+    with its VMs powered on, which is what the run waits for."""
+    WaitForTask(vc.vm("lin-02").PowerOffVM_Task())
+    plan = write_plan(
+        tmp_path,
+        """
+        name: restart
+        channels: [guestops]
+        wait: [{tools_running: {timeout: 120}}]
+        steps:
+          - run: hostname
+        """,
+    )
+    run = subprocess.Popen(
+        [str(BEACHHEAD), "run", str(plan), "--target", vsphere_uri("lin-02"), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        assert run.poll() is None, "the run should be waiting for the VM"
+        restarted = beachhead("lab", "restart-vcenter", "--down-seconds", "2", timeout=120)
+        assert restarted.returncode == 0, restarted.stderr
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stderr[-3000:]
+    [result] = [json.loads(line) for line in stdout.splitlines()]
+    assert result["steps"][-1]["stdout"] == "lin-02\n"
+    assert '"event": "watcher.reconnect"' in stderr
