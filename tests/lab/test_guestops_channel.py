@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -219,3 +220,34 @@ def test_a_wait_survives_a_vcenter_restart(
     [result] = [json.loads(line) for line in stdout.splitlines()]
     assert result["steps"][-1]["stdout"] == "lin-02\n"
     assert '"event": "watcher.reconnect"' in stderr
+
+
+def test_the_wire_log_shows_the_run_without_secrets(
+    tmp_path: Path, runs_dir: Path, lab: dict[str, Any], vsphere_uri: Callable[..., str]
+) -> None:
+    (tmp_path / "payload").write_text("payload\n")
+    plan = write_plan(
+        tmp_path,
+        """
+        name: wire
+        channels: [guestops]
+        steps:
+          - upload: {src: payload, dest: /tmp/wire-payload}
+          - run: cat /tmp/wire-payload
+        """,
+    )
+    wire = tmp_path / "wire.jsonl"
+    done = beachhead("run", str(plan), "--target", vsphere_uri("lin-01"), "--wire-log", str(wire), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = wire.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    methods = {r.get("method") for r in records if r["kind"] == "soap"}
+    assert {"Login", "StartProgramInGuest", "ListProcessesInGuest", "InitiateFileTransferToGuest"} <= methods
+    transfers = [r for r in records if r["kind"] == "transfer" and "/lab/guestFile" in r["url"]]
+    assert {"PUT", "GET"} <= {r["method"] for r in transfers}
+    guest = next(vm for vm in lab["vms"] if vm["name"] == "lin-01")
+    assert lab["vcenter"]["password"] not in text
+    assert guest["guest_password"] not in text
+    cookies = re.findall(r"vmware_soap_session=([^;\"]*)", text)
+    assert cookies and set(cookies) == {"***"}  # the session cookie is logged, its value is not
+    assert wire.stat().st_mode & 0o777 == 0o600
