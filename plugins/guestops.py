@@ -120,8 +120,6 @@ class GuestopsSession:
             raise StepFailed(action, _fault_text(fault)) from None
         except vmodl.MethodFault as fault:
             raise ChannelError(NAME, self.target.name, _fault_text(fault)) from None
-        except OSError as exc:
-            raise ChannelError(NAME, self.target.name, f"vCenter connection lost: {exc}", retryable=True) from None
 
     # -- paths ----------------------------------------------------------------------------
     async def path(self, remote: str) -> str:

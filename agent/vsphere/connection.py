@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import http.client
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -194,12 +195,16 @@ class VCenter:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking pyvmomi call in a worker thread; when the session was lost, log
-        in again and retry once."""
+        in again and retry once. A broken connection raises a retryable
+        :class:`ChannelUnavailable`."""
         try:
-            return await self._in_thread(fn, *args)
-        except SESSION_LOST:
-            await self.relogin()
-            return await self._in_thread(fn, *args)
+            try:
+                return await self._in_thread(fn, *args)
+            except SESSION_LOST:
+                await self.relogin()
+                return await self._in_thread(fn, *args)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self.unavailable(f"vCenter connection lost: {exc!r}", retryable=True) from None
 
     @property
     def content(self) -> Any:

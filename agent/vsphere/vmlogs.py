@@ -49,15 +49,15 @@ def _datacenter_of(entity: Any) -> str:
 
 
 def _log_names(vm: Any, datastore: str, folder: str) -> list[str]:
-    """The VM's vmware*.log files (newest first), through the datastore browser."""
+    """The VM's vmware*.log files (current first), through the datastore's browser;
+    just vmware.log when the datastore cannot be searched."""
     try:
-        browser = vm.environmentBrowser.datastoreBrowser if vm.environmentBrowser else None
-        browser = browser or vm.runtime.host.datastoreBrowser
+        store = next(store for store in vm.datastore if store.name == datastore)
         spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=[VMWARE_LOGS])
-        task = browser.SearchDatastore_Task(datastorePath=f"[{datastore}] {folder}", searchSpec=spec)
+        task = store.browser.SearchDatastore_Task(datastorePath=f"[{datastore}] {folder}", searchSpec=spec)
         WaitForTask(task)
         names = [file.path for file in task.info.result.file or ()]
-    except (vmodl.MethodFault, AttributeError):
+    except (vmodl.MethodFault, StopIteration, AttributeError):
         names = []
     current = [name for name in names if name == "vmware.log"]
     return current + sorted(name for name in names if name != "vmware.log") or ["vmware.log"]

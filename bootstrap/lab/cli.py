@@ -80,6 +80,25 @@ def lab_status(json_output: bool) -> None:
     _print(state.public(), json_output, "lab running")
 
 
+@lab.command("restart-vcenter")
+@click.option(
+    "--down-seconds",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="How long vCenter stays down before it starts again.",
+)
+def lab_restart_vcenter(down_seconds: float) -> None:
+    """Restart the lab's vCenter as a vCenter service restart would: every session and
+    property collector filter is lost, the VMs come back powered on with the same ids.
+    For testing clients that must survive it."""
+    from bootstrap.lab.lab import restart_vcenter
+
+    with errors_exit():
+        restart_vcenter(down_seconds, progress=_progress)
+    click.echo("vCenter restarted")
+
+
 @lab.command("down")
 def lab_down() -> None:
     """Stop every lab process and remove every namespace and interface it made."""

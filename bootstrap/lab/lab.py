@@ -224,6 +224,33 @@ def _start_launcher(binary: Path, runtime: Path, directory: Path, state: LabStat
     raise LabError(f"the lab's vCenter was not ready within {READY_TIMEOUT_S:g}s; see {log}")
 
 
+def restart_vcenter(down_s: float = 0.0, progress: Progress | None = None) -> LabState:
+    """Stop the lab's vCenter, keep it down ``down_s`` seconds, start it again.
+
+    Like a vCenter service restart: sessions, property collector filters and tasks are
+    lost, the guests' networks stay. The VMs come back powered on (their guests boot
+    again) with the same managed object ids, which this checks."""
+    say = progress or (lambda message: None)
+    _require_root()
+    state = status()
+    if state is None:
+        raise LabError("the lab is not running (beachhead lab up)")
+    directory = lab_dir()
+    runtime = directory / "launcher.json"
+    say(f"stopping vCenter (pid {state.data['launcher_pid']})")
+    system.stop_process(state.data["launcher_pid"], LAUNCHER_MARKER)
+    time.sleep(max(down_s, 0.0))
+    say("starting vCenter again")
+    try:
+        ready = _start_launcher(launcher_binary(), runtime, directory, state)
+    finally:
+        state.save()
+    before = {vm["name"]: vm["moref"] for vm in state.data["vms"]}
+    if ready["vms"] != before:
+        raise LabError(f"the restarted vCenter gave the VMs other ids: {ready['vms']} instead of {before}")
+    return state
+
+
 def status() -> LabState | None:
     """The running lab's state, or None when it is not running."""
     state = LabState.load()

@@ -73,6 +73,10 @@ class Vc:
     lab: dict[str, Any]
     ssl_context: ssl.SSLContext
 
+    def connect(self) -> vim.ServiceInstance:
+        """A new session, as the fixture's."""
+        return connect(self.lab, self.ssl_context)
+
     @property
     def content(self) -> vim.ServiceInstanceContent:
         """The service content."""
@@ -111,11 +115,16 @@ class Vc:
 @pytest.fixture
 def vc(lab: dict[str, Any]) -> Iterator[Vc]:
     """pyvmomi connected with its defaults (https, port 443), verifying the lab's CA."""
-    vcenter = lab["vcenter"]
-    context = ssl.create_default_context(cafile=vcenter["ca_file"])
-    si = SmartConnect(host="127.0.0.1", user=vcenter["username"], pwd=vcenter["password"], sslContext=context)
+    context = ssl.create_default_context(cafile=lab["vcenter"]["ca_file"])
+    si = connect(lab, context)
     yield Vc(si, lab, context)
     Disconnect(si)
+
+
+def connect(lab: dict[str, Any], context: ssl.SSLContext) -> vim.ServiceInstance:
+    """A session with pyvmomi's defaults (https, port 443), verifying the lab's CA."""
+    vcenter = lab["vcenter"]
+    return SmartConnect(host="127.0.0.1", user=vcenter["username"], pwd=vcenter["password"], sslContext=context)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

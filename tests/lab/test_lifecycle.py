@@ -3,14 +3,17 @@ refused before anything starts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from pyVmomi import vim
 
 from tests.conftest import beachhead
+from tests.lab.conftest import Vc, wait_for
 
 
 def _leftovers() -> list[str]:
@@ -42,6 +45,26 @@ def test_down_leaves_nothing_behind_and_up_restores(lab_session: Path) -> None:
     up = beachhead("lab", "up", "--config", str(lab_session), "--json", timeout=300)
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["vms"][0]["name"] == "lin-01"
+
+
+def test_restart_vcenter_drops_sessions_and_keeps_the_vms(vc: Vc) -> None:
+    """As after a vCenter service restart: the old session is gone, a new login sees the
+    same VMs under the same ids, powered on, and their guests boot again."""
+    before = {vm["name"]: vm["moref"] for vm in vc.lab["vms"]}
+    lin_01 = vc.vm("lin-01")
+    restarted = beachhead("lab", "restart-vcenter", "--down-seconds", "1", timeout=120)
+    assert restarted.returncode == 0, restarted.stderr
+    with contextlib.suppress(OSError):  # the old keep-alive connection died with it
+        _ = lin_01.runtime.powerState
+    with pytest.raises(vim.fault.NotAuthenticated):
+        _ = lin_01.runtime.powerState
+    again = Vc(vc.connect(), vc.lab, vc.ssl_context)
+    assert {name: again.vm(name)._moId for name in before} == before
+    vm = again.vm("lin-01")
+    assert vm.runtime.powerState == "poweredOn"
+    wait_for(lambda: vm.guest.toolsRunningStatus == "guestToolsRunning", what="tools running after the restart")
+    status = beachhead("lab", "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["vms"][0]["moref"] == before["lin-01"]
 
 
 @pytest.mark.parametrize(

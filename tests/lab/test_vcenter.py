@@ -70,6 +70,15 @@ def test_vms_are_the_labs(vc: Vc) -> None:
         assert list(vm.guest.net[0].ipAddress) == [guest["ip"]]
 
 
+def test_an_unset_property_reads_as_none_and_the_connection_survives(vc: Vc) -> None:
+    """vCenter answers a Fetch of an unset property with no value; the 0.24 simulator
+    alone would drop the connection."""
+    vm = vc.vm("lin-01")
+    assert vm.snapshot is None
+    assert vm.parentVApp is None
+    assert vm.name == "lin-01"
+
+
 class Watcher:
     """Collects property changes of one VM through WaitForUpdatesEx."""
 

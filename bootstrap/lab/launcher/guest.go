@@ -26,6 +26,7 @@ type guest struct {
 	cfg       vmConfig
 	bootDelay time.Duration
 	moref     types.ManagedObjectReference
+	vmLog     string // host path of the VM's vmware.log; empty until the VM exists
 
 	mu         sync.Mutex
 	generation int // bumped on every power change, so a stale boot timer does nothing
@@ -153,6 +154,7 @@ func (g *guest) powerOn() {
 	g.bootTime = time.Now()
 	g.startDaemons()
 	g.mu.Unlock()
+	g.logf("Guest: booting; tools expected in %s", g.bootDelay)
 	time.AfterFunc(g.bootDelay, func() {
 		g.mu.Lock()
 		current := g.generation == generation
@@ -162,6 +164,7 @@ func (g *guest) powerOn() {
 		g.mu.Unlock()
 		if current {
 			g.publish(true)
+			g.logf("Tools: running; guest %s at %s (%s)", g.cfg.Hostname, g.cfg.IP, g.cfg.MAC)
 		}
 	})
 }
@@ -239,6 +242,7 @@ func (g *guest) powerOff() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	g.started = map[int64]*startedProcess{}
+	g.logf("Guest: powered off; tools, console and guest processes stopped")
 }
 
 // publish sets the VM's guest properties through the simulator's update path, so

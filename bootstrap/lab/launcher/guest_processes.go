@@ -92,6 +92,7 @@ func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soa
 		g.mu.Lock()
 		g.started[pid] = process
 		g.mu.Unlock()
+		g.logf("GuestOps: StartProgramInGuest %s as %s: pid %d", spec.ProgramPath, g.cfg.GuestUsername, pid)
 		go func() {
 			err := cmd.Wait()
 			code := int32(0)

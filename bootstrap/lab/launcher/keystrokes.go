@@ -75,5 +75,6 @@ func (l *lab) typeScanCodes(vm *simulator.VirtualMachine, spec types.UsbScanCode
 	if _, err := g.console.Write(typed); err != nil {
 		return 0, &types.InvalidState{}
 	}
+	g.logf("USB: PutUsbScanCodes: %d key events typed at the console", len(spec.KeyEvents))
 	return int32(len(spec.KeyEvents)), nil
 }

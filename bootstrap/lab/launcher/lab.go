@@ -45,6 +45,7 @@ func (l *lab) install() {
 	files.Self = *manager.FileManager
 	simulator.Map.Put(processes)
 	simulator.Map.Put(files)
+	simulator.InstallUnsetFetchCollector()
 	simulator.UsbScanCodes = l.typeScanCodes
 	simulator.Map.AddHandler(&powerWatcher{lab: l})
 }
@@ -121,9 +122,14 @@ func (l *lab) createVMs(ctx context.Context, u *url.URL) (map[string]string, err
 			return nil, fmt.Errorf("create VM %s: %w", cfg.Name, err)
 		}
 		ref := info.Result.(types.ManagedObjectReference)
+		logPath, err := vmLogPath(simulator.Map.Get(ref).(*simulator.VirtualMachine))
+		if err != nil {
+			return nil, err
+		}
 		l.mu.Lock()
 		l.byMoref[ref] = l.byName[cfg.Name]
 		l.byName[cfg.Name].moref = ref
+		l.byName[cfg.Name].vmLog = logPath
 		l.mu.Unlock()
 		morefs[cfg.Name] = ref.Value
 		power, err := object.NewVirtualMachine(client.Client, ref).PowerOn(ctx)
