@@ -77,6 +77,7 @@ class Outcome:
     started: datetime
     ended: datetime
     signal: str | None = None
+    pid: int | None = None  # the guest process, where the channel knows it (guestops)
 
     @property
     def duration_s(self) -> float:

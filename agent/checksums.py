@@ -1,4 +1,4 @@
-"""Checksums of local files, as every transfer is verified by sha256."""
+"""Checksums of local files and values, as every write is verified by sha256."""
 
 from __future__ import annotations
 
@@ -15,3 +15,9 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: stream.read(BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def value_digest(value: str | None) -> str | None:
+    """Hex sha256 of a text value (None stays None): what the journal keeps of values
+    that may be secrets."""
+    return None if value is None else hashlib.sha256(value.encode()).hexdigest()

@@ -295,9 +295,13 @@ def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
             replaced = intent.get("replaces", {})
             if entry.op == "make_dirs":
                 what += " (created)"
+            elif entry.op == "extra_config":
+                what = ", ".join(intent.get("keys", []))
+            elif entry.op == "power":
+                what = str(intent.get("state"))
             elif entry.op != "run":
                 what += " (replaced existing)" if replaced.get("exists") else " (new)"
-            undo = entry.undo["phase"] if entry.undo else ("-" if entry.op == "run" else "")
+            undo = entry.undo["phase"] if entry.undo else ("-" if entry.op in ("run", "power") else "")
             table.add_row(str(entry.seq), intent.get("target", ""), entry.op, what, entry.state, undo)
         Console().print(table)
 
@@ -309,8 +313,9 @@ def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
 @connect_timeout_option
 @runs_dir_option
 def undo(run_id: str, force: bool, json_output: bool, connect_timeout: float, runs_dir: Path | None) -> None:
-    """Revert what run RUN_ID wrote: restore replaced files, delete created ones, and
-    list what cannot be undone (commands). Safe to run again."""
+    """Revert what run RUN_ID wrote: restore replaced files, delete created ones, put
+    extraConfig values back, and list what cannot be undone (commands, power
+    operations). Safe to run again."""
     with errors_exit():
         run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
         undoer = Undoer(run_dir, default_registry(), connect_timeout=connect_timeout, force=force)

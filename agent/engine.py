@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import shutil
 import time
@@ -22,14 +23,29 @@ from typing import Any, Protocol
 import structlog
 
 from agent.channel import ChannelSession
+from agent.checksums import value_digest
 from agent.errors import BeachheadError, ChannelError, ChannelUnavailable, InputError, StepFailed
 from agent.journal import Journal, RunDirectory
-from agent.plans import Capability, DownloadStep, Plan, PortOpen, RunStep, Step, UploadStep, VmCondition, WaitStep
+from agent.plans import (
+    VM_STEPS,
+    Capability,
+    DownloadStep,
+    ExtraConfigStep,
+    Plan,
+    PortOpen,
+    PowerStep,
+    RunStep,
+    Step,
+    UploadStep,
+    VmCondition,
+    WaitStep,
+)
 from agent.registry import ChannelRegistry
 from agent.render import render
 from agent.results import FAILED, OK, StepResult, TargetResult
 from agent.targets import OsFamily, Target
-from agent.vsphere.connection import current_pool, vcenter_pool
+from agent.vsphere.connection import VCenter, current_pool, vcenter_pool
+from agent.vsphere.vmconfig import read_extra_config, set_power, write_extra_config
 from agent.waits import wait_for_port
 
 log = structlog.get_logger("beachhead.engine")
@@ -117,14 +133,25 @@ def check_run_input(plan: Plan, targets: Sequence[Target], registry: ChannelRegi
 
 
 def _check_conditions(plan: Plan, target: Target) -> None:
+    """VM states and VM steps need a vsphere:// target."""
+    if target.scheme == "vsphere":
+        return
     waits = [(f"wait[{i}]", c) for i, c in enumerate(plan.wait, 1)]
     waits += [(f"step {n} (wait)", s.condition) for n, s in enumerate(plan.steps, 1) if isinstance(s, WaitStep)]
     for where, condition in waits:
-        if isinstance(condition, VmCondition) and target.scheme != "vsphere":
+        if isinstance(condition, VmCondition):
             raise InputError(
                 plan.source,
                 where,
                 f"{condition.state} is a vSphere VM state; target {target.name} is {target.scheme}:// "
+                "(give a vsphere:// target)",
+            )
+    for number, step in enumerate(plan.steps, 1):
+        if isinstance(step, VM_STEPS):
+            raise InputError(
+                plan.source,
+                f"step {number} ({step.kind})",
+                f"{step.kind} acts on a vSphere VM; target {target.name} is {target.scheme}:// "
                 "(give a vsphere:// target)",
             )
 
@@ -281,6 +308,12 @@ class TargetWorkflow:
         if isinstance(step, WaitStep):
             await self._wait(step.condition)
             return
+        if isinstance(step, ExtraConfigStep):
+            await self._extra_config(step)
+            return
+        if isinstance(step, PowerStep):
+            await self._power(step)
+            return
         assert step.capability is not None
         # A command may have run before its connection dropped: only transfers are retried.
         attempts = 1 if isinstance(step, RunStep) else self.settings.retries + 1
@@ -304,12 +337,15 @@ class TargetWorkflow:
                 self.log.warning("step.retry", step=result.number, reason=exc.reason, attempt=attempt + 1)
                 await asyncio.sleep(self._backoff(attempt))
 
+    async def _vm(self) -> tuple[VCenter, Any]:
+        vcenter = await current_pool().get(self.target, self.settings.connect_timeout)
+        return vcenter, await vcenter.find_vm(self.target.vm or "")
+
     async def _wait(self, condition: PortOpen | VmCondition) -> None:
         if isinstance(condition, PortOpen):
             await wait_for_port(self.target.host, condition)
             return
-        vcenter = await current_pool().get(self.target, self.settings.connect_timeout)
-        vm = await vcenter.find_vm(self.target.vm or "")
+        vcenter, vm = await self._vm()
         snapshot = await vcenter.watcher.wait_for(vm, condition.state)
         self.log.info(
             "vm.condition_met", condition=str(condition.state), power_state=snapshot.power_state, ip=snapshot.ip
@@ -395,6 +431,8 @@ class TargetWorkflow:
             result.exit_code = outcome.exit_status
             result.stdout, result.stderr = outcome.stdout, outcome.stderr
             after.update(exit_status=outcome.exit_status, signal=outcome.signal)
+            if outcome.pid is not None:
+                after["pid"] = outcome.pid
             if not outcome.ok:
                 after["phase"] = "failed"
                 result.status = FAILED
@@ -423,6 +461,26 @@ class TargetWorkflow:
         ) as after:
             written = await session.put_file(step.src, dest, step.mode)
             after.update(size=written.size, sha256=written.sha256, mode=written.mode)
+
+    async def _extra_config(self, step: ExtraConfigStep) -> None:
+        vcenter, vm = await self._vm()
+        before = await read_extra_config(vcenter, vm, step.values)
+        seq = self.journal.reserve()
+        # The values replaced go to a backup file, not the journal: they may be secrets.
+        backup = self.engine.run_dir.backup_path(seq)
+        backup.touch(mode=0o600)
+        backup.write_text(json.dumps(before))
+        with self._journaled(
+            seq, "extra_config", channel="vsphere", keys=list(step.values), replaces={"backup": f"backups/{seq}"}
+        ) as after:
+            await write_extra_config(vcenter, vm, step.values, step.describe())
+            after["sha256"] = {key: value_digest(value) for key, value in step.values.items()}
+
+    async def _power(self, step: PowerStep) -> None:
+        vcenter, vm = await self._vm()
+        seq = self.journal.reserve()
+        with self._journaled(seq, "power", channel="vsphere", state="on" if step.on else "off") as after:
+            after["before"] = await set_power(vcenter, vm, step.on, step.describe())
 
     async def _download(self, session: ChannelSession, step: DownloadStep) -> None:
         local = step.local_path(self.target.name)

@@ -6,6 +6,7 @@ key) and the field named.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -167,8 +168,40 @@ class WaitStep:
         return f"wait for {self.condition.describe()}"
 
 
-Step = UploadStep | DownloadStep | RunStep | WaitStep
-STEP_KINDS = ("upload", "download", "run", "wait")
+@dataclass(frozen=True)
+class ExtraConfigStep:
+    """Set keys of the VM's extraConfig (``guestinfo.*`` and the like); None removes a
+    key. vsphere:// targets only."""
+
+    values: Mapping[str, str | None]
+    kind = "extra_config"
+    capability = None
+    timeout = None
+
+    def describe(self) -> str:
+        """Human description of the step (keys only: values may be secrets)."""
+        return f"extra_config {', '.join(self.values)}"
+
+
+@dataclass(frozen=True)
+class PowerStep:
+    """Power the VM on or off. vsphere:// targets only."""
+
+    on: bool
+    kind = "power"
+    capability = None
+    timeout = None
+
+    def describe(self) -> str:
+        """Human description of the step."""
+        return f"power {'on' if self.on else 'off'}"
+
+
+Step = UploadStep | DownloadStep | RunStep | WaitStep | ExtraConfigStep | PowerStep
+VM_STEPS = (ExtraConfigStep, PowerStep)
+STEP_KINDS = ("upload", "download", "run", "wait", "extra_config", "power")
+EXTRA_CONFIG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+POWER_STATES = {"on": True, "off": False, True: True, False: False}  # YAML 1.1 reads a bare on/off as a bool
 
 
 @dataclass(frozen=True)
@@ -257,6 +290,12 @@ class _PlanReader:
             return RunStep(self.run(body, where, item))
         if kind == "wait":
             return WaitStep(self.condition(body, where))
+        if kind == "extra_config":
+            return self.extra_config(body, where, item)
+        if kind == "power":
+            if isinstance(body, str | bool) and body in POWER_STATES:
+                return PowerStep(POWER_STATES[body])
+            raise self.error(where, f"must be on or off, got {body!r}", item, kind)
         raise self.error(f"step {number}", f"unknown step {kind!r} (known: {', '.join(STEP_KINDS)})", item, kind)
 
     def fields(self, body: Any, where: str, parent: Any, required: set[str], optional: set[str]) -> LineDict:
@@ -350,6 +389,20 @@ class _PlanReader:
             timeout=timeout,
             env={key: str(value) for key, value in env.items()},
         )
+
+    def extra_config(self, body: Any, where: str, parent: Any) -> ExtraConfigStep:
+        if not isinstance(body, dict) or not body:
+            raise self.error(where, "must be a mapping of extraConfig keys to values (null removes a key)", parent)
+        values: dict[str, str | None] = {}
+        for key, value in body.items():
+            if not isinstance(key, str) or not EXTRA_CONFIG_KEY.match(key):
+                raise self.error(f"{where}.{key}", "not an extraConfig key (letters, digits, . _ : -)", body, key)
+            if value is not None and not isinstance(value, str):
+                raise self.error(f"{where}.{key}", f"must be a string (quote it) or null, got {value!r}", body, key)
+            if value is not None and "\x00" in value:
+                raise self.error(f"{where}.{key}", "contains a NUL byte", body, key)
+            values[key] = value or None
+        return ExtraConfigStep(values)
 
     def condition(self, body: Any, where: str) -> WaitCondition:
         if isinstance(body, str) and body in VmState.__members__.values():

@@ -1,9 +1,10 @@
 """``beachhead undo``: revert what a run wrote, newest first.
 
 Files a run replaced are restored from the run's backups; files it created are deleted;
-commands cannot be undone and are listed. A file that changed again after the run (its
-content is neither what the run wrote nor what it replaced) is left alone unless
-``force`` is given. Each reverted entry is journaled as ``undone``, so undo can be run
+extraConfig keys get back the values they had (or are removed again); commands and
+power operations cannot be undone and are listed. A file or key that changed again
+after the run (its content is neither what the run wrote nor what it replaced) is left
+alone unless ``force`` is given. Each reverted entry is journaled as ``undone``, so undo can be run
 again after a partial failure and only does what is left.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,12 +22,13 @@ from typing import Any
 import structlog
 
 from agent.channel import ChannelSession
-from agent.checksums import sha256_of
+from agent.checksums import sha256_of, value_digest
 from agent.errors import BeachheadError
 from agent.journal import Journal, JournalEntry, RunDirectory
 from agent.registry import ChannelRegistry
 from agent.targets import Target, parse_target
-from agent.vsphere.connection import vcenter_pool
+from agent.vsphere.connection import current_pool, vcenter_pool
+from agent.vsphere.vmconfig import read_extra_config, write_extra_config
 
 log = structlog.get_logger("beachhead.undo")
 
@@ -97,6 +100,10 @@ class Undoer:
                 state = entry.outcome.get("exit_status") if entry.outcome else entry.state
                 report.not_undoable.append(f"{label} (exit status {state})")
                 continue
+            if entry.op == "power":
+                before = entry.outcome.get("before") if entry.outcome else entry.state
+                report.not_undoable.append(f"{label} (was {before}; power state left as it is)")
+                continue
             try:
                 action = await self._revert(entry)
             except (BeachheadError, OSError) as exc:
@@ -112,6 +119,8 @@ class Undoer:
         intent = entry.intent
         if entry.op == "make_dirs":
             return await self._remove_dirs(entry)
+        if entry.op == "extra_config":
+            return await self._restore_extra_config(entry)
         replaces = intent.get("replaces", {})
         written = entry.outcome.get("sha256") if entry.outcome and entry.state == "done" else None
         original = replaces.get("sha256")
@@ -132,6 +141,27 @@ class Undoer:
             return "already absent"
         await session.remove(path)
         return "deleted"
+
+    async def _restore_extra_config(self, entry: JournalEntry) -> str:
+        intent = entry.intent
+        original: dict[str, str | None] = json.loads((self.run_dir.path / intent["replaces"]["backup"]).read_text())
+        written = entry.outcome.get("sha256", {}) if entry.outcome and entry.state == "done" else {}
+        target = self._target(intent)
+        vcenter = await current_pool().get(target, self.connect_timeout)
+        vm = await vcenter.find_vm(target.vm or "")
+        current = await read_extra_config(vcenter, vm, original)
+        changed = [
+            key
+            for key, value in current.items()
+            if key in written and value_digest(value) not in (written[key], value_digest(original[key]))
+        ]
+        if changed and not self.force:
+            raise _Conflict(f"extraConfig {', '.join(changed)} changed after the run; left alone (use --force)")
+        restore = {key: value for key, value in original.items() if current[key] != value}
+        if not restore:
+            return "already as before the run"
+        await write_extra_config(vcenter, vm, restore, f"restore extraConfig {', '.join(restore)}")
+        return f"restored {', '.join(restore)}"
 
     async def _remove_dirs(self, entry: JournalEntry) -> str:
         created = entry.outcome.get("created", []) if entry.outcome else []
@@ -170,11 +200,14 @@ class Undoer:
         uri, channel = intent["target_uri"], intent["channel"]
         key = (uri, channel)
         if key not in self.sessions:
-            target = self.targets.setdefault(
-                uri, parse_target(uri, source="journal", where=f"target {intent['target']}")
-            )
-            self.sessions[key] = await self.registry.connect(channel, target, self.connect_timeout)
+            self.sessions[key] = await self.registry.connect(channel, self._target(intent), self.connect_timeout)
         return self.sessions[key]
+
+    def _target(self, intent: dict[str, Any]) -> Target:
+        uri = intent["target_uri"]
+        if uri not in self.targets:
+            self.targets[uri] = parse_target(uri, source="journal", where=f"target {intent['target']}")
+        return self.targets[uri]
 
 
 def _remove_local_dir(path: Path) -> bool:
@@ -194,5 +227,9 @@ def _label(entry: JournalEntry) -> str:
     if entry.op == "run":
         what = intent.get("command") or intent.get("script")
         return f"#{entry.seq} {target}: command {what!r}"
+    if entry.op == "extra_config":
+        return f"#{entry.seq} {target}: extraConfig {', '.join(intent.get('keys', []))}"
+    if entry.op == "power":
+        return f"#{entry.seq} {target}: power {intent.get('state')}"
     where = "local file" if intent.get("where") == "local" else "file"
     return f"#{entry.seq} {target}: {where} {intent.get('path')}"

@@ -39,6 +39,12 @@ class SshAccount:
     password: str | None = None
 
 
+def ensure_privsep_dir() -> None:
+    """Create sshd's privilege-separation directory, /run/sshd, which Debian's ssh
+    service makes at boot and so is missing on a machine where that service never ran."""
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -181,7 +187,7 @@ class LocalSshd:
         sshd = [SSHD, "-D", "-e", "-f", str(config)]
         if not self.isolated:
             return sshd
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+        ensure_privsep_dir()
         etc = self.workdir / "etc"
         mounts = [f"mount --bind {etc / name} /etc/{name}" for name in ("passwd", "group", "shadow")]
         if Path("/etc/sudoers").exists():

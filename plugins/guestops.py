@@ -147,6 +147,7 @@ class GuestopsSession:
         started = datetime.now(UTC)
         made: list[str] = []
         pid: int | None = None
+        started_pid: int | None = None
         try:
             out = await self._temp_file(".out", made)
             err = await self._temp_file(".err", made)
@@ -155,7 +156,7 @@ class GuestopsSession:
                 stdin = await self._temp_file(".in", made)
                 await self._put_bytes(request.stdin, stdin, 0o600)
             spec = self._program(request, stdin, out, err)
-            pid = await self._guest(request.description, self.processes.StartProgramInGuest, spec)
+            pid = started_pid = await self._guest(request.description, self.processes.StartProgramInGuest, spec)
             exit_code = await self._wait_for_exit(pid)
             pid = None
             stdout = (await self._get_bytes(out)).decode("utf-8", errors="replace")
@@ -169,7 +170,7 @@ class GuestopsSession:
             for path in made:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._guest(f"delete {path}", self.files.DeleteFileInGuest, path))
-        return Outcome(request.command, exit_code, stdout, stderr, started, datetime.now(UTC))
+        return Outcome(request.command, exit_code, stdout, stderr, started, datetime.now(UTC), pid=started_pid)
 
     def _program(self, request: CommandRequest, stdin: str | None, out: str, err: str) -> Any:
         if self.windows:

@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 from agent.errors import InputError
-from agent.plans import DownloadStep, PortOpen, RunStep, UploadStep, VmCondition, VmState, WaitStep, load_plan
+from agent.plans import (
+    DownloadStep,
+    ExtraConfigStep,
+    PortOpen,
+    PowerStep,
+    RunStep,
+    UploadStep,
+    VmCondition,
+    VmState,
+    WaitStep,
+    load_plan,
+)
 from agent.targets import OsFamily
 from tests.conftest import write_plan
 
@@ -102,6 +113,18 @@ def test_yaml_octal_mode_means_octal(plan_dir: Path) -> None:
         ("name: x\nos: solaris\nsteps: [{run: ls}]\n", "os (line 2)", "unknown OS family"),
         ("name: x\nsteps:\n  - run: ''\n", "step 1 (run) (line 3)", "empty command"),
         ("name: x\nsteps: [{run: ls}\n", "line 3, column 1", "invalid YAML"),
+        ("name: x\nsteps:\n  - extra_config: {}\n", "step 1 (extra_config) (line 3)", "mapping of extraConfig keys"),
+        (
+            "name: x\nsteps:\n  - extra_config: {a b: c}\n",
+            "step 1 (extra_config).a b (line 3)",
+            "not an extraConfig key",
+        ),
+        (
+            "name: x\nsteps:\n  - extra_config: {guestinfo.n: 5}\n",
+            "step 1 (extra_config).guestinfo.n (line 3)",
+            "quote it",
+        ),
+        ("name: x\nsteps:\n  - power: restart\n", "step 1 (power) (line 3)", "on or off"),
     ],
 )
 def test_malformed_plans_are_rejected_with_location(plan_dir: Path, body: str, where: str, reason: str) -> None:
@@ -112,6 +135,23 @@ def test_malformed_plans_are_rejected_with_location(plan_dir: Path, body: str, w
     assert caught.value.where == where, caught.value
     assert reason in caught.value.reason
     assert caught.value.exit_status == 2
+
+
+def test_vm_steps(plan_dir: Path) -> None:
+    path = write_plan(
+        plan_dir,
+        """
+        name: vm
+        steps:
+          - extra_config: {guestinfo.role: web, "guestinfo.old": null, disk.EnableUUID: "TRUE"}
+          - power: off
+          - power: "on"
+        """,
+    )
+    config, off, on = load_plan(path).steps
+    assert config == ExtraConfigStep({"guestinfo.role": "web", "guestinfo.old": None, "disk.EnableUUID": "TRUE"})
+    assert config.describe() == "extra_config guestinfo.role, guestinfo.old, disk.EnableUUID"
+    assert off == PowerStep(on=False) and on == PowerStep(on=True)
 
 
 def test_missing_plan_file(tmp_path: Path) -> None:

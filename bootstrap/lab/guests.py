@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootstrap.lab.system import LabError, alive
-from bootstrap.local_sshd import keygen, password_hash, sudoers
+from bootstrap.local_sshd import ensure_privsep_dir, keygen, password_hash, sudoers
 
 PRIVATE_DIRS = ("tmp", "root", "home", "var/tmp")
 # Files of the guest's own /etc, bind-mounted over the host's.
@@ -73,6 +73,7 @@ def prepare_linux_root(layout: GuestLayout, hostname: str, ip: str, username: st
 
     uid = _write_accounts(root, username, password)
 
+    ensure_privsep_dir()  # guests share the host's /run
     host_key = layout.ssh_host_key
     if not host_key.exists():
         keygen(host_key, f"root@{hostname}")

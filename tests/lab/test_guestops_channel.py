@@ -55,6 +55,10 @@ def test_commands_and_files_through_guestops(tmp_path: Path, runs_dir: Path, vsp
     assert (tmp_path / "back.conf").read_text() == "listen 8080\n"
     assert (last["status"], last["exit_code"]) == ("failed", 3)
     assert not list((GUESTS / "lin-01/tmp").glob("beachhead-*")), "temporary output files left in the guest"
+    records = [json.loads(line) for line in (runs_dir / result["run_id"] / "journal.jsonl").read_text().splitlines()]
+    runs = {r["seq"] for r in records if r.get("op") == "run"}
+    pids = [r.get("pid") for r in records if r["seq"] in runs and r["phase"] != "intent"]
+    assert len(pids) == 3 and all(isinstance(pid, int) and pid > 0 for pid in pids), pids  # processes started
 
     undo = beachhead("undo", result["run_id"])
     assert undo.returncode == 0, undo.stdout + undo.stderr

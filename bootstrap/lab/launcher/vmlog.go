@@ -26,8 +26,9 @@ func vmLogPath(vm *simulator.VirtualMachine) (string, error) {
 	return "", fmt.Errorf("%s: datastore %s not found", vm.Name, location.Datastore)
 }
 
-// logf appends a line to the VM's vmware.log in the simulator's own format, so the
-// log tells what happened in the guest as well as what the simulator did.
+// logf appends a line to the VM's vmware.log in the simulator's format with
+// microseconds added, so the log tells what happened in the guest as well as what the
+// simulator did, precisely enough to time it.
 func (g *guest) logf(format string, v ...any) {
 	if g.vmLog == "" {
 		return
@@ -37,6 +38,6 @@ func (g *guest) logf(format string, v ...any) {
 		log.Printf("%s: vmware.log: %s", g.cfg.Name, err)
 		return
 	}
-	log.New(f, "vmx ", log.Flags()).Printf(format, v...)
+	log.New(f, "vmx ", log.LstdFlags|log.Lmicroseconds).Printf(format, v...)
 	_ = f.Close()
 }
