@@ -36,6 +36,7 @@ from agent.undo import Undoer
 from agent.vsphere.connection import vcenter_pool
 from agent.vsphere.vmlogs import LogFile, diagnostic_logs, vm_logs
 from bootstrap.lab import cli as lab_cli
+from metadata_server import cli as metadata_cli
 
 T = TypeVar("T")
 INTERRUPTED = 130
@@ -442,3 +443,5 @@ async def _fetch_logs(target: Target, connect_timeout: float, *, with_diagnostic
 
 
 main.add_command(lab_cli.lab)
+main.add_command(metadata_cli.metadata_server)
+main.add_command(metadata_cli.metadata)

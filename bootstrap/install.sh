@@ -8,7 +8,12 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   openssh-server openssh-client sudo openssl iproute2 util-linux ca-certificates
   golang-go golang-github-vmware-govmomi-dev # the lab's vCenter launcher
+  dnsmasq-base isc-dhcp-client               # the lab's DHCP server and its guests' client
+  cloud-init                                 # the real client the metadata server is tested with
 )
+case ",${1:-}," in
+  *,bench,*) APT_PACKAGES+=(nginx-light) ;; # the metadata benchmark's baseline
+esac
 PYTHON=${PYTHON:-python3}
 EXTRAS="test${1:+,$1}"
 
@@ -37,6 +42,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# cloud-init is here as a client library for the tests: it must never run at this
+# machine's boot (it would probe for metadata services). nginx-light likewise only
+# serves in the benchmark, started by it on loopback.
+if [ -d /etc/cloud ] && [ ! -e /etc/cloud/cloud-init.disabled ] && [ "$(id -u)" -eq 0 ]; then
+  touch /etc/cloud/cloud-init.disabled
+fi
+if command -v systemctl >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  systemctl disable --quiet nginx 2>/dev/null || true
 fi
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

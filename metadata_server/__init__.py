@@ -1,2 +1,3 @@
-"""The pull channel's metadata server (NoCloud, EC2 IMDS, OpenStack); arrives with the
-pull-channel work."""
+"""The pull channel's metadata server: NoCloud-net, the EC2 metadata service (IMDS v1
+and v2), OpenStack's metadata paths and cloud-init's phone home, per instance, with its
+store (SQLite) and admin API. ``beachhead metadata-server`` runs it."""

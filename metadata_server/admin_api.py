@@ -1,0 +1,165 @@
+"""``/admin/``: publish, update, list and revoke instances, and wait for what their
+guests do. Every request carries ``Authorization: Bearer TOKEN``, compared in constant
+time with the server's admin token.
+
+``PUT /admin/instances/ID`` takes JSON: ``ip``, ``mac``, ``hostname`` and the data as
+base64 (``user_data``, ``meta_data``, ``vendor_data``, ``network_config``), so any bytes
+(gzip'd user-data included) travel unchanged. Publishing again replaces the record and
+clears its status: the new data has not been fetched yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from metadata_server.errors import BadRequest, NotFound, Unauthorized
+from metadata_server.events import GuestEvent, StatusEvents
+from metadata_server.records import (
+    Instance,
+    check_hostname,
+    check_instance_id,
+    check_ip,
+    check_mac,
+    check_network_config,
+    parse_meta_data,
+)
+from metadata_server.store import Store
+
+log = structlog.get_logger("beachhead.metadata")
+ADMIN_BODY_LIMIT = 8 * 1024 * 1024
+DATA_FIELDS = ("user_data", "meta_data", "vendor_data", "network_config")
+MAX_WAIT_S = 300.0
+
+
+class AdminApi:
+    """The admin handlers."""
+
+    def __init__(self, store: Store, events: StatusEvents, token: bytes) -> None:
+        self.store = store
+        self.events = events
+        self._token = token
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        """The admin routes."""
+        return [
+            web.get("/admin/instances", self.list_instances),
+            web.put("/admin/instances/{instance_id}", self.publish),
+            web.get("/admin/instances/{instance_id}", self.show),
+            web.delete("/admin/instances/{instance_id}", self.revoke),
+            web.get("/admin/instances/{instance_id}/wait", self.wait),
+        ]
+
+    def authorize(self, request: web.Request) -> None:
+        """401 unless the request carries the admin token."""
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+            raise Unauthorized("Authorization", "a valid admin bearer token is required")
+
+    def _existing(self, request: web.Request) -> Instance:
+        instance_id = check_instance_id(request.match_info["instance_id"])
+        instance = self.store.get(instance_id)
+        if instance is None:
+            raise NotFound("instance", f"no instance {instance_id}")
+        return instance
+
+    async def list_instances(self, request: web.Request) -> web.Response:
+        """Every instance, without its data."""
+        self.authorize(request)
+        return web.json_response({"instances": [instance.summary() for instance in self.store.all()]})
+
+    async def show(self, request: web.Request) -> web.Response:
+        """One instance, without its data."""
+        self.authorize(request)
+        return web.json_response(self._existing(request).summary())
+
+    async def publish(self, request: web.Request) -> web.Response:
+        """Create or replace an instance: 201 when created, 200 when replaced."""
+        self.authorize(request)
+        instance_id = check_instance_id(request.match_info["instance_id"])
+        body = await request.read()
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("body", "not JSON") from None
+        if not isinstance(document, dict):
+            raise BadRequest("body", "must be a JSON object")
+        unknown = set(document) - {"ip", "mac", "hostname", *DATA_FIELDS}
+        if unknown:
+            raise BadRequest(sorted(unknown)[0][:64], "unknown field")
+        data = {name: _decoded(document, name) for name in DATA_FIELDS}
+        if data["user_data"] is None:
+            raise BadRequest("user_data", "missing")
+        ip, mac = check_ip(document.get("ip")), check_mac(document.get("mac"))
+        if ip is None and mac is None:
+            raise BadRequest("ip", "give ip or mac: the server recognises guests by them")
+        now = time.time()
+        previous = self.store.get(instance_id)
+        instance = Instance(
+            instance_id=instance_id,
+            ip=ip,
+            mac=mac,
+            hostname=check_hostname(document.get("hostname"), instance_id),
+            user_data=data["user_data"],
+            meta_data=parse_meta_data(data["meta_data"]),
+            vendor_data=data["vendor_data"],
+            network_config=check_network_config(data["network_config"]),
+            created=previous.created if previous else now,
+            updated=now,
+        )
+        created = await self.store.put(instance)
+        await self.events.changed()
+        log.info("metadata.published", instance=instance_id, ip=ip, mac=mac, created=created)
+        return web.json_response(instance.summary(), status=201 if created else 200)
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """Remove an instance: its guest is no longer served. 204, or 404."""
+        self.authorize(request)
+        instance = self._existing(request)
+        await self.store.delete(instance.instance_id)
+        await self.events.changed()
+        log.info("metadata.revoked", instance=instance.instance_id)
+        return web.Response(status=204)
+
+    async def wait(self, request: web.Request) -> web.Response:
+        """Long-poll: ``?event=fetched|phoned_home&timeout=S``. Answers when the event
+        has happened (at once if it already had) with ``{"event", "happened", "at"}``,
+        or after the timeout with ``happened: false``."""
+        self.authorize(request)
+        instance = self._existing(request)
+        try:
+            event = GuestEvent(request.query.get("event", ""))
+        except ValueError:
+            raise BadRequest("event", "must be fetched or phoned_home") from None
+        timeout = _timeout(request.query.get("timeout", "60"))
+        at = await self.events.wait(lambda: self.store.get(instance.instance_id), event, timeout)
+        return web.json_response({"event": str(event), "happened": at is not None, "at": at})
+
+
+def _decoded(document: dict[str, Any], name: str) -> bytes | None:
+    value = document.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(name, "must be base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(name, "not valid base64") from None
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest("timeout", "must be a number of seconds") from None
+    if not 0 <= value <= MAX_WAIT_S:
+        raise BadRequest("timeout", f"must be between 0 and {MAX_WAIT_S:g} seconds")
+    return value

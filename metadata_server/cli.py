@@ -1,0 +1,207 @@
+"""``beachhead metadata-server`` (run the server) and ``beachhead metadata`` (publish,
+list, show and revoke instances through its admin API)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent.errors import InputError
+from agent.exits import errors_exit
+from metadata_server.client import MetadataClient, read_optional, read_token_file
+
+DEFAULT_DB = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "beachhead/metadata.sqlite"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) as host and port."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise InputError("--listen", None, f"must be ADDR:PORT with an IP address, got {text!r}") from None
+    if not sep or not 0 < number < 65536:
+        raise InputError("--listen", None, f"port must be 1-65535, got {text!r}")
+    return host, number
+
+
+def parse_proxies(values: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``--trusted-proxy`` CIDRs."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise InputError("--trusted-proxy", None, f"not a network: {value!r}") from None
+    return networks
+
+
+def ensure_admin_token(path: Path) -> bool:
+    """Create a random admin token file (0600) when there is none; True when created."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as stream:
+        stream.write(secrets.token_urlsafe(32) + "\n")
+    return True
+
+
+@click.command("metadata-server")
+@click.option("--listen", required=True, metavar="ADDR:PORT", help="Address and port to serve on (e.g. 10.0.0.1:80).")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_DB,
+    show_default=True,
+    help="SQLite file holding the published instances (created when missing).",
+)
+@click.option(
+    "--admin-token-file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File with the admin API's bearer token; a random one is written there (0600) when it does not exist.",
+)
+@click.option("--require-token", is_flag=True, help="Refuse IMDSv1: EC2 paths need an IMDSv2 session token.")
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="CIDR",
+    help="Honour X-Forwarded-For from this network (repeatable); from anywhere else it is ignored.",
+)
+@click.option(
+    "--leases",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="dnsmasq lease file: recognise guests by the MAC that holds their address.",
+)
+def metadata_server(
+    listen: str,
+    db: Path,
+    admin_token_file: Path,
+    require_token: bool,
+    trusted_proxies: tuple[str, ...],
+    leases: Path | None,
+) -> None:
+    """Serve cloud-init / cloudbase-init data per instance: NoCloud-net at the root
+    (seedfrom=http://ADDR:PORT/), the EC2 metadata service (IMDS v1 and v2) under
+    /latest and dated versions, OpenStack under /openstack, phone home at /phone-home.
+    Each guest is recognised by its address (published, or through --leases) and gets
+    only its own instance's data. Admin API under /admin/ (beachhead metadata ...)."""
+    from metadata_server.app import ServerConfig, read_admin_token, serve
+
+    with errors_exit():
+        host, port = parse_listen(listen)
+        if ensure_admin_token(admin_token_file):
+            click.echo(f"beachhead: wrote a new admin token to {admin_token_file}", err=True)
+        config = ServerConfig(
+            host=host,
+            port=port,
+            db=db,
+            admin_token=read_admin_token(admin_token_file),
+            require_token=require_token,
+            trusted_proxies=parse_proxies(trusted_proxies),
+            leases=leases,
+        )
+        asyncio.run(serve(config))
+
+
+def _client(server: str, token_file: Path) -> MetadataClient:
+    if not server.startswith(("http://", "https://")):
+        raise InputError("--server", None, f"must be an http:// or https:// URL, got {server!r}")
+    return MetadataClient(server, read_token_file(token_file))
+
+
+server_option = click.option(
+    "--server", required=True, metavar="URL", help="The metadata server, e.g. http://10.0.0.1/"
+)
+token_option = click.option(
+    "--token-file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File with the admin token."
+)
+instance_option = click.option("--instance", "instance_id", required=True, metavar="ID", help="The instance id.")
+
+
+@click.group()
+def metadata() -> None:
+    """Publish, list and revoke instances on a metadata server (its admin API)."""
+
+
+@metadata.command("publish")
+@server_option
+@token_option
+@instance_option
+@click.option("--ip", default=None, help="The guest's address.")
+@click.option(
+    "--mac", default=None, help="The guest's MAC address (with --leases on the server: before it has an address)."
+)
+@click.option("--hostname", default=None, help="local-hostname [default: from the instance id].")
+@click.option("--user-data", "user_data", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--meta-data",
+    "meta_data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML mapping merged into meta-data.",
+)
+@click.option("--vendor-data", "vendor_data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--network-config", "network_config", type=click.Path(dir_okay=False, path_type=Path))
+def publish(
+    server: str,
+    token_file: Path,
+    instance_id: str,
+    ip: str | None,
+    mac: str | None,
+    hostname: str | None,
+    user_data: Path,
+    meta_data: Path | None,
+    vendor_data: Path | None,
+    network_config: Path | None,
+) -> None:
+    """Create or replace an instance; prints its summary as JSON."""
+    with errors_exit():
+        client = _client(server, token_file)
+        if ip is None and mac is None:
+            raise InputError("--ip", None, "give --ip or --mac: the server recognises guests by them")
+        summary = asyncio.run(
+            client.publish(
+                instance_id,
+                ip=ip,
+                mac=mac,
+                hostname=hostname,
+                user_data=read_optional(user_data, "--user-data") or b"",
+                meta_data=read_optional(meta_data, "--meta-data"),
+                vendor_data=read_optional(vendor_data, "--vendor-data"),
+                network_config=read_optional(network_config, "--network-config"),
+            )
+        )
+    click.echo(json.dumps(summary))
+
+
+@metadata.command("revoke")
+@server_option
+@token_option
+@instance_option
+def revoke(server: str, token_file: Path, instance_id: str) -> None:
+    """Remove an instance: its guest is served nothing more."""
+    with errors_exit():
+        asyncio.run(_client(server, token_file).revoke(instance_id))
+    click.echo(f"revoked {instance_id}")
+
+
+@metadata.command("list")
+@server_option
+@token_option
+def list_instances(server: str, token_file: Path) -> None:
+    """Every published instance (JSON lines), with when its guest fetched and phoned home."""
+    with errors_exit():
+        instances: list[dict[str, Any]] = asyncio.run(_client(server, token_file).instances())
+    for summary in instances:
+        click.echo(json.dumps(summary))

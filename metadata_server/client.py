@@ -1,0 +1,136 @@
+"""A client of the admin API, for the CLI and for workflows that publish user-data and
+wait for guests to fetch it or phone home."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.errors import BeachheadError, InputError
+from metadata_server.events import GuestEvent
+
+REQUEST_TIMEOUT_S = 60.0
+
+
+class MetadataServerError(BeachheadError):
+    """The metadata server refused a request or could not be reached."""
+
+
+def read_token_file(path: Path) -> str:
+    """The admin token from its file; an unreadable or empty file is bad input."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise InputError(path, "--token-file", exc.strerror or "cannot read") from None
+    if not token:
+        raise InputError(path, "--token-file", "empty")
+    return token
+
+
+class MetadataClient:
+    """The admin API of one metadata server."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def _request(self, method: str, path: str, *, limit_s: float = REQUEST_TIMEOUT_S, **kwargs: Any) -> Any:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=limit_s)) as http,
+                http.request(method, self.url + path, headers=self._headers, **kwargs) as response,
+            ):
+                if response.status == 204:
+                    return None
+                text = await response.text()
+                if response.status >= 400:
+                    try:
+                        reason = (await response.json())["error"]
+                    except (ValueError, KeyError, aiohttp.ContentTypeError):
+                        reason = text.strip()[:200]
+                    raise MetadataServerError(f"{self.url}: {method} {path}: HTTP {response.status}: {reason}")
+                return await response.json()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise MetadataServerError(f"{self.url}: {method} {path}: {exc or type(exc).__name__}") from None
+
+    async def publish(
+        self,
+        instance_id: str,
+        *,
+        user_data: bytes,
+        ip: str | None = None,
+        mac: str | None = None,
+        hostname: str | None = None,
+        meta_data: bytes | None = None,
+        vendor_data: bytes | None = None,
+        network_config: bytes | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace an instance; its summary."""
+        document: dict[str, Any] = {"ip": ip, "mac": mac, "hostname": hostname}
+        for name, data in (
+            ("user_data", user_data),
+            ("meta_data", meta_data),
+            ("vendor_data", vendor_data),
+            ("network_config", network_config),
+        ):
+            if data is not None:
+                document[name] = base64.b64encode(data).decode()
+        summary: dict[str, Any] = await self._request("PUT", f"/admin/instances/{instance_id}", json=document)
+        return summary
+
+    async def show(self, instance_id: str) -> dict[str, Any] | None:
+        """An instance's summary, or None when there is none."""
+        try:
+            summary: dict[str, Any] = await self._request("GET", f"/admin/instances/{instance_id}")
+        except MetadataServerError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+        return summary
+
+    async def instances(self) -> list[dict[str, Any]]:
+        """Every instance's summary."""
+        listing: dict[str, Any] = await self._request("GET", "/admin/instances")
+        return list(listing["instances"])
+
+    async def revoke(self, instance_id: str) -> None:
+        """Remove an instance."""
+        await self._request("DELETE", f"/admin/instances/{instance_id}")
+
+    async def wait(self, instance_id: str, event: GuestEvent, timeout_s: float) -> float | None:
+        """When the guest did ``event`` (at once if it already had), or None after
+        ``timeout_s``. Long-polls in rounds of at most five minutes."""
+        loop_deadline = _deadline(timeout_s)
+        while True:
+            left = loop_deadline()
+            rounded = min(left, 300.0)
+            answer = await self._request(
+                "GET",
+                f"/admin/instances/{instance_id}/wait",
+                params={"event": str(event), "timeout": f"{rounded:.3f}"},
+                limit_s=rounded + REQUEST_TIMEOUT_S,
+            )
+            if answer["happened"]:
+                return float(answer["at"])
+            if loop_deadline() <= 0:
+                return None
+
+
+def _deadline(timeout_s: float) -> Callable[[], float]:
+    end = time.monotonic() + timeout_s
+    return lambda: max(0.0, end - time.monotonic())
+
+
+def read_optional(path: Path | None, option: str) -> bytes | None:
+    """A file's bytes, or None when no file was given; an unreadable file is bad input."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, option, exc.strerror or "cannot read") from None

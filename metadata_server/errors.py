@@ -1,0 +1,48 @@
+"""Errors the metadata server answers with a 4xx status; nothing else reaches a client."""
+
+from __future__ import annotations
+
+from agent.errors import BeachheadError
+
+
+class ServerError(BeachheadError):
+    """The metadata server (or its store) could not start or do its job."""
+
+
+class RequestRefused(Exception):
+    """A request answered with ``status`` and a short reason, nothing more."""
+
+    status = 400
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class BadRequest(RequestRefused):
+    """Malformed input: 400."""
+
+
+class Unauthorized(RequestRefused):
+    """Missing, wrong, forged or expired credentials: 401."""
+
+    status = 401
+
+
+class Forbidden(RequestRefused):
+    """Refused on principle: 403."""
+
+    status = 403
+
+
+class NotFound(RequestRefused):
+    """No such path, or nothing for this guest: 404."""
+
+    status = 404
+
+
+class Conflict(RequestRefused):
+    """The record clashes with another instance's address: 409."""
+
+    status = 409

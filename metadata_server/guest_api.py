@@ -1,0 +1,246 @@
+"""What guests request: NoCloud-net at the root, the EC2 metadata service (IMDS v1 and
+v2) under ``/latest`` and the dated versions, OpenStack under ``/openstack``, and
+cloud-init's phone home. Every answer is the requesting instance's own data; a guest the
+server does not recognise gets 404.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from urllib.parse import parse_qsl
+
+import structlog
+from aiohttp import web
+
+from metadata_server import formats
+from metadata_server.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from metadata_server.events import StatusEvents
+from metadata_server.identify import FORWARDED_FOR, Identifier, Requester
+from metadata_server.records import Instance, Status
+from metadata_server.store import Store
+from metadata_server.tokens import TOKEN_HEADER, TTL_HEADER, TokenIssuer
+
+log = structlog.get_logger("beachhead.metadata")
+GUEST_BODY_LIMIT = 64 * 1024
+PHONE_HOME_FIELDS = 32
+TEXT = "text/plain"
+
+
+class GuestApi:
+    """The guest-facing handlers and what they share."""
+
+    def __init__(
+        self,
+        store: Store,
+        identifier: Identifier,
+        tokens: TokenIssuer,
+        events: StatusEvents,
+        *,
+        require_token: bool = False,
+    ) -> None:
+        self.store = store
+        self.identifier = identifier
+        self.tokens = tokens
+        self.events = events
+        self.require_token = require_token
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        """The guest routes."""
+        return [
+            web.get("/", self.root),
+            web.get("/meta-data", self.nocloud_meta_data),
+            web.get("/user-data", self.nocloud_user_data),
+            web.get("/vendor-data", self.nocloud_vendor_data),
+            web.get("/network-config", self.nocloud_network_config),
+            web.put("/latest/api/token", self.ec2_token),
+            web.get("/openstack", self.openstack_versions),
+            web.get("/openstack/", self.openstack_versions),
+            web.get("/openstack/{version}/meta_data.json", self.openstack_meta_data),
+            web.get("/openstack/{version}/user_data", self.openstack_user_data),
+            web.get("/openstack/{version}/vendor_data.json", self.openstack_vendor_data),
+            web.get("/openstack/{version}/network_data.json", self.openstack_network_data),
+            web.post("/phone-home", self.phone_home),
+            web.post("/phone-home/{instance_id}", self.phone_home),
+            web.get("/{version}", self.ec2_version),
+            web.get("/{version}/", self.ec2_version),
+            web.get("/{version}/user-data", self.ec2_user_data),
+            web.get("/{version}/meta-data", self.ec2_meta_data),
+            web.get("/{version}/meta-data/{path:.*}", self.ec2_meta_data),
+        ]
+
+    # -- who is asking ----------------------------------------------------------------
+    def _requester(self, request: web.Request) -> Requester:
+        return self.identifier.requester(request.remote or "", request.headers.get(FORWARDED_FOR))
+
+    async def _instance(self, request: web.Request) -> Instance:
+        requester = self._requester(request)
+        instance = await self.identifier.instance(requester)
+        if instance is None:
+            log.info("metadata.unknown_guest", address=requester.address, path=request.path)
+            raise NotFound("instance", f"no instance is published for {requester.address}")
+        return instance
+
+    async def _fetched(self, instance: Instance) -> None:
+        if instance.status.fetched_at is None:
+            log.info("metadata.user_data_fetched", instance=instance.instance_id, ip=instance.ip)
+        await self.store.set_status(instance.instance_id, replace(instance.status, fetched_at=time.time()))
+        await self.events.changed()
+
+    # -- NoCloud ----------------------------------------------------------------------
+    async def root(self, request: web.Request) -> web.Response:
+        """The EC2 version list (``/``), as EC2's service gives it."""
+        return web.Response(text="\n".join((*formats.EC2_VERSIONS, "latest")), content_type=TEXT)
+
+    async def nocloud_meta_data(self, request: web.Request) -> web.Response:
+        """NoCloud ``meta-data``."""
+        instance = await self._instance(request)
+        return web.Response(body=formats.nocloud_meta_data(instance), content_type=TEXT)
+
+    async def nocloud_user_data(self, request: web.Request) -> web.Response:
+        """NoCloud ``user-data`` (empty when none was published)."""
+        instance = await self._instance(request)
+        await self._fetched(instance)
+        return web.Response(body=instance.user_data, content_type="application/octet-stream")
+
+    async def nocloud_vendor_data(self, request: web.Request) -> web.Response:
+        """NoCloud ``vendor-data`` (404 when none)."""
+        instance = await self._instance(request)
+        if instance.vendor_data is None:
+            raise NotFound("vendor-data", "none published")
+        return web.Response(body=instance.vendor_data, content_type="application/octet-stream")
+
+    async def nocloud_network_config(self, request: web.Request) -> web.Response:
+        """NoCloud ``network-config`` (404 when none)."""
+        instance = await self._instance(request)
+        if instance.network_config is None:
+            raise NotFound("network-config", "none published")
+        return web.Response(body=instance.network_config, content_type=TEXT)
+
+    # -- EC2 --------------------------------------------------------------------------
+    async def ec2_token(self, request: web.Request) -> web.Response:
+        """``PUT /latest/api/token``: an IMDSv2 session token for the asking address.
+        As on EC2, a request that went through a proxy gets none."""
+        requester = self._requester(request)
+        if FORWARDED_FOR in request.headers:
+            raise Forbidden(FORWARDED_FOR, "token requests through a proxy are refused")
+        ttl = self.tokens.ttl_from(request.headers.get(TTL_HEADER))
+        await self._instance(request)
+        token = self.tokens.issue(requester.address, ttl)
+        return web.Response(text=token, content_type=TEXT, headers={TTL_HEADER: str(ttl)})
+
+    def _check_token(self, request: web.Request) -> None:
+        token = request.headers.get(TOKEN_HEADER)
+        if token is None:
+            if self.require_token:
+                raise Unauthorized(TOKEN_HEADER, "this server requires IMDSv2 session tokens")
+            return
+        self.tokens.remaining(token, self._requester(request).address)
+
+    @staticmethod
+    def _version(request: web.Request) -> str:
+        version = request.match_info["version"]
+        if version != "latest" and version not in formats.EC2_VERSIONS:
+            raise NotFound("version", "unknown API version")
+        return version
+
+    async def ec2_version(self, request: web.Request) -> web.Response:
+        """``/VERSION/``: what a version offers."""
+        self._version(request)
+        self._check_token(request)
+        await self._instance(request)
+        return web.Response(text="meta-data/\nuser-data", content_type=TEXT)
+
+    async def ec2_user_data(self, request: web.Request) -> web.Response:
+        """``/VERSION/user-data`` (404 when none was published, as on EC2)."""
+        self._version(request)
+        self._check_token(request)
+        instance = await self._instance(request)
+        if not instance.user_data:
+            raise NotFound("user-data", "none published")
+        await self._fetched(instance)
+        return web.Response(body=instance.user_data, content_type="application/octet-stream")
+
+    async def ec2_meta_data(self, request: web.Request) -> web.Response:
+        """``/VERSION/meta-data/PATH``: a listing for a directory, the value for a leaf."""
+        self._version(request)
+        self._check_token(request)
+        instance = await self._instance(request)
+        path = request.match_info.get("path", "")
+        node = formats.ec2_lookup(formats.ec2_tree(instance), path)
+        if node is None:
+            raise NotFound("meta-data", "no such item")
+        if isinstance(node, dict):
+            return web.Response(text=formats.ec2_listing(node, path), content_type=TEXT)
+        return web.Response(text=node, content_type=TEXT)
+
+    # -- OpenStack --------------------------------------------------------------------
+    @staticmethod
+    def _openstack_version(request: web.Request) -> None:
+        version = request.match_info["version"]
+        if version != "latest" and version not in formats.OPENSTACK_VERSIONS:
+            raise NotFound("version", "unknown OpenStack metadata version")
+
+    async def openstack_versions(self, request: web.Request) -> web.Response:
+        """``/openstack/``: the versions offered."""
+        return web.Response(text="\n".join((*formats.OPENSTACK_VERSIONS, "latest")), content_type=TEXT)
+
+    async def openstack_meta_data(self, request: web.Request) -> web.Response:
+        """``meta_data.json``."""
+        self._openstack_version(request)
+        instance = await self._instance(request)
+        return web.Response(body=formats.openstack_meta_data(instance), content_type="application/json")
+
+    async def openstack_user_data(self, request: web.Request) -> web.Response:
+        """``user_data`` (404 when none, as OpenStack does)."""
+        self._openstack_version(request)
+        instance = await self._instance(request)
+        if not instance.user_data:
+            raise NotFound("user_data", "none published")
+        await self._fetched(instance)
+        return web.Response(body=instance.user_data, content_type="application/octet-stream")
+
+    async def openstack_vendor_data(self, request: web.Request) -> web.Response:
+        """``vendor_data.json``: always an empty document (vendor-data is NoCloud's)."""
+        self._openstack_version(request)
+        await self._instance(request)
+        return web.json_response({})
+
+    async def openstack_network_data(self, request: web.Request) -> web.Response:
+        """``network_data.json``."""
+        self._openstack_version(request)
+        instance = await self._instance(request)
+        return web.Response(body=formats.openstack_network_data(instance), content_type="application/json")
+
+    # -- status -----------------------------------------------------------------------
+    async def phone_home(self, request: web.Request) -> web.Response:
+        """cloud-init's phone_home POST (form fields): the guest reports done."""
+        instance = await self._instance(request)
+        claimed = request.match_info.get("instance_id")
+        if claimed is not None and claimed != instance.instance_id:
+            raise NotFound("instance", "not this guest's instance")
+        body = await _read_limited(request, GUEST_BODY_LIMIT)
+        fields = _form_fields(body)
+        status = Status(instance.status.fetched_at, time.time(), fields)
+        await self.store.set_status(instance.instance_id, status)
+        await self.events.changed()
+        log.info("metadata.phoned_home", instance=instance.instance_id, ip=instance.ip)
+        return web.Response(text="ok\n", content_type=TEXT)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing (413) one longer than ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    return body
+
+
+def _form_fields(body: bytes) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=PHONE_HOME_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("body", "not form data") from None
+    return {key[:64]: value[:4096] for key, value in pairs if "\x00" not in key + value}

@@ -1,0 +1,135 @@
+"""Which instance a request comes from: the guest's address, mapped to a published
+record directly, through a dnsmasq lease file (address -> MAC), or through a lookup
+(vSphere: the VM with that guest address and its NICs' MACs).
+
+A guest never gets another instance's data: when the record names a MAC and a lease or
+lookup says the address belongs to another MAC, the guest is not recognised. A
+forwarded-for header counts only when the connection comes from a trusted proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from metadata_server.errors import BadRequest
+from metadata_server.records import Instance
+from metadata_server.store import Store
+
+FORWARDED_FOR = "X-Forwarded-For"
+MacLookup = Callable[[str], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Where a request comes from: the guest's address and the connection's peer."""
+
+    address: str
+    peer: str
+    forwarded: bool
+
+
+class LeaseFile:
+    """A dnsmasq lease file (``EXPIRY MAC IP NAME CLIENT-ID`` per line), re-read when it
+    changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._mac_of: dict[str, str] = {}
+
+    def mac_of(self, ip: str) -> str | None:
+        """The MAC that holds ``ip``, per the lease file (None when unknown)."""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            self._mac_of = self._read()
+            self._stamp = stamp
+        return self._mac_of.get(ip)
+
+    def _read(self) -> dict[str, str]:
+        leases: dict[str, str] = {}
+        try:
+            lines = self.path.read_text(errors="replace").splitlines()
+        except OSError:
+            return leases
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 3 and ":" in fields[1]:
+                leases[fields[2]] = fields[1].lower()
+        return leases
+
+
+class Identifier:
+    """Maps requests to instances."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        leases: LeaseFile | None = None,
+        lookup: MacLookup | None = None,
+    ) -> None:
+        self.store = store
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.leases = leases
+        self.lookup = lookup
+
+    def requester(self, peer: str, forwarded_for: str | None) -> Requester:
+        """The guest's address: the peer's, or the last hop a trusted proxy forwarded."""
+        peer = _plain(peer)
+        if forwarded_for is None or not self._trusted(peer):
+            return Requester(peer, peer, False)
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        try:
+            address = str(ipaddress.ip_address(hops[-1]))
+        except (ValueError, IndexError):
+            raise BadRequest(FORWARDED_FOR, "not an address") from None
+        return Requester(address, peer, True)
+
+    def _trusted(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
+
+    async def instance(self, requester: Requester) -> Instance | None:
+        """The requester's instance, or None."""
+        address = requester.address
+        known_macs = await self._macs_of(address)
+        found = self.store.by_ip(address)
+        if found is not None:
+            if found.mac and known_macs and found.mac not in known_macs:
+                return None  # the address now belongs to another machine
+            return found
+        for mac in known_macs:
+            found = self.store.by_mac(mac)
+            if found is not None and found.ip in (None, address):
+                return found
+        return None
+
+    async def _macs_of(self, address: str) -> list[str]:
+        if self.leases is not None and (mac := self.leases.mac_of(address)):
+            return [mac]
+        if self.lookup is not None:
+            return [mac.lower() for mac in await self.lookup(address)]
+        return []
+
+
+def _plain(address: str) -> str:
+    """``::ffff:10.0.0.5`` as ``10.0.0.5``; anything else unchanged."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return str(parsed)

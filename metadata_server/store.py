@@ -1,0 +1,229 @@
+"""Where published instances live: an interface, and SQLite behind it.
+
+:class:`SqliteStore` keeps every record in one SQLite file in WAL mode with full
+synchronous commits, so a record the admin API acknowledged survives a crash or a
+restart. Reads come from an in-memory index rebuilt from the file at start, so serving
+a guest never waits on the disk; writes go to the file first (on one worker thread, as
+sqlite3 connections belong to a thread) and then to the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from metadata_server.errors import Conflict
+from metadata_server.records import Instance, Status
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id    TEXT PRIMARY KEY,
+    ip             TEXT,
+    mac            TEXT,
+    hostname       TEXT NOT NULL,
+    meta_data      TEXT NOT NULL,
+    user_data      BLOB NOT NULL,
+    vendor_data    BLOB,
+    network_config BLOB,
+    created        REAL NOT NULL,
+    updated        REAL NOT NULL,
+    fetched_at     REAL,
+    phoned_home_at REAL,
+    phone_home     TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS instances_ip ON instances (ip) WHERE ip IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS instances_mac ON instances (mac) WHERE mac IS NOT NULL;
+"""
+SELECT_ALL = (
+    "SELECT instance_id, ip, mac, hostname, meta_data, user_data, vendor_data, network_config, "
+    "created, updated, fetched_at, phoned_home_at, phone_home FROM instances"
+)
+UPSERT = (
+    "INSERT OR REPLACE INTO instances (instance_id, ip, mac, hostname, meta_data, user_data, vendor_data, "
+    "network_config, created, updated, fetched_at, phoned_home_at, phone_home) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class Store(Protocol):
+    """What the server needs from a store; a server database can implement it later."""
+
+    async def open(self) -> None:
+        """Connect and load what is needed to serve."""
+
+    async def close(self) -> None:
+        """Release the store."""
+
+    def get(self, instance_id: str) -> Instance | None:
+        """The instance with this id."""
+
+    def by_ip(self, ip: str) -> Instance | None:
+        """The instance published for this address."""
+
+    def by_mac(self, mac: str) -> Instance | None:
+        """The instance published for this MAC address."""
+
+    def all(self) -> list[Instance]:
+        """Every instance, by id."""
+
+    async def put(self, instance: Instance) -> bool:
+        """Create or replace; True when it was created. Raises :class:`Conflict` when
+        another instance has the same address or MAC."""
+
+    async def delete(self, instance_id: str) -> bool:
+        """Remove; False when there was none."""
+
+    async def set_status(self, instance_id: str, status: Status) -> Instance | None:
+        """Record what the guest did; the updated instance (None when it is gone)."""
+
+
+def _row(instance: Instance) -> tuple[Any, ...]:
+    return (
+        instance.instance_id,
+        instance.ip,
+        instance.mac,
+        instance.hostname,
+        json.dumps(instance.meta_data),
+        instance.user_data,
+        instance.vendor_data,
+        instance.network_config,
+        instance.created,
+        instance.updated,
+        instance.status.fetched_at,
+        instance.status.phoned_home_at,
+        json.dumps(instance.status.phone_home),
+    )
+
+
+def _instance(row: tuple[Any, ...]) -> Instance:
+    status = Status(row[10], row[11], json.loads(row[12]))
+    return Instance(
+        instance_id=row[0],
+        ip=row[1],
+        mac=row[2],
+        hostname=row[3],
+        meta_data=json.loads(row[4]),
+        user_data=bytes(row[5]),
+        vendor_data=None if row[6] is None else bytes(row[6]),
+        network_config=None if row[7] is None else bytes(row[7]),
+        created=row[8],
+        updated=row[9],
+        status=status,
+    )
+
+
+class SqliteStore:
+    """The default store: one SQLite file (WAL), indexed in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="metadata-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._by_id: dict[str, Instance] = {}
+        self._by_ip: dict[str, str] = {}
+        self._by_mac: dict[str, str] = {}
+        self._write_lock = asyncio.Lock()
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _connect(self) -> list[tuple[Any, ...]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.touch(mode=0o600, exist_ok=True)  # it holds user-data: not for other users
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        self._db = db
+        return list(db.execute(SELECT_ALL))
+
+    async def open(self) -> None:
+        """Open (creating) the file and load the index."""
+        for row in await self._call(self._connect):
+            self._index(_instance(row))
+
+    async def close(self) -> None:
+        """Close the file and the worker thread."""
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    def _index(self, instance: Instance) -> None:
+        self._unindex(instance.instance_id)
+        self._by_id[instance.instance_id] = instance
+        if instance.ip:
+            self._by_ip[instance.ip] = instance.instance_id
+        if instance.mac:
+            self._by_mac[instance.mac] = instance.instance_id
+
+    def _unindex(self, instance_id: str) -> None:
+        old = self._by_id.pop(instance_id, None)
+        if old is not None:
+            if old.ip and self._by_ip.get(old.ip) == instance_id:
+                del self._by_ip[old.ip]
+            if old.mac and self._by_mac.get(old.mac) == instance_id:
+                del self._by_mac[old.mac]
+
+    def get(self, instance_id: str) -> Instance | None:
+        """The instance with this id."""
+        return self._by_id.get(instance_id)
+
+    def by_ip(self, ip: str) -> Instance | None:
+        """The instance published for this address."""
+        instance_id = self._by_ip.get(ip)
+        return None if instance_id is None else self._by_id.get(instance_id)
+
+    def by_mac(self, mac: str) -> Instance | None:
+        """The instance published for this MAC address."""
+        instance_id = self._by_mac.get(mac)
+        return None if instance_id is None else self._by_id.get(instance_id)
+
+    def all(self) -> list[Instance]:
+        """Every instance, by id."""
+        return [self._by_id[key] for key in sorted(self._by_id)]
+
+    def _check_unique(self, instance: Instance) -> None:
+        for field, owner in (("ip", self._by_ip.get(instance.ip or "")), ("mac", self._by_mac.get(instance.mac or ""))):
+            if owner is not None and owner != instance.instance_id:
+                raise Conflict(field, f"{getattr(instance, field)} is already published for instance {owner}")
+
+    def _write(self, sql: str, parameters: tuple[Any, ...]) -> int:
+        assert self._db is not None, "store not open"
+        with self._db:
+            return self._db.execute(sql, parameters).rowcount
+
+    async def put(self, instance: Instance) -> bool:
+        """Create or replace; True when it was created."""
+        async with self._write_lock:
+            self._check_unique(instance)
+            created = instance.instance_id not in self._by_id
+            await self._call(self._write, UPSERT, _row(instance))
+            self._index(instance)
+            return created
+
+    async def delete(self, instance_id: str) -> bool:
+        """Remove; False when there was none."""
+        async with self._write_lock:
+            removed = await self._call(self._write, "DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+            self._unindex(instance_id)
+            return bool(removed)
+
+    async def set_status(self, instance_id: str, status: Status) -> Instance | None:
+        """Record what the guest did."""
+        async with self._write_lock:
+            current = self._by_id.get(instance_id)
+            if current is None:
+                return None
+            await self._call(
+                self._write,
+                "UPDATE instances SET fetched_at = ?, phoned_home_at = ?, phone_home = ? WHERE instance_id = ?",
+                (status.fetched_at, status.phoned_home_at, json.dumps(status.phone_home), instance_id),
+            )
+            updated = current.with_status(status)
+            self._index(updated)
+            return updated

@@ -1,0 +1,73 @@
+"""IMDSv2 session tokens: issued by ``PUT /latest/api/token`` for a lifetime of 1 to
+21600 seconds, bound to the address that asked, checked on every request that carries
+one. Tokens are signed (HMAC-SHA256 with a key made at start), not stored: a forged,
+altered, expired or borrowed token fails the check, and a restart retires them all, as
+a reboot does on EC2.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+
+from metadata_server.errors import BadRequest, Unauthorized
+
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
+MAX_TTL_S = 21600
+MAX_TOKEN_LENGTH = 512
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenIssuer:
+    """Issues and checks IMDSv2 tokens."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)
+
+    @staticmethod
+    def ttl_from(header: str | None) -> int:
+        """The requested lifetime; 400 when missing or outside 1..21600."""
+        if header is None:
+            raise BadRequest(TTL_HEADER, "missing")
+        if not header.strip().isdigit() or not 1 <= int(header) <= MAX_TTL_S:
+            raise BadRequest(TTL_HEADER, f"must be a whole number of seconds from 1 to {MAX_TTL_S}")
+        return int(header)
+
+    def _signature(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
+
+    def issue(self, address: str, ttl_s: int) -> str:
+        """A token for ``address``, valid ``ttl_s`` seconds."""
+        payload = f"{int(time.time()) + ttl_s}|{address}|{secrets.token_hex(8)}".encode()
+        return f"{_b64(payload)}.{_b64(self._signature(payload))}"
+
+    def remaining(self, token: str, address: str) -> int:
+        """Seconds the token has left; :class:`Unauthorized` unless it is this server's,
+        intact, unexpired and issued to ``address``."""
+        if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
+            raise Unauthorized(TOKEN_HEADER, "malformed token")
+        encoded, signature = token.split(".")
+        try:
+            payload, given = _unb64(encoded), _unb64(signature)
+        except (ValueError, TypeError):
+            raise Unauthorized(TOKEN_HEADER, "malformed token") from None
+        if not hmac.compare_digest(given, self._signature(payload)):
+            raise Unauthorized(TOKEN_HEADER, "invalid token")
+        expiry_text, bound, _ = payload.decode().split("|", 2)
+        if bound != address:
+            raise Unauthorized(TOKEN_HEADER, "token issued to another address")
+        left = int(expiry_text) - int(time.time())
+        if left <= 0:
+            raise Unauthorized(TOKEN_HEADER, "token expired")
+        return left

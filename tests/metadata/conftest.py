@@ -1,0 +1,167 @@
+"""Fixtures for the metadata server tests: the real `beachhead metadata-server` on a
+loopback port, a helper to publish through the real CLI, and HTTP clients that connect
+from chosen loopback addresses (each one a different "guest")."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import BEACHHEAD, beachhead
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+CLOUDINIT_CLIENT = Path(__file__).with_name("cloudinit_client.py")
+START_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class MetadataServer:
+    """A running `beachhead metadata-server` and how to reach its admin API."""
+
+    directory: Path
+    port: int
+    options: tuple[str, ...] = ()
+    process: subprocess.Popen[str] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.directory / "server.log"
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token_file(self) -> Path:
+        """The admin token file."""
+        return self.directory / "admin.token"
+
+    @property
+    def token(self) -> str:
+        """The admin token."""
+        return self.token_file.read_text().strip()
+
+    def start(self) -> MetadataServer:
+        """Start the server and wait (bounded) until it accepts connections."""
+        command = [
+            str(BEACHHEAD),
+            "metadata-server",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--db",
+            str(self.directory / "metadata.sqlite"),
+            "--admin-token-file",
+            str(self.token_file),
+            *self.options,
+        ]
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"metadata server exited: {self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"metadata server not listening within {START_TIMEOUT_S}s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the server (SIGKILL: as if it crashed); its exit status."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=20)
+
+    def publish(self, instance: str, *options: str, user_data: str = "#cloud-config\n") -> dict[str, Any]:
+        """Publish through the CLI; the summary it prints."""
+        path = self.directory / f"{instance}.user-data"
+        path.write_text(user_data)
+        done = beachhead(
+            "metadata",
+            "publish",
+            "--server",
+            self.url,
+            "--token-file",
+            str(self.token_file),
+            "--instance",
+            instance,
+            "--user-data",
+            str(path),
+            *options,
+        )
+        assert done.returncode == 0, done.stderr
+        summary: dict[str, Any] = json.loads(done.stdout)
+        return summary
+
+    def internal_errors(self) -> list[str]:
+        """Lines of the server log that report a bug (a 5xx)."""
+        return [line for line in self.log.read_text().splitlines() if "internal_error" in line]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., MetadataServer]]:
+    """Starts metadata servers (with extra options); stops them after the test."""
+    started: list[MetadataServer] = []
+
+    def start(*options: str, directory: Path | None = None, port: int | None = None) -> MetadataServer:
+        server = MetadataServer(directory or tmp_path, port or free_port(), options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+        assert server.internal_errors() == [], "the server answered a request with a 5xx"
+
+
+@pytest.fixture
+def server(start_server: Callable[..., MetadataServer]) -> MetadataServer:
+    """One metadata server with default options."""
+    return start_server()
+
+
+@pytest.fixture
+async def guest() -> AsyncIterator[Callable[[str], aiohttp.ClientSession]]:
+    """HTTP sessions that connect from a given loopback address (a guest's address)."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    def session(address: str) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0), force_close=True)
+        made = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+        sessions.append(made)
+        return made
+
+    yield session
+    for made in sessions:
+        await made.close()
+
+
+def cloudinit(kind: str, url: str, token: str | None = None) -> dict[str, Any]:
+    """Run cloud-init's own reader (Debian's package, system Python) against ``url``."""
+    command = [SYSTEM_PYTHON, str(CLOUDINIT_CLIENT), kind, url, *([token] if token else [])]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "*", "no_proxy": "*"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
