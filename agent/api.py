@@ -62,7 +62,7 @@ async def run_plan(
     resolved = [_as_target(target) for target in targets]
     check_unique_names(resolved, "--target")
     registry = registry or default_registry()
-    check_run_input(plan, resolved, registry)
+    check_run_input(plan, resolved, registry, settings)
     run_dir = RunDirectory.create(
         runs_dir or default_runs_dir(),
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -21,3 +22,13 @@ def value_digest(value: str | None) -> str | None:
     """Hex sha256 of a text value (None stays None): what the journal keeps of values
     that may be secrets."""
     return None if value is None else hashlib.sha256(value.encode()).hexdigest()
+
+
+def value_digest_of_base64(value: str | None) -> str | None:
+    """Hex sha256 of the bytes a base64 text holds (None when it is None or invalid)."""
+    if value is None:
+        return None
+    try:
+        return hashlib.sha256(base64.b64decode(value, validate=True)).hexdigest()
+    except ValueError:
+        return None

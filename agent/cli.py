@@ -206,6 +206,20 @@ def _summary(report: RunReport) -> None:
     default=None,
     help="Record every SOAP call to vCenter and every HTTP transfer in FILE (JSON lines, secrets redacted).",
 )
+@click.option(
+    "--metadata-server",
+    envvar="BEACHHEAD_METADATA_SERVER",
+    metavar="URL",
+    default=None,
+    help="Metadata server for `userdata` steps (via: metadata) and phoned_home / userdata_fetched waits.",
+)
+@click.option(
+    "--metadata-token-file",
+    envvar="BEACHHEAD_METADATA_TOKEN_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File with the metadata server's admin token.",
+)
 @runs_dir_option
 def run(
     plan: Path,
@@ -217,6 +231,8 @@ def run(
     connect_timeout: float,
     retries: int,
     wire_log: Path | None,
+    metadata_server: str | None,
+    metadata_token_file: Path | None,
     runs_dir: Path | None,
 ) -> None:
     """Run PLAN on every target.
@@ -244,6 +260,8 @@ def run(
             connect_timeout=connect_timeout,
             retries=retries,
             wire_log=wire_log,
+            metadata_server=metadata_server,
+            metadata_token_file=metadata_token_file,
         )
         live = RichProgress(len(targets)) if sys.stderr.isatty() else None
         progress = _ResultPrinter(live) if json_output else live
@@ -300,6 +318,8 @@ def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
                 what = ", ".join(intent.get("keys", []))
             elif entry.op == "power":
                 what = str(intent.get("state"))
+            elif entry.op == "publish_userdata":
+                what = f"instance {intent.get('instance_id')} on {intent.get('server')}"
             elif entry.op != "run":
                 what += " (replaced existing)" if replaced.get("exists") else " (new)"
             undo = entry.undo["phase"] if entry.undo else ("-" if entry.op in ("run", "power") else "")

@@ -14,6 +14,7 @@ import contextlib
 import json
 import random
 import shutil
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from agent.channel import ChannelSession
-from agent.checksums import value_digest
+from agent.checksums import value_digest, value_digest_of_base64
 from agent.errors import BeachheadError, ChannelError, ChannelUnavailable, InputError, StepFailed
 from agent.journal import Journal, RunDirectory
 from agent.plans import (
@@ -31,22 +32,30 @@ from agent.plans import (
     Capability,
     DownloadStep,
     ExtraConfigStep,
+    GuestReport,
     Plan,
     PortOpen,
     PowerStep,
+    ReportCondition,
     RunStep,
     Step,
     UploadStep,
+    UserDataStep,
+    Via,
     VmCondition,
+    WaitCondition,
     WaitStep,
 )
+from agent.pull import default_instance_id, guestinfo_values, hostname_for, instance_id_for, read_cloud_data
 from agent.registry import ChannelRegistry
 from agent.render import render
 from agent.results import FAILED, OK, StepResult, TargetResult
 from agent.targets import OsFamily, Target
 from agent.vsphere.connection import VCenter, current_pool, vcenter_pool
-from agent.vsphere.vmconfig import read_extra_config, set_power, write_extra_config
+from agent.vsphere.vmconfig import read_extra_config, set_power, vm_address, write_extra_config
 from agent.waits import wait_for_port
+from metadata_server.client import MetadataClient, read_token_file
+from metadata_server.events import GuestEvent
 
 log = structlog.get_logger("beachhead.engine")
 
@@ -61,6 +70,8 @@ class RunSettings:
     retries: int = 3
     retry_delay: float = 0.5
     wire_log: Path | None = None
+    metadata_server: str | None = None  # userdata via metadata, phoned_home / userdata_fetched waits
+    metadata_token_file: Path | None = None
 
 
 class Progress(Protocol):
@@ -98,8 +109,11 @@ def resolve_os(plan: Plan, target: Target) -> OsFamily:
     return target.os or plan.os or OsFamily.LINUX
 
 
-def check_run_input(plan: Plan, targets: Sequence[Target], registry: ChannelRegistry) -> None:
+def check_run_input(
+    plan: Plan, targets: Sequence[Target], registry: ChannelRegistry, settings: RunSettings | None = None
+) -> None:
     """Everything that can be rejected before anything runs."""
+    _check_metadata_server(plan, settings or RunSettings())
     if not targets:
         raise InputError("--target", None, "no targets: give --target URI or --targets FILE")
     for name in plan.channels:
@@ -132,6 +146,23 @@ def check_run_input(plan: Plan, targets: Sequence[Target], registry: ChannelRegi
                 )
 
 
+def _check_metadata_server(plan: Plan, settings: RunSettings) -> None:
+    """Steps and waits that talk to the metadata server need its URL and admin token."""
+    needs = [f"wait[{i}]" for i, c in enumerate(plan.wait, 1) if isinstance(c, ReportCondition)]
+    for number, step in enumerate(plan.steps, 1):
+        if (isinstance(step, UserDataStep) and step.via is Via.METADATA) or (
+            isinstance(step, WaitStep) and isinstance(step.condition, ReportCondition)
+        ):
+            needs.append(f"step {number} ({step.kind})")
+    if needs and not (settings.metadata_server and settings.metadata_token_file):
+        raise InputError(
+            plan.source,
+            needs[0],
+            "needs the metadata server: give --metadata-server URL and --metadata-token-file FILE "
+            "(or BEACHHEAD_METADATA_SERVER and BEACHHEAD_METADATA_TOKEN_FILE)",
+        )
+
+
 def _check_conditions(plan: Plan, target: Target) -> None:
     """VM states and VM steps need a vsphere:// target."""
     if target.scheme == "vsphere":
@@ -147,7 +178,7 @@ def _check_conditions(plan: Plan, target: Target) -> None:
                 "(give a vsphere:// target)",
             )
     for number, step in enumerate(plan.steps, 1):
-        if isinstance(step, VM_STEPS):
+        if isinstance(step, VM_STEPS) or (isinstance(step, UserDataStep) and step.via is Via.GUESTINFO):
             raise InputError(
                 plan.source,
                 f"step {number} ({step.kind})",
@@ -175,7 +206,7 @@ class Engine:
 
     async def run(self, plan: Plan, targets: Sequence[Target]) -> list[TargetResult]:
         """Run ``plan`` on every target, at most ``concurrency`` at a time."""
-        check_run_input(plan, targets, self.registry)
+        check_run_input(plan, targets, self.registry, self.settings)
         limit = asyncio.Semaphore(self.settings.concurrency)
         log.info("run.start", run_id=self.run_dir.run_id, plan=plan.name, targets=len(targets))
 
@@ -216,6 +247,7 @@ class TargetWorkflow:
         self.os = resolve_os(plan, target)
         self.sessions: dict[str, ChannelSession] = {}
         self.unavailable: dict[str, ChannelUnavailable] = {}
+        self.instance_id = default_instance_id(target.name)  # until a userdata step names one
         self.log = log.bind(run_id=engine.run_dir.run_id, target=target.name)
 
     def _steps(self) -> list[tuple[Step, StepResult]]:
@@ -314,6 +346,9 @@ class TargetWorkflow:
         if isinstance(step, PowerStep):
             await self._power(step)
             return
+        if isinstance(step, UserDataStep):
+            await self._userdata(step)
+            return
         assert step.capability is not None
         # A command may have run before its connection dropped: only transfers are retried.
         attempts = 1 if isinstance(step, RunStep) else self.settings.retries + 1
@@ -341,9 +376,12 @@ class TargetWorkflow:
         vcenter = await current_pool().get(self.target, self.settings.connect_timeout)
         return vcenter, await vcenter.find_vm(self.target.vm or "")
 
-    async def _wait(self, condition: PortOpen | VmCondition) -> None:
+    async def _wait(self, condition: WaitCondition) -> None:
         if isinstance(condition, PortOpen):
             await wait_for_port(self.target.host, condition)
+            return
+        if isinstance(condition, ReportCondition):
+            await self._wait_for_report(condition)
             return
         vcenter, vm = await self._vm()
         snapshot = await vcenter.watcher.wait_for(vm, condition.state)
@@ -475,6 +513,73 @@ class TargetWorkflow:
         ) as after:
             await write_extra_config(vcenter, vm, step.values, step.describe())
             after["sha256"] = {key: value_digest(value) for key, value in step.values.items()}
+
+    # -- the pull channel -------------------------------------------------------------------
+    def _metadata_client(self) -> MetadataClient:
+        assert self.settings.metadata_server and self.settings.metadata_token_file
+        return MetadataClient(self.settings.metadata_server, read_token_file(self.settings.metadata_token_file))
+
+    async def _wait_for_report(self, condition: ReportCondition) -> None:
+        event = GuestEvent.FETCHED if condition.report is GuestReport.USERDATA_FETCHED else GuestEvent.PHONED_HOME
+        limit = condition.timeout or self.plan.timeout or self.settings.step_timeout
+        at = await self._metadata_client().wait(self.instance_id, event, limit)
+        if at is None:
+            raise StepFailed(f"wait for {condition.describe()}", f"not reported within {limit:g}s")
+        self.log.info("metadata.condition_met", condition=str(condition.report), instance=self.instance_id, at=at)
+
+    async def _guest_address(self) -> tuple[str | None, str | None]:
+        """The address and MAC the metadata server will see the guest at, as far as
+        they are known now: a VM's first NIC and reported address; an ssh target's host."""
+        if self.target.scheme == "vsphere":
+            vcenter, vm = await self._vm()
+            return await vcenter.call(vm_address, vm)
+        infos = await asyncio.get_running_loop().getaddrinfo(self.target.host, None, type=socket.SOCK_STREAM)
+        return (str(infos[0][4][0]) if infos else None), None
+
+    async def _userdata(self, step: UserDataStep) -> None:
+        data = read_cloud_data(step, str(self.plan.source))
+        self.instance_id = instance_id_for(step, self.target.name)
+        if step.via is Via.GUESTINFO:
+            values = guestinfo_values(data, self.instance_id, hostname_for(self.instance_id))
+            await self._extra_config(ExtraConfigStep(values))
+            return
+        client = self._metadata_client()
+        ip, mac = await self._guest_address()
+        previous = await client.data(self.instance_id)
+        seq = self.journal.reserve()
+        replaces: dict[str, Any] = {"exists": previous is not None}
+        if previous is not None:
+            backup = self.engine.run_dir.backup_path(seq)
+            backup.touch(mode=0o600)
+            backup.write_text(json.dumps(previous))
+            replaces["backup"] = f"backups/{seq}"
+        with self._journaled(
+            seq,
+            "publish_userdata",
+            channel="pull",
+            server=client.url,
+            token_file=str(self.settings.metadata_token_file),
+            instance_id=self.instance_id,
+            ip=ip,
+            mac=mac,
+            replaces=replaces,
+        ) as after:
+            await client.publish(
+                self.instance_id,
+                ip=ip,
+                mac=mac,
+                user_data=data.user_data,
+                meta_data=data.meta_data_yaml(),
+                vendor_data=data.vendor_data,
+                network_config=data.network_config,
+            )
+            published = await client.data(self.instance_id)
+            found = value_digest_of_base64((published or {}).get("user_data"))
+            if found != data.user_data_sha256:
+                raise StepFailed(
+                    step.describe(), f"user-data sha256: published {data.user_data_sha256}, server has {found}"
+                )
+            after["sha256"] = data.user_data_sha256
 
     async def _power(self, step: PowerStep) -> None:
         vcenter, vm = await self._vm()

@@ -83,8 +83,32 @@ class VmCondition:
         return self.state.value.replace("_", " ").replace("guestops", "guest operations")
 
 
-WaitCondition = PortOpen | VmCondition
-CONDITION_NAMES = ("port", *(state.value for state in VmState))
+class GuestReport(StrEnum):
+    """What a guest reports to the metadata server, which a plan can wait for."""
+
+    USERDATA_FETCHED = "userdata_fetched"
+    PHONED_HOME = "phoned_home"
+
+
+@dataclass(frozen=True)
+class ReportCondition:
+    """Wait until the target's guest has fetched its user-data from, or phoned home
+    to, the metadata server (``--metadata-server``)."""
+
+    report: GuestReport
+    timeout: float | None = None
+
+    def describe(self) -> str:
+        """Human description of the condition."""
+        return "user-data fetched" if self.report is GuestReport.USERDATA_FETCHED else "phoned home"
+
+
+WaitCondition = PortOpen | VmCondition | ReportCondition
+NAMED_CONDITIONS: dict[str, VmState | GuestReport] = {
+    **{state.value: state for state in VmState},
+    **{report.value: report for report in GuestReport},
+}
+CONDITION_NAMES = ("port", *NAMED_CONDITIONS)
 
 
 def for_target(path: str, target_name: str) -> str:
@@ -197,9 +221,35 @@ class PowerStep:
         return f"power {'on' if self.on else 'off'}"
 
 
-Step = UploadStep | DownloadStep | RunStep | WaitStep | ExtraConfigStep | PowerStep
+class Via(StrEnum):
+    """Where a ``userdata`` step publishes."""
+
+    METADATA = "metadata"  # the metadata server (--metadata-server)
+    GUESTINFO = "guestinfo"  # the VM's guestinfo extraConfig, for cloud-init's VMware datasource
+
+
+@dataclass(frozen=True)
+class UserDataStep:
+    """Publish cloud-init data for the target's guest to pull at boot."""
+
+    user_data: Path
+    via: Via = Via.METADATA
+    meta_data: Path | None = None
+    vendor_data: Path | None = None
+    network_config: Path | None = None
+    instance_id: str | None = None
+    kind = "userdata"
+    capability = None
+    timeout = None
+
+    def describe(self) -> str:
+        """Human description of the step."""
+        return f"userdata {self.user_data.name} via {self.via}"
+
+
+Step = UploadStep | DownloadStep | RunStep | WaitStep | ExtraConfigStep | PowerStep | UserDataStep
 VM_STEPS = (ExtraConfigStep, PowerStep)
-STEP_KINDS = ("upload", "download", "run", "wait", "extra_config", "power")
+STEP_KINDS = ("upload", "download", "run", "wait", "extra_config", "power", "userdata")
 EXTRA_CONFIG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 POWER_STATES = {"on": True, "off": False, True: True, False: False}  # YAML 1.1 reads a bare on/off as a bool
 
@@ -292,6 +342,8 @@ class _PlanReader:
             return WaitStep(self.condition(body, where))
         if kind == "extra_config":
             return self.extra_config(body, where, item)
+        if kind == "userdata":
+            return self.userdata(body, where, item)
         if kind == "power":
             if isinstance(body, str | bool) and body in POWER_STATES:
                 return PowerStep(POWER_STATES[body])
@@ -404,21 +456,40 @@ class _PlanReader:
             values[key] = value or None
         return ExtraConfigStep(values)
 
+    def userdata(self, body: Any, where: str, parent: Any) -> UserDataStep:
+        body = self.fields(
+            body, where, parent, {"user_data"}, {"meta_data", "vendor_data", "network_config", "via", "instance_id"}
+        )
+        files: dict[str, Path | None] = {}
+        for key in ("user_data", "meta_data", "vendor_data", "network_config"):
+            if key in body:
+                path = self.base / self.string(body, key, where)
+                if not path.is_file():
+                    raise self.error(f"{where}.{key}", f"file not found: {path}", body, key)
+                files[key] = path.resolve()
+        via = body.get("via", "metadata")
+        if via not in Via.__members__.values():
+            raise self.error(f"{where}.via", f"must be metadata or guestinfo, got {via!r}", body, "via")
+        instance_id = self.string(body, "instance_id", where) if "instance_id" in body else None
+        user_data = files.pop("user_data")
+        assert user_data is not None
+        return UserDataStep(user_data=user_data, via=Via(via), instance_id=instance_id, **files)
+
     def condition(self, body: Any, where: str) -> WaitCondition:
-        if isinstance(body, str) and body in VmState.__members__.values():
-            return VmCondition(VmState(body))
+        if isinstance(body, str) and body in NAMED_CONDITIONS:
+            return _named_condition(body, None)
         if not isinstance(body, dict):
             raise self.error(where, "must be a condition such as {port: 22, timeout: 60} or tools_running")
-        states = [key for key in body if key in VmState.__members__.values()]
+        states = [key for key in body if key in NAMED_CONDITIONS]
         if states and len(body) == 1:
             options = body[states[0]]
             if options is None:
-                return VmCondition(VmState(states[0]))
+                return _named_condition(states[0], None)
             if not isinstance(options, dict):
                 raise self.error(f"{where}.{states[0]}", "must be empty or a mapping such as {timeout: 300}", body)
             options = self.fields(options, f"{where}.{states[0]}", body, set(), {"timeout"})
             timeout = self.seconds(options.get("timeout"), f"{where}.{states[0]}.timeout", options, "timeout")
-            return VmCondition(VmState(states[0]), timeout)
+            return _named_condition(states[0], timeout)
         if "port" not in body:
             known = ", ".join(CONDITION_NAMES)
             raise self.error(where, f"unknown condition (known: {known}) in {', '.join(body) or 'empty mapping'}", body)
@@ -428,6 +499,11 @@ class _PlanReader:
             raise self.error(f"{where}.port", f"must be a TCP port number, got {port!r}", body, "port")
         timeout = self.seconds(body.get("timeout"), f"{where}.timeout", body, "timeout")
         return PortOpen(port=int(port), timeout=timeout)
+
+
+def _named_condition(name: str, timeout: float | None) -> VmCondition | ReportCondition:
+    named = NAMED_CONDITIONS[name]
+    return VmCondition(named, timeout) if isinstance(named, VmState) else ReportCondition(named, timeout)
 
 
 def load_plan(path: str | Path) -> Plan:

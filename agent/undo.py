@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -22,13 +23,14 @@ from typing import Any
 import structlog
 
 from agent.channel import ChannelSession
-from agent.checksums import sha256_of, value_digest
+from agent.checksums import sha256_of, value_digest, value_digest_of_base64
 from agent.errors import BeachheadError
 from agent.journal import Journal, JournalEntry, RunDirectory
 from agent.registry import ChannelRegistry
 from agent.targets import Target, parse_target
 from agent.vsphere.connection import current_pool, vcenter_pool
 from agent.vsphere.vmconfig import read_extra_config, write_extra_config
+from metadata_server.client import MetadataClient, read_token_file
 
 log = structlog.get_logger("beachhead.undo")
 
@@ -121,6 +123,8 @@ class Undoer:
             return await self._remove_dirs(entry)
         if entry.op == "extra_config":
             return await self._restore_extra_config(entry)
+        if entry.op == "publish_userdata":
+            return await self._unpublish(entry)
         replaces = intent.get("replaces", {})
         written = entry.outcome.get("sha256") if entry.outcome and entry.state == "done" else None
         original = replaces.get("sha256")
@@ -162,6 +166,29 @@ class Undoer:
             return "already as before the run"
         await write_extra_config(vcenter, vm, restore, f"restore extraConfig {', '.join(restore)}")
         return f"restored {', '.join(restore)}"
+
+    async def _unpublish(self, entry: JournalEntry) -> str:
+        intent = entry.intent
+        token_file = os.environ.get("BEACHHEAD_METADATA_TOKEN_FILE") or intent["token_file"]
+        client = MetadataClient(intent["server"], read_token_file(Path(token_file)))
+        instance_id = intent["instance_id"]
+        written = entry.outcome.get("sha256") if entry.outcome and entry.state == "done" else None
+        backup = intent["replaces"].get("backup")
+        previous = json.loads((self.run_dir.path / backup).read_text()) if backup else None
+        current = await client.data(instance_id)
+        current_sha = value_digest_of_base64(current["user_data"]) if current else None
+        original = value_digest_of_base64(previous["user_data"]) if previous else None
+        if current_sha not in (None, written, original) and written is not None and not self.force:
+            raise _Conflict(f"instance {instance_id} was published again after the run; left alone (use --force)")
+        if previous is not None:
+            if current_sha == original:
+                return "already as before the run"
+            await client.republish(instance_id, previous)
+            return f"republished what instance {instance_id} had before"
+        if current is None:
+            return "already revoked"
+        await client.revoke(instance_id)
+        return f"revoked instance {instance_id}"
 
     async def _remove_dirs(self, entry: JournalEntry) -> str:
         created = entry.outcome.get("created", []) if entry.outcome else []
@@ -231,5 +258,7 @@ def _label(entry: JournalEntry) -> str:
         return f"#{entry.seq} {target}: extraConfig {', '.join(intent.get('keys', []))}"
     if entry.op == "power":
         return f"#{entry.seq} {target}: power {intent.get('state')}"
+    if entry.op == "publish_userdata":
+        return f"#{entry.seq} {target}: user-data of instance {intent.get('instance_id')} on {intent.get('server')}"
     where = "local file" if intent.get("where") == "local" else "file"
     return f"#{entry.seq} {target}: {where} {intent.get('path')}"

@@ -55,6 +55,7 @@ class AdminApi:
             web.get("/admin/instances/{instance_id}", self.show),
             web.delete("/admin/instances/{instance_id}", self.revoke),
             web.get("/admin/instances/{instance_id}/wait", self.wait),
+            web.get("/admin/instances/{instance_id}/data", self.data),
         ]
 
     def authorize(self, request: web.Request) -> None:
@@ -79,6 +80,20 @@ class AdminApi:
         """One instance, without its data."""
         self.authorize(request)
         return web.json_response(self._existing(request).summary())
+
+    async def data(self, request: web.Request) -> web.Response:
+        """One instance as published: the ``PUT`` body's fields (data as base64), so a
+        client can keep what it is about to replace and put it back."""
+        self.authorize(request)
+        instance = self._existing(request)
+        document: dict[str, Any] = {"ip": instance.ip, "mac": instance.mac, "hostname": instance.hostname}
+        document["user_data"] = base64.b64encode(instance.user_data).decode()
+        if instance.meta_data:
+            document["meta_data"] = base64.b64encode(json.dumps(instance.meta_data).encode()).decode()
+        for name, value in (("vendor_data", instance.vendor_data), ("network_config", instance.network_config)):
+            if value is not None:
+                document[name] = base64.b64encode(value).decode()
+        return web.json_response(document)
 
     async def publish(self, request: web.Request) -> web.Response:
         """Create or replace an instance: 201 when created, 200 when replaced."""

@@ -83,6 +83,21 @@ class MetadataClient:
         summary: dict[str, Any] = await self._request("PUT", f"/admin/instances/{instance_id}", json=document)
         return summary
 
+    async def data(self, instance_id: str) -> dict[str, Any] | None:
+        """An instance as published (the ``PUT`` body's fields), or None when there is none."""
+        try:
+            document: dict[str, Any] = await self._request("GET", f"/admin/instances/{instance_id}/data")
+        except MetadataServerError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+        return document
+
+    async def republish(self, instance_id: str, document: dict[str, Any]) -> dict[str, Any]:
+        """Publish a document :meth:`data` returned, unchanged."""
+        summary: dict[str, Any] = await self._request("PUT", f"/admin/instances/{instance_id}", json=document)
+        return summary
+
     async def show(self, instance_id: str) -> dict[str, Any] | None:
         """An instance's summary, or None when there is none."""
         try:

@@ -82,8 +82,11 @@ class GuestApi:
         return instance
 
     async def _fetched(self, instance: Instance) -> None:
-        if instance.status.fetched_at is None:
-            log.info("metadata.user_data_fetched", instance=instance.instance_id, ip=instance.ip)
+        """Record the first fetch of this publication's user-data (later ones change
+        nothing, so serving them writes nothing)."""
+        if instance.status.fetched_at is not None:
+            return
+        log.info("metadata.user_data_fetched", instance=instance.instance_id, ip=instance.ip)
         await self.store.set_status(instance.instance_id, replace(instance.status, fetched_at=time.time()))
         await self.events.changed()
 

@@ -11,10 +11,14 @@ from agent.errors import InputError
 from agent.plans import (
     DownloadStep,
     ExtraConfigStep,
+    GuestReport,
     PortOpen,
     PowerStep,
+    ReportCondition,
     RunStep,
     UploadStep,
+    UserDataStep,
+    Via,
     VmCondition,
     VmState,
     WaitStep,
@@ -125,6 +129,18 @@ def test_yaml_octal_mode_means_octal(plan_dir: Path) -> None:
             "quote it",
         ),
         ("name: x\nsteps:\n  - power: restart\n", "step 1 (power) (line 3)", "on or off"),
+        (
+            "name: x\nsteps:\n  - userdata: {user_data: nope}\n",
+            "step 1 (userdata).user_data (line 3)",
+            "file not found",
+        ),
+        (
+            "name: x\nsteps:\n  - userdata: {user_data: setup.sh, via: usb}\n",
+            "step 1 (userdata).via (line 3)",
+            "metadata or",
+        ),
+        ("name: x\nsteps:\n  - userdata: {meta_data: setup.sh}\n", "step 1 (userdata).user_data (line 3)", "missing"),
+        ("name: x\nwait: [{phoned_home: {timeout: 0}}]\n", "wait[1].phoned_home.timeout (line 2)", "positive"),
     ],
 )
 def test_malformed_plans_are_rejected_with_location(plan_dir: Path, body: str, where: str, reason: str) -> None:
@@ -152,6 +168,29 @@ def test_vm_steps(plan_dir: Path) -> None:
     assert config == ExtraConfigStep({"guestinfo.role": "web", "guestinfo.old": None, "disk.EnableUUID": "TRUE"})
     assert config.describe() == "extra_config guestinfo.role, guestinfo.old, disk.EnableUUID"
     assert off == PowerStep(on=False) and on == PowerStep(on=True)
+
+
+def test_userdata_step_and_guest_report_waits(plan_dir: Path) -> None:
+    path = write_plan(
+        plan_dir,
+        """
+        name: pull
+        wait: [userdata_fetched]
+        steps:
+          - userdata: {user_data: setup.sh, meta_data: files/app.conf, via: guestinfo, instance_id: web-1}
+          - wait: {phoned_home: {timeout: 600}}
+        """,
+    )
+    plan = load_plan(path)
+    assert plan.wait == (ReportCondition(GuestReport.USERDATA_FETCHED),)
+    step, wait = plan.steps
+    assert step == UserDataStep(
+        user_data=plan_dir / "setup.sh",
+        via=Via.GUESTINFO,
+        meta_data=plan_dir / "files" / "app.conf",
+        instance_id="web-1",
+    )
+    assert isinstance(wait, WaitStep) and wait.condition == ReportCondition(GuestReport.PHONED_HOME, 600.0)
 
 
 def test_missing_plan_file(tmp_path: Path) -> None:

@@ -91,3 +91,18 @@ async def set_power(vcenter: VCenter, vm: Any, on: bool, action: str) -> str:
     if after != wanted:
         raise StepFailed(action, f"power state: wanted {wanted}, vCenter reports {after}")
     return before
+
+
+def vm_address(vm: Any) -> tuple[str | None, str | None]:
+    """The VM's reported guest address (None before tools report one) and its first
+    network adapter's MAC (known before it boots)."""
+    mac = next(
+        (
+            str(device.macAddress).lower()
+            for device in vm.config.hardware.device
+            if isinstance(device, vim.vm.device.VirtualEthernetCard) and device.macAddress
+        ),
+        None,
+    )
+    ip = vm.guest.ipAddress if vm.guest is not None else None
+    return (str(ip) if ip else None), mac

@@ -136,3 +136,41 @@ def test_vm_steps_need_a_vsphere_target(tmp_path: Path) -> None:
     done = beachhead("run", str(plan), "--target", "ssh://root@127.0.0.1")
     assert done.returncode == 2
     assert "step 1 (power): power acts on a vSphere VM" in done.stderr
+
+
+def test_userdata_via_guestinfo_for_the_vmware_datasource(
+    tmp_path: Path, runs_dir: Path, vc: Vc, vsphere_uri: Callable[..., str]
+) -> None:
+    import base64
+    import gzip
+
+    import yaml
+
+    vm = vc.vm("lin-03")
+    (tmp_path / "user-data.yaml").write_text("#cloud-config\nhostname: from-guestinfo\n")
+    (tmp_path / "net.yaml").write_text("version: 2\nethernets: {eth0: {dhcp4: true}}\n")
+    plan = write_plan(
+        tmp_path,
+        """
+        name: guestinfo
+        steps:
+          - userdata: {user_data: user-data.yaml, network_config: net.yaml, via: guestinfo, instance_id: lin-03-a}
+        """,
+    )
+    done = beachhead("run", str(plan), "--target", vsphere_uri("lin-03"), "--json")
+    assert done.returncode == 0, done.stderr
+
+    def unpacked(key: str) -> bytes:
+        config = _extra_config(vm)
+        assert config[key + ".encoding"] == "gzip+base64"
+        return gzip.decompress(base64.b64decode(config[key]))
+
+    assert unpacked("guestinfo.userdata") == b"#cloud-config\nhostname: from-guestinfo\n"
+    meta = yaml.safe_load(unpacked("guestinfo.metadata"))
+    assert (meta["instance-id"], meta["local-hostname"]) == ("lin-03-a", "lin-03-a")
+    assert gzip.decompress(base64.b64decode(meta["network"])).startswith(b"version: 2")
+    assert "guestinfo.vendordata" not in _extra_config(vm)
+
+    undo = beachhead("undo", json.loads(done.stdout)["run_id"])
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert not any(key.startswith(("guestinfo.userdata", "guestinfo.metadata")) for key in _extra_config(vm))
