@@ -21,13 +21,19 @@ def _print(description: dict[str, Any], json_output: bool, headline: str) -> Non
     click.echo(f"vCenter  {vcenter['url']}  user {vcenter['username']}  CA {vcenter['ca_file'] or '(plain http)'}")
     for vm in description["vms"]:
         click.echo(f"  {vm['name']:<12} {vm['os']:<8} {vm['guest_id']:<26} {vm['ip']:<15} {vm['guest_username']}")
+    if network := description.get("network"):
+        click.echo(
+            f"Network  {network['bridge']} {network['subnet']}  gateway {network['gateway']}  "
+            f"metadata {network['metadata_address']}  DHCP leases {network['dhcp_leases']}"
+        )
     click.echo("Passwords: beachhead lab status --json")
 
 
 @click.group()
 def lab() -> None:
     """The local vSphere lab: govmomi's simulator as vCenter (https on loopback) with
-    Linux guests (network namespaces running sshd) and a Windows stand-in.
+    Linux guests (network namespaces running sshd, addressed by the lab's DHCP server)
+    and a Windows stand-in.
 
     Needs root. State lives in /run/beachhead-lab ($BEACHHEAD_LAB_DIR)."""
 

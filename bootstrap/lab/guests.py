@@ -6,6 +6,8 @@ sudoers (its login may sudo with its password), ``/etc/hosts`` (its own name) an
 ``/etc/resolv.conf`` (no name server), bind-mounted from its root directory, and shares
 the host's programs. Its sshd and console are started by the vCenter launcher when the
 VM powers on, inside these namespaces. A Windows stand-in has drive folders (``C/...``) under its root directory.
+Every guest, Windows stand-in included, has its own ``/etc/dhcp`` (its DHCP client's
+configuration and hooks, see :mod:`bootstrap.lab.dhcp`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootstrap.lab.system import LabError, alive
+from bootstrap.lab.system import NETNS_DIR, LabError
 from bootstrap.local_sshd import ensure_privsep_dir, keygen, password_hash, sudoers
 
 PRIVATE_DIRS = ("tmp", "root", "home", "var/tmp")
@@ -52,6 +54,26 @@ class GuestLayout:
     def console_log(self) -> Path:
         """What the guest console printed."""
         return self.root.with_name(self.root.name + ".console.log")
+
+    @property
+    def dhcp_dir(self) -> Path:
+        """The guest's ``/etc/dhcp``."""
+        return self.root / "etc/dhcp"
+
+    @property
+    def dhclient_leases(self) -> Path:
+        """The guest DHCP client's lease file."""
+        return self.root.with_name(self.root.name + ".dhclient.leases")
+
+    @property
+    def dhclient_pid(self) -> Path:
+        """The guest DHCP client's pid file."""
+        return self.root.with_name(self.root.name + ".dhclient.pid")
+
+    @property
+    def dhclient_log(self) -> Path:
+        """What the guest DHCP client printed."""
+        return self.root.with_name(self.root.name + ".dhclient.log")
 
 
 def prepare_linux_root(layout: GuestLayout, hostname: str, ip: str, username: str, password: str) -> int:
@@ -140,7 +162,7 @@ def prepare_windows_root(layout: GuestLayout, username: str) -> None:
 
 def start_holder(netns: str, layout: GuestLayout, hostname: str, linux: bool) -> int:
     """Start the process that holds the guest's namespaces and return its pid."""
-    mounts = []
+    mounts = [f"mount --bind {shlex.quote(str(layout.dhcp_dir))} /etc/dhcp"]
     if linux:
         mounts += [f"mount --bind {shlex.quote(str(layout.root / d))} /{d}" for d in PRIVATE_DIRS]
         mounts += [f"mount --bind {shlex.quote(str(layout.root / 'etc' / f))} /etc/{f}" for f in GUEST_ETC_FILES]
@@ -160,7 +182,28 @@ def start_holder(netns: str, layout: GuestLayout, hostname: str, linux: bool) ->
         if process.poll() is not None:
             error = process.stderr.read().decode(errors="replace") if process.stderr else ""
             raise LabError(f"guest {hostname}: namespace holder exited: {error.strip()}")
-        if alive(process.pid, HOLDER_MARKER):
+        if _holding(process.pid, netns):
             return process.pid
         time.sleep(0.02)
     raise LabError(f"guest {hostname}: namespace holder did not start within {HOLDER_START_S:g}s")
+
+
+def _holding(pid: int, netns: str) -> bool:
+    """Whether ``pid`` has become the holder: ``sleep`` under the marker name (so every
+    mount is done), in the guest's network namespace and a mount namespace of its own.
+
+    The marker alone is not enough: it is in the script, so on the command line of
+    ``ip`` and ``unshare`` from the start, before they enter any namespace."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        net, mnt = _ns_id(f"/proc/{pid}/ns/net"), _ns_id(f"/proc/{pid}/ns/mnt")
+        guest_net, host_mnt = _ns_id(str(NETNS_DIR / netns)), _ns_id("/proc/self/ns/mnt")
+    except OSError:
+        return False
+    return argv0 == HOLDER_MARKER.encode() and net == guest_net and mnt != host_mnt
+
+
+def _ns_id(path: str) -> tuple[int, int]:
+    """Which namespace ``path`` (a /proc/PID/ns link or a bind mount of one) is."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino

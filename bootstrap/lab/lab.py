@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bootstrap.lab import guests, system
+from bootstrap.lab import dhcp, guests, system
 from bootstrap.lab.build import launcher_binary
 from bootstrap.lab.certs import ensure_certificates
-from bootstrap.lab.config import LabConfig, generated_password
+from bootstrap.lab.config import LabConfig, VmSpec, generated_password
 from bootstrap.lab.system import LabError
 
 READY_TIMEOUT_S = 45.0
@@ -76,8 +76,11 @@ class LabState:
         partial.replace(self.path)
 
     def public(self) -> dict[str, Any]:
-        """The ``--json`` description: vcenter and vms."""
-        return {"vcenter": self.data["vcenter"], "vms": self.data["vms"]}
+        """The ``--json`` description: vcenter, vms and the guest network."""
+        description = {"vcenter": self.data["vcenter"], "vms": self.data["vms"]}
+        if "network" in self.data:
+            description["network"] = self.data["network"]
+        return description
 
     def running(self) -> bool:
         """Whether the vCenter launcher runs and answers on its port."""
@@ -109,7 +112,7 @@ def up(config: LabConfig, http: bool = False, progress: Progress | None = None) 
     directory = lab_dir()
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    state = LabState({"bridge": config.bridge, "namespaces": [], "host_interfaces": [], "holders": []})
+    state = LabState({"bridge": config.bridge, "namespaces": [], "host_interfaces": [], "holders": [], "dhclients": []})
     try:
         _start(config, http, binary, directory, state, say)
     except BaseException:
@@ -121,48 +124,21 @@ def up(config: LabConfig, http: bool = False, progress: Progress | None = None) 
 
 def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: LabState, say: Progress) -> None:
     certificate = ensure_certificates(directory / "pki", config.host)
-    gateway = config.gateway()
-    system.make_bridge(config.bridge, f"{gateway}/{config.subnet.prefixlen}")
-    vms, runtime_vms = [], []
+    network = dhcp.LabNetwork(config.bridge, config.subnet, config.gateway(), directory)
+    _start_network(config, network, state, say)
+    vms: list[dict[str, Any]] = []
+    runtime_vms: list[dict[str, Any]] = []
+    clients: dict[int, dhcp.GuestDhcp] = {}
     for index, vm in enumerate(config.vms):
-        say(f"guest {vm.name}: network namespace, files, accounts")
-        netns, host_if = system.netns_name(vm.name), _host_if(index)
-        state.data["namespaces"].append(netns)
-        state.data["host_interfaces"].append(host_if)
-        ip, mac = str(config.guest_ip(index)), _mac(index)
-        system.make_guest_network(netns, host_if, config.bridge, mac, f"{ip}/{config.subnet.prefixlen}", str(gateway))
-        password = vm.guest_password or generated_password()
-        layout = guests.GuestLayout(directory / "guests" / vm.name)
-        linux, uid = vm.os == "linux", 0
-        if linux:
-            uid = guests.prepare_linux_root(layout, vm.name, ip, vm.guest_username, password)
-        else:
-            guests.prepare_windows_root(layout, vm.guest_username)
-        holder = guests.start_holder(netns, layout, vm.name, linux)
-        state.data["holders"].append(holder)
-        vms.append(
-            {
-                "name": vm.name,
-                "os": vm.os,
-                "guest_id": vm.guest_id,
-                "ip": ip,
-                "guest_username": vm.guest_username,
-                "guest_password": password,
-                "ssh_host_key": layout.ssh_host_public_key() if linux else None,
-            }
-        )
-        runtime_vms.append(
-            {
-                **{key: vms[-1][key] for key in ("name", "os", "guest_id", "ip", "guest_username", "guest_password")},
-                "mac": mac,
-                "hostname": vm.name,
-                "holder_pid": holder,
-                "root": str(layout.root),
-                "sshd_config": str(layout.sshd_config) if linux else "",
-                "console_log": str(layout.console_log),
-                "guest_uid": uid,
-            }
-        )
+        say(f"guest {vm.name}: network namespace, files, accounts, DHCP client")
+        public, launcher_entry, client = _start_guest(config, index, vm, directory, state)
+        vms.append(public)
+        runtime_vms.append(launcher_entry)
+        pid = dhcp.start_dhclient(client)
+        state.data["dhclients"].append(pid)
+        clients[pid] = client
+    say(f"waiting for {len(clients)} guests to get their addresses by DHCP")
+    dhcp.wait_for_leases(clients, network)
     password = config.password or generated_password()
     listen = f"{config.host}:{config.port}"
     runtime = directory / "launcher.json"
@@ -196,6 +172,64 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
         config=str(config.source.resolve()),
     )
     state.save()
+
+
+def _start_network(config: LabConfig, network: dhcp.LabNetwork, state: LabState, say: Progress) -> None:
+    """The bridge (gateway and metadata addresses) and dnsmasq serving DHCP on it."""
+    dhcp.require_tools()
+    say(f"bridge {config.bridge}: {network.gateway} and {dhcp.METADATA_ADDRESS}, DHCP by dnsmasq")
+    system.make_bridge(config.bridge, f"{network.gateway}/{config.subnet.prefixlen}")
+    dhcp.add_metadata_address(config.bridge)
+    hosts = [dhcp.DhcpHost(_mac(i), str(config.guest_ip(i)), vm.name) for i, vm in enumerate(config.vms)]
+    process = dhcp.spawn_dnsmasq(network, hosts, config.guest_ip(0))
+    state.data["dnsmasq_pid"] = process.pid
+    dhcp.wait_for_dnsmasq(process, network)
+    state.data["network"] = network.public()
+
+
+def _start_guest(
+    config: LabConfig, index: int, vm: VmSpec, directory: Path, state: LabState
+) -> tuple[dict[str, Any], dict[str, Any], dhcp.GuestDhcp]:
+    """One guest's namespace, veth pair, root directory and holder. Returns its public
+    description, its entry in the launcher's configuration and its DHCP client."""
+    netns, host_if = system.netns_name(vm.name), _host_if(index)
+    state.data["namespaces"].append(netns)
+    state.data["host_interfaces"].append(host_if)
+    ip, mac = str(config.guest_ip(index)), _mac(index)
+    system.make_guest_network(netns, host_if, config.bridge, mac)
+    password = vm.guest_password or generated_password()
+    layout = guests.GuestLayout(directory / "guests" / vm.name)
+    linux, uid = vm.os == "linux", 0
+    if linux:
+        uid = guests.prepare_linux_root(layout, vm.name, ip, vm.guest_username, password)
+    else:
+        guests.prepare_windows_root(layout, vm.guest_username)
+    dhcp.write_guest_dhcp_config(layout.dhcp_dir)
+    holder = guests.start_holder(netns, layout, vm.name, linux)
+    state.data["holders"].append(holder)
+    public = {
+        "name": vm.name,
+        "os": vm.os,
+        "guest_id": vm.guest_id,
+        "ip": ip,
+        "guest_username": vm.guest_username,
+        "guest_password": password,
+        "ssh_host_key": layout.ssh_host_public_key() if linux else None,
+    }
+    runtime = {
+        **{key: public[key] for key in ("name", "os", "guest_id", "ip", "guest_username", "guest_password")},
+        "mac": mac,
+        "hostname": vm.name,
+        "holder_pid": holder,
+        "root": str(layout.root),
+        "sshd_config": str(layout.sshd_config) if linux else "",
+        "console_log": str(layout.console_log),
+        "guest_uid": uid,
+    }
+    client = dhcp.GuestDhcp(
+        vm.name, netns, holder, ip, layout.dhclient_leases, layout.dhclient_pid, layout.dhclient_log
+    )
+    return public, runtime, client
 
 
 def _start_launcher(binary: Path, runtime: Path, directory: Path, state: LabState) -> dict[str, Any]:
@@ -267,6 +301,8 @@ def down() -> list[str]:
     if system.alive(data.get("launcher_pid"), LAUNCHER_MARKER):
         system.stop_process(data["launcher_pid"], LAUNCHER_MARKER)
         removed.append(f"vCenter launcher (pid {data['launcher_pid']})")
+    for pid in data.get("dhclients", []):
+        system.stop_process(pid, dhcp.DHCLIENT_MARKER, timeout=2)
     for pid in data.get("holders", []):
         system.stop_process(pid, guests.HOLDER_MARKER, timeout=2)
     for netns in sorted(set(data.get("namespaces", [])) | set(system.lab_namespaces())):
@@ -276,7 +312,10 @@ def down() -> list[str]:
         if system.link_exists(name):
             system.delete_link(name)
             removed.append(f"interface {name}")
+    removed += _stop_dnsmasq(data.get("dnsmasq_pid"))
     for bridge in sorted({data.get("bridge") or DEFAULT_BRIDGE, DEFAULT_BRIDGE}):
+        if dhcp.remove_metadata_address(bridge):
+            removed.append(f"address {dhcp.METADATA_ADDRESS} on {bridge}")
         if system.link_exists(bridge):
             system.delete_link(bridge)
             removed.append(f"bridge {bridge}")
@@ -287,3 +326,16 @@ def down() -> list[str]:
             if child.name != "pki":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     return removed
+
+
+def _stop_dnsmasq(recorded: int | None) -> list[str]:
+    """Stop the lab's dnsmasq: the one the state records and, after a crash, the one
+    its pid file names."""
+    directory = lab_dir()
+    marker = dhcp.dnsmasq_marker(directory)
+    stopped = []
+    for pid in sorted({pid for pid in (recorded, dhcp.leftover_dnsmasq(directory)) if pid}):
+        if system.alive(pid, marker):
+            system.stop_process(pid, marker)
+            stopped.append(f"dnsmasq (pid {pid})")
+    return stopped

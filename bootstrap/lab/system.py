@@ -36,9 +36,13 @@ def link_exists(name: str) -> bool:
 
 
 def make_bridge(name: str, address: str) -> None:
-    """Create the lab bridge with ``address`` (CIDR) and bring it up (idempotent)."""
+    """Create the lab bridge with ``address`` (CIDR) and bring it up (idempotent).
+
+    IPv4 forwarding is off for packets arriving on it, even on a host that forwards
+    (``net.ipv4.ip_forward=1``): guests reach the host and never leave it."""
     if not link_exists(name):
         run("ip", "link", "add", name, "type", "bridge")
+    Path(f"/proc/sys/net/ipv4/conf/{name}/forwarding").write_text("0\n")
     run("ip", "address", "replace", address, "dev", name)
     run("ip", "link", "set", name, "up")
 
@@ -55,9 +59,10 @@ def lab_namespaces() -> list[str]:
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(NETNS_PREFIX))
 
 
-def make_guest_network(netns: str, host_if: str, bridge: str, mac: str, address: str, gateway: str) -> None:
-    """A namespace joined to the bridge by a veth pair: ``eth0`` inside with ``mac`` and
-    ``address`` (CIDR), ``host_if`` on the bridge."""
+def make_guest_network(netns: str, host_if: str, bridge: str, mac: str) -> None:
+    """A namespace joined to the bridge by a veth pair: ``eth0`` inside with ``mac``,
+    up and without an address (the guest's DHCP client configures it), ``host_if`` on
+    the bridge."""
     if not (NETNS_DIR / netns).exists():
         run("ip", "netns", "add", netns)
     if link_exists(host_if):
@@ -67,9 +72,7 @@ def make_guest_network(netns: str, host_if: str, bridge: str, mac: str, address:
     inside = ("ip", "-n", netns)
     run(*inside, "link", "set", "lo", "up")
     run(*inside, "link", "set", "eth0", "address", mac)
-    run(*inside, "address", "replace", address, "dev", "eth0")
     run(*inside, "link", "set", "eth0", "up")
-    run(*inside, "route", "replace", "default", "via", gateway)
 
 
 def namespace_pids(netns: str) -> list[int]:

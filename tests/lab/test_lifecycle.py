@@ -15,6 +15,8 @@ from pyVmomi import vim
 from tests.conftest import beachhead
 from tests.lab.conftest import Vc, wait_for
 
+LAB_DIR = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab"))
+
 
 def _leftovers() -> list[str]:
     found = []
@@ -27,13 +29,22 @@ def _leftovers() -> list[str]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "beachhead-lab" in cmdline or "/lab/launcher-" in cmdline:
+        if "beachhead-lab" in cmdline or "/lab/launcher-" in cmdline or _lab_dhcp(cmdline):
             found.append(f"process {pid}: {cmdline.strip()}")
+    addresses = subprocess.run(["ip", "-o", "address", "show"], capture_output=True, text=True, check=True).stdout
+    found += [f"address {line.split()[3]}" for line in addresses.splitlines() if " 169.254.169.254/32 " in line]
     return found
 
 
+def _lab_dhcp(cmdline: str) -> bool:
+    """A DHCP server or client of the lab (their files are in the lab directory)."""
+    return cmdline.split(" ")[0].endswith(("dnsmasq", "dhclient")) and str(LAB_DIR) in cmdline
+
+
 def test_down_leaves_nothing_behind_and_up_restores(lab_session: Path) -> None:
-    assert _leftovers(), "the lab should be running before this test"
+    running = _leftovers()
+    assert any("dnsmasq" in item for item in running), "the lab should be running before this test"
+    assert "address 169.254.169.254/32" in running
     down = beachhead("lab", "down")
     assert down.returncode == 0, down.stderr
     assert "removed namespace bhlab-lin-01" in down.stdout
@@ -45,6 +56,9 @@ def test_down_leaves_nothing_behind_and_up_restores(lab_session: Path) -> None:
     up = beachhead("lab", "up", "--config", str(lab_session), "--json", timeout=300)
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["vms"][0]["name"] == "lin-01"
+    again = _leftovers()
+    dhclients = [item for item in again if "dhclient" in item]
+    assert len(dhclients) == len(json.loads(up.stdout)["vms"]), again
 
 
 def test_restart_vcenter_drops_sessions_and_keeps_the_vms(vc: Vc) -> None:

@@ -20,7 +20,7 @@ from tests.lab.conftest import Vc, wait_for
 
 
 def test_up_json_contract_and_idempotence(lab_config: Path, lab: dict[str, Any]) -> None:
-    assert set(lab) == {"vcenter", "vms"}
+    assert set(lab) == {"vcenter", "vms", "network"}
     assert set(lab["vcenter"]) == {"url", "username", "password", "ca_file"}
     assert lab["vcenter"]["url"] == "https://127.0.0.1:443/sdk"
     assert Path(lab["vcenter"]["ca_file"]).is_file()
