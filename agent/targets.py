@@ -91,8 +91,9 @@ class Target:
         return f"{host}:{self.port}"
 
 
-def parse_target(uri: str, *, source: str = "--target", where: str | None = None) -> Target:
-    """Parse one target URI; errors name ``source`` and ``where`` (e.g. file and entry)."""
+def parse_target(uri: str, *, source: str = "--target", where: str | None = None, require_vm: bool = True) -> Target:
+    """Parse one target URI; errors name ``source`` and ``where`` (e.g. file and entry).
+    ``require_vm=False`` accepts a vsphere:// URI that names only the vCenter."""
 
     def bad(field_name: str | None, reason: str) -> InputError:
         location = ".".join(part for part in (where, field_name) if part) or None
@@ -115,7 +116,7 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
     if not host:
         raise bad("host", f"no host in {uri!r}")
     vm = unquote(parts.path[1:]) if scheme == "vsphere" else None
-    if scheme == "vsphere" and not vm:
+    if scheme == "vsphere" and not vm and require_vm:
         raise bad("path", f"no VM in {uri!r} (expected vsphere://user@vcenter/VM-NAME-OR-UUID)")
     if scheme != "vsphere" and parts.path not in ("", "/"):
         raise bad("path", f"{scheme}:// targets take no path, got {parts.path!r}")

@@ -8,6 +8,7 @@ logged and answered with a bare 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +18,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from agent.targets import Target
+from agent.vsphere.connection import vcenter_pool
 from metadata_server.admin_api import ADMIN_BODY_LIMIT, AdminApi
 from metadata_server.errors import RequestRefused, ServerError
 from metadata_server.events import StatusEvents
@@ -24,6 +27,7 @@ from metadata_server.guest_api import GuestApi
 from metadata_server.identify import Identifier, LeaseFile, MacLookup
 from metadata_server.store import SqliteStore, Store
 from metadata_server.tokens import TokenIssuer
+from metadata_server.vsphere_lookup import VSphereLookup
 
 log = structlog.get_logger("beachhead.metadata")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,7 +44,7 @@ class ServerConfig:
     require_token: bool = False
     trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
     leases: Path | None = None
-    lookup: MacLookup | None = field(default=None, repr=False)
+    vcenter: Target | None = field(default=None, repr=False)  # recognise guests through vSphere
 
 
 def read_admin_token(path: Path) -> bytes:
@@ -71,14 +75,14 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
         return web.Response(text="internal error\n", status=500, content_type="text/plain")
 
 
-def create_app(store: Store, config: ServerConfig) -> web.Application:
+def create_app(store: Store, config: ServerConfig, lookup: MacLookup | None = None) -> web.Application:
     """The application: guest routes and the admin API over ``store``."""
     events = StatusEvents()
     identifier = Identifier(
         store,
         trusted_proxies=config.trusted_proxies,
         leases=LeaseFile(config.leases) if config.leases else None,
-        lookup=config.lookup,
+        lookup=lookup,
     )
     app = web.Application(middlewares=[refusals], client_max_size=ADMIN_BODY_LIMIT)
     app.add_routes(AdminApi(store, events, config.admin_token).routes())
@@ -93,7 +97,21 @@ async def serve(config: ServerConfig, ready: Callable[[str], None] | None = None
         await store.open()
     except Exception as exc:
         raise ServerError(f"{config.db}: cannot open the store ({exc})") from None
-    runner = web.AppRunner(create_app(store, config), access_log=None, handle_signals=False)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            lookup = None
+            if config.vcenter is not None:
+                pool = await stack.enter_async_context(vcenter_pool())
+                lookup = VSphereLookup(pool, config.vcenter)
+            await _serve(store, config, lookup, ready)
+    finally:
+        await store.close()
+
+
+async def _serve(
+    store: SqliteStore, config: ServerConfig, lookup: MacLookup | None, ready: Callable[[str], None] | None
+) -> None:
+    runner = web.AppRunner(create_app(store, config, lookup), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
@@ -119,4 +137,3 @@ async def serve(config: ServerConfig, ready: Callable[[str], None] | None = None
         log.info("metadata.stopping")
     finally:
         await runner.cleanup()
-        await store.close()

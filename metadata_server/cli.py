@@ -15,6 +15,7 @@ import click
 
 from agent.errors import InputError
 from agent.exits import errors_exit
+from agent.targets import Target, parse_target
 from metadata_server.client import MetadataClient, read_optional, read_token_file
 
 DEFAULT_DB = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "beachhead/metadata.sqlite"
@@ -84,6 +85,14 @@ def ensure_admin_token(path: Path) -> bool:
     default=None,
     help="dnsmasq lease file: recognise guests by the MAC that holds their address.",
 )
+@click.option(
+    "--vcenter",
+    "vcenter_uri",
+    default=None,
+    metavar="URI",
+    help="vsphere://USER@VCENTER/?password_env=VAR[&ca_file=PATH]: recognise guests by the VM vCenter "
+    "reports at their address (its NICs' MACs).",
+)
 def metadata_server(
     listen: str,
     db: Path,
@@ -91,6 +100,7 @@ def metadata_server(
     require_token: bool,
     trusted_proxies: tuple[str, ...],
     leases: Path | None,
+    vcenter_uri: str | None,
 ) -> None:
     """Serve cloud-init / cloudbase-init data per instance: NoCloud-net at the root
     (seedfrom=http://ADDR:PORT/), the EC2 metadata service (IMDS v1 and v2) under
@@ -111,8 +121,18 @@ def metadata_server(
             require_token=require_token,
             trusted_proxies=parse_proxies(trusted_proxies),
             leases=leases,
+            vcenter=_vcenter(vcenter_uri),
         )
         asyncio.run(serve(config))
+
+
+def _vcenter(uri: str | None) -> Target | None:
+    if uri is None:
+        return None
+    target = parse_target(uri, source="--vcenter", require_vm=False)
+    if target.scheme != "vsphere":
+        raise InputError("--vcenter", None, f"must be a vsphere:// URI, got {target.scheme}://")
+    return target
 
 
 def _client(server: str, token_file: Path) -> MetadataClient:

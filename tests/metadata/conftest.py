@@ -25,10 +25,10 @@ CLOUDINIT_CLIENT = Path(__file__).with_name("cloudinit_client.py")
 START_TIMEOUT_S = 20.0
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on ``host``."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -39,6 +39,7 @@ class MetadataServer:
     directory: Path
     port: int
     options: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
     process: subprocess.Popen[str] | None = None
     log: Path = field(init=False)
 
@@ -48,7 +49,7 @@ class MetadataServer:
     @property
     def url(self) -> str:
         """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def token_file(self) -> Path:
@@ -66,7 +67,7 @@ class MetadataServer:
             str(BEACHHEAD),
             "metadata-server",
             "--listen",
-            f"127.0.0.1:{self.port}",
+            f"{self.host}:{self.port}",
             "--db",
             str(self.directory / "metadata.sqlite"),
             "--admin-token-file",
@@ -80,7 +81,7 @@ class MetadataServer:
             if self.process.poll() is not None:
                 raise AssertionError(f"metadata server exited: {self.log.read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((self.host, self.port), timeout=1):
                     return self
             except OSError:
                 time.sleep(0.05)
@@ -157,9 +158,12 @@ async def guest() -> AsyncIterator[Callable[[str], aiohttp.ClientSession]]:
         await made.close()
 
 
-def cloudinit(kind: str, url: str, token: str | None = None) -> dict[str, Any]:
-    """Run cloud-init's own reader (Debian's package, system Python) against ``url``."""
+def cloudinit(kind: str, url: str, token: str | None = None, netns: str | None = None) -> dict[str, Any]:
+    """Run cloud-init's own reader (Debian's package, system Python) against ``url``,
+    inside network namespace ``netns`` when given (a lab guest's)."""
     command = [SYSTEM_PYTHON, str(CLOUDINIT_CLIENT), kind, url, *([token] if token else [])]
+    if netns is not None:
+        command = ["ip", "netns", "exec", netns, *command]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "*", "no_proxy": "*"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
