@@ -18,7 +18,11 @@ REQUEST_TIMEOUT_S = 60.0
 
 
 class MetadataServerError(BeachheadError):
-    """The metadata server refused a request or could not be reached."""
+    """The metadata server refused a request (``status``) or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def read_token_file(path: Path) -> str:
@@ -53,7 +57,9 @@ class MetadataClient:
                         reason = (await response.json())["error"]
                     except (ValueError, KeyError, aiohttp.ContentTypeError):
                         reason = text.strip()[:200]
-                    raise MetadataServerError(f"{self.url}: {method} {path}: HTTP {response.status}: {reason}")
+                    raise MetadataServerError(
+                        f"{self.url}: {method} {path}: HTTP {response.status}: {reason}", response.status
+                    )
                 return await response.json()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise MetadataServerError(f"{self.url}: {method} {path}: {exc or type(exc).__name__}") from None
@@ -83,15 +89,18 @@ class MetadataClient:
         summary: dict[str, Any] = await self._request("PUT", f"/admin/instances/{instance_id}", json=document)
         return summary
 
-    async def data(self, instance_id: str) -> dict[str, Any] | None:
-        """An instance as published (the ``PUT`` body's fields), or None when there is none."""
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
         try:
-            document: dict[str, Any] = await self._request("GET", f"/admin/instances/{instance_id}/data")
+            document: dict[str, Any] = await self._request("GET", path)
         except MetadataServerError as exc:
-            if "HTTP 404" in str(exc):
+            if exc.status == 404:
                 return None
             raise
         return document
+
+    async def data(self, instance_id: str) -> dict[str, Any] | None:
+        """An instance as published (the ``PUT`` body's fields), or None when there is none."""
+        return await self._get_or_none(f"/admin/instances/{instance_id}/data")
 
     async def republish(self, instance_id: str, document: dict[str, Any]) -> dict[str, Any]:
         """Publish a document :meth:`data` returned, unchanged."""
@@ -100,13 +109,7 @@ class MetadataClient:
 
     async def show(self, instance_id: str) -> dict[str, Any] | None:
         """An instance's summary, or None when there is none."""
-        try:
-            summary: dict[str, Any] = await self._request("GET", f"/admin/instances/{instance_id}")
-        except MetadataServerError as exc:
-            if "HTTP 404" in str(exc):
-                return None
-            raise
-        return summary
+        return await self._get_or_none(f"/admin/instances/{instance_id}")
 
     async def instances(self) -> list[dict[str, Any]]:
         """Every instance's summary."""

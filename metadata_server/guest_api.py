@@ -90,6 +90,14 @@ class GuestApi:
         await self.store.set_status(instance.instance_id, replace(instance.status, fetched_at=time.time()))
         await self.events.changed()
 
+    async def _user_data(self, instance: Instance, name: str) -> web.Response:
+        """The user-data, recorded as fetched; 404 when none was published (EC2 and
+        OpenStack answer so)."""
+        if not instance.user_data:
+            raise NotFound(name, "none published")
+        await self._fetched(instance)
+        return web.Response(body=instance.user_data, content_type="application/octet-stream")
+
     # -- NoCloud ----------------------------------------------------------------------
     async def root(self, request: web.Request) -> web.Response:
         """The EC2 version list (``/``), as EC2's service gives it."""
@@ -158,11 +166,7 @@ class GuestApi:
         """``/VERSION/user-data`` (404 when none was published, as on EC2)."""
         self._version(request)
         self._check_token(request)
-        instance = await self._instance(request)
-        if not instance.user_data:
-            raise NotFound("user-data", "none published")
-        await self._fetched(instance)
-        return web.Response(body=instance.user_data, content_type="application/octet-stream")
+        return await self._user_data(await self._instance(request), "user-data")
 
     async def ec2_meta_data(self, request: web.Request) -> web.Response:
         """``/VERSION/meta-data/PATH``: a listing for a directory, the value for a leaf."""
@@ -197,11 +201,7 @@ class GuestApi:
     async def openstack_user_data(self, request: web.Request) -> web.Response:
         """``user_data`` (404 when none, as OpenStack does)."""
         self._openstack_version(request)
-        instance = await self._instance(request)
-        if not instance.user_data:
-            raise NotFound("user_data", "none published")
-        await self._fetched(instance)
-        return web.Response(body=instance.user_data, content_type="application/octet-stream")
+        return await self._user_data(await self._instance(request), "user_data")
 
     async def openstack_vendor_data(self, request: web.Request) -> web.Response:
         """``vendor_data.json``: always an empty document (vendor-data is NoCloud's)."""

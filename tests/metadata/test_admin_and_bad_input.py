@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,53 +161,32 @@ async def test_odd_paths_get_a_4xx_and_nothing_else(server: MetadataServer, gues
 
 def test_cli_bad_input_exits_2_naming_what(server: MetadataServer, tmp_path: Path) -> None:
     token = str(server.token_file)
-    missing = beachhead(
-        "metadata",
-        "publish",
-        "--server",
-        server.url,
-        "--token-file",
-        token,
-        "--instance",
-        "i",
-        "--ip",
-        "127.0.0.2",
-        "--user-data",
-        str(tmp_path / "absent"),
-    )
+
+    def publish(*options: str) -> subprocess.CompletedProcess[str]:
+        return beachhead("metadata", "publish", "--server", server.url, "--token-file", token, *options)
+
+    missing = publish("--instance", "i", "--ip", "127.0.0.2", "--user-data", str(tmp_path / "absent"))
     assert missing.returncode == 2 and str(tmp_path / "absent") in missing.stderr and "--user-data" in missing.stderr
-    no_address = beachhead(
-        "metadata",
-        "publish",
-        "--server",
-        server.url,
-        "--token-file",
-        token,
-        "--instance",
-        "i",
-        "--user-data",
-        str(server.token_file),
-    )
+    no_address = publish("--instance", "i", "--user-data", token)
     assert no_address.returncode == 2 and "--ip" in no_address.stderr
     bad_server = beachhead("metadata", "list", "--server", "ftp://x", "--token-file", token)
     assert bad_server.returncode == 2 and "--server" in bad_server.stderr
     bad_listen = beachhead("metadata-server", "--listen", "nowhere", "--admin-token-file", token)
     assert bad_listen.returncode == 2 and "--listen" in bad_listen.stderr
-    refused = beachhead(
-        "metadata",
-        "publish",
-        "--server",
-        server.url,
-        "--token-file",
-        token,
-        "--instance",
-        "bad id",
-        "--ip",
-        "127.0.0.2",
-        "--user-data",
-        str(server.token_file),
+    bad_vcenter = beachhead(
+        "metadata-server", "--listen", "127.0.0.1:1", "--admin-token-file", token, "--vcenter", "ssh://x"
     )
-    assert refused.returncode == 1 and "HTTP 400" in refused.stderr and "instance_id" not in refused.stdout
+    assert bad_vcenter.returncode == 2 and "--vcenter" in bad_vcenter.stderr
+    refused = publish("--instance", "bad id", "--ip", "127.0.0.2", "--user-data", token)
+    assert refused.returncode == 1 and "HTTP 400" in refused.stderr
     help_text = beachhead("metadata-server", "--help").stdout
-    for option in ("--listen", "--db", "--admin-token-file", "--require-token", "--trusted-proxy", "--leases"):
+    for option in (
+        "--listen",
+        "--db",
+        "--admin-token-file",
+        "--require-token",
+        "--trusted-proxy",
+        "--leases",
+        "--vcenter",
+    ):
         assert option in help_text
