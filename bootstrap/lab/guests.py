@@ -1,11 +1,14 @@
 """Lab guests: a guest root directory and a holder process whose network, mount and
 UTS namespaces are the guest's.
 
-A Linux guest sees its own ``/tmp``, ``/root``, ``/home``, ``/var/tmp``, account files,
-sudoers (its login may sudo with its password), ``/etc/hosts`` (its own name) and
-``/etc/resolv.conf`` (no name server), bind-mounted from its root directory, and shares
-the host's programs. Its sshd and console are started by the vCenter launcher when the
-VM powers on, inside these namespaces. A Windows stand-in has drive folders (``C/...``) under its root directory.
+A Linux guest sees its own ``/tmp``, ``/root``, ``/home`` and ``/var/tmp``, bind-mounted
+from its root directory, and the host's ``/etc``, ``/opt``, ``/srv``, ``/usr/local`` and
+``/var`` through overlays whose upper layers are its own: what it writes there stays in
+the guest, and its account files, sudoers (its login may sudo with its password),
+``/etc/hosts`` (its own name) and ``/etc/resolv.conf`` (no name server) are its own
+files in the upper ``/etc``. It shares the host's programs (``/usr``). Its sshd and
+console are started by the vCenter launcher when the VM powers on, inside these
+namespaces. A Windows stand-in has drive folders (``C/...``) under its root directory.
 Every guest, Windows stand-in included, has its own ``/etc/dhcp`` (its DHCP client's
 configuration and hooks, see :mod:`bootstrap.lab.dhcp`).
 """
@@ -23,8 +26,9 @@ from bootstrap.lab.system import NETNS_DIR, LabError
 from bootstrap.local_sshd import ensure_privsep_dir, keygen, password_hash, sudoers
 
 PRIVATE_DIRS = ("tmp", "root", "home", "var/tmp")
-# Files of the guest's own /etc, bind-mounted over the host's.
-GUEST_ETC_FILES = ("passwd", "group", "shadow", "hosts", "resolv.conf")
+# Host directories a guest sees through an overlay with an upper layer of its own (the
+# upper layer of /etc is the guest root's etc/, which holds its own account files).
+OVERLAID_DIRS = ("etc", "opt", "srv", "usr/local", "var")
 HOLDER_MARKER = "beachhead-lab-holder"
 HOLDER_START_S = 10.0
 FIRST_GUEST_UID = 1000
@@ -60,6 +64,14 @@ class GuestLayout:
         """The guest's ``/etc/dhcp``."""
         return self.root / "etc/dhcp"
 
+    def overlay_upper(self, directory: str) -> Path:
+        """The upper layer of the guest's overlay on host ``/directory``."""
+        return self.root / "etc" if directory == "etc" else self.root / ".overlay" / directory
+
+    def overlay_work(self, directory: str) -> Path:
+        """The overlay's work directory (same file system as the upper layer)."""
+        return self.root / ".overlay-work" / directory
+
     @property
     def dhclient_leases(self) -> Path:
         """The guest DHCP client's lease file."""
@@ -82,6 +94,9 @@ def prepare_linux_root(layout: GuestLayout, hostname: str, ip: str, username: st
     root = layout.root
     for sub in PRIVATE_DIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
+    for directory in OVERLAID_DIRS:
+        layout.overlay_upper(directory).mkdir(parents=True, exist_ok=True)
+        layout.overlay_work(directory).mkdir(parents=True, exist_ok=True)
     (root / "tmp").chmod(0o1777)
     (root / "var/tmp").chmod(0o1777)
     (root / "root").chmod(0o700)
@@ -162,12 +177,11 @@ def prepare_windows_root(layout: GuestLayout, username: str) -> None:
 
 def start_holder(netns: str, layout: GuestLayout, hostname: str, linux: bool) -> int:
     """Start the process that holds the guest's namespaces and return its pid."""
-    mounts = [f"mount --bind {shlex.quote(str(layout.dhcp_dir))} /etc/dhcp"]
+    mounts = _overlay_mounts(layout) if linux else []
+    # The guest's /etc/dhcp replaces the host's whole (no host hook runs in a guest).
+    mounts.append(f"mount --bind {shlex.quote(str(layout.dhcp_dir))} /etc/dhcp")
     if linux:
         mounts += [f"mount --bind {shlex.quote(str(layout.root / d))} /{d}" for d in PRIVATE_DIRS]
-        mounts += [f"mount --bind {shlex.quote(str(layout.root / 'etc' / f))} /etc/{f}" for f in GUEST_ETC_FILES]
-        if Path("/etc/sudoers").exists():
-            mounts.append(f"mount --bind {shlex.quote(str(layout.root / 'etc/sudoers'))} /etc/sudoers")
     script = " && ".join([*mounts, f"hostname {shlex.quote(hostname)}", f"exec -a {HOLDER_MARKER} sleep infinity"])
     process = subprocess.Popen(
         ["ip", "netns", "exec", netns, "unshare", "--mount", "--uts", "--propagation", "private", "bash", "-c", script],
@@ -186,6 +200,22 @@ def start_holder(netns: str, layout: GuestLayout, hostname: str, linux: bool) ->
             return process.pid
         time.sleep(0.02)
     raise LabError(f"guest {hostname}: namespace holder did not start within {HOLDER_START_S:g}s")
+
+
+def _overlay_mounts(layout: GuestLayout) -> list[str]:
+    """Overlay the host directories a guest writes to with upper layers of its own.
+
+    An overlay, not bind mounts of single files: the host replacing one of its files
+    (apt renaming a new /etc/passwd into place) then cannot detach the guest's copy."""
+    mounts = []
+    for directory in OVERLAID_DIRS:
+        if not Path("/", directory).is_dir():
+            continue
+        options = (
+            f"lowerdir=/{directory},upperdir={layout.overlay_upper(directory)},workdir={layout.overlay_work(directory)}"
+        )
+        mounts.append(f"mount -t overlay beachhead-guest -o {shlex.quote(options)} /{directory}")
+    return mounts
 
 
 def _holding(pid: int, netns: str) -> bool:
