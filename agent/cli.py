@@ -454,8 +454,7 @@ def logs(target_uri: str, output: Path | None, connect_timeout: float) -> None:
 
 async def _fetch_logs(target: Target, connect_timeout: float, *, with_diagnostics: bool) -> list[LogFile]:
     async with vcenter_pool() as pool:
-        vcenter = await pool.get(target, connect_timeout)
-        vm = await vcenter.find_vm(target.vm or "")
+        vcenter, vm = await pool.vm_of(target, connect_timeout)
         fetched = await vm_logs(vcenter, vm)
         if with_diagnostics:
             fetched += await diagnostic_logs(vcenter)

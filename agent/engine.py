@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import shutil
 import socket
@@ -46,7 +45,7 @@ from agent.plans import (
     WaitCondition,
     WaitStep,
 )
-from agent.pull import default_instance_id, guestinfo_values, hostname_for, instance_id_for, read_cloud_data
+from agent.pull import default_instance_id, guestinfo_values, instance_id_for, read_cloud_data
 from agent.registry import ChannelRegistry
 from agent.render import render
 from agent.results import FAILED, OK, StepResult, TargetResult
@@ -56,6 +55,7 @@ from agent.vsphere.vmconfig import read_extra_config, set_power, vm_address, wri
 from agent.waits import wait_for_port
 from metadata_server.client import MetadataClient, read_token_file
 from metadata_server.events import GuestEvent
+from metadata_server.records import default_hostname
 
 log = structlog.get_logger("beachhead.engine")
 
@@ -373,8 +373,7 @@ class TargetWorkflow:
                 await asyncio.sleep(self._backoff(attempt))
 
     async def _vm(self) -> tuple[VCenter, Any]:
-        vcenter = await current_pool().get(self.target, self.settings.connect_timeout)
-        return vcenter, await vcenter.find_vm(self.target.vm or "")
+        return await current_pool().vm_of(self.target, self.settings.connect_timeout)
 
     async def _wait(self, condition: WaitCondition) -> None:
         if isinstance(condition, PortOpen):
@@ -505,11 +504,9 @@ class TargetWorkflow:
         before = await read_extra_config(vcenter, vm, step.values)
         seq = self.journal.reserve()
         # The values replaced go to a backup file, not the journal: they may be secrets.
-        backup = self.engine.run_dir.backup_path(seq)
-        backup.touch(mode=0o600)
-        backup.write_text(json.dumps(before))
+        backup = self.engine.run_dir.save_json_backup(seq, before)
         with self._journaled(
-            seq, "extra_config", channel="vsphere", keys=list(step.values), replaces={"backup": f"backups/{seq}"}
+            seq, "extra_config", channel="vsphere", keys=list(step.values), replaces={"backup": backup}
         ) as after:
             await write_extra_config(vcenter, vm, step.values, step.describe())
             after["sha256"] = {key: value_digest(value) for key, value in step.values.items()}
@@ -540,7 +537,7 @@ class TargetWorkflow:
         data = read_cloud_data(step, str(self.plan.source))
         self.instance_id = instance_id_for(step, self.target.name)
         if step.via is Via.GUESTINFO:
-            values = guestinfo_values(data, self.instance_id, hostname_for(self.instance_id))
+            values = guestinfo_values(data, self.instance_id, default_hostname(self.instance_id))
             await self._extra_config(ExtraConfigStep(values))
             return
         client = self._metadata_client()
@@ -549,10 +546,7 @@ class TargetWorkflow:
         seq = self.journal.reserve()
         replaces: dict[str, Any] = {"exists": previous is not None}
         if previous is not None:
-            backup = self.engine.run_dir.backup_path(seq)
-            backup.touch(mode=0o600)
-            backup.write_text(json.dumps(previous))
-            replaces["backup"] = f"backups/{seq}"
+            replaces["backup"] = self.engine.run_dir.save_json_backup(seq, previous)
         with self._journaled(
             seq,
             "publish_userdata",

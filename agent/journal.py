@@ -30,13 +30,17 @@ log = structlog.get_logger("beachhead.journal")
 RUNS_DIR_ENV = "BEACHHEAD_RUNS_DIR"
 
 
+def state_dir() -> Path:
+    """Beachhead's state: ``$XDG_STATE_HOME/beachhead``, else ``~/.local/state/beachhead``."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "beachhead"
+
+
 def default_runs_dir() -> Path:
-    """``$BEACHHEAD_RUNS_DIR``, else ``$XDG_STATE_HOME/beachhead/runs``, else
-    ``~/.local/state/beachhead/runs``."""
+    """``$BEACHHEAD_RUNS_DIR``, else ``runs`` in :func:`state_dir`."""
     if os.environ.get(RUNS_DIR_ENV):
         return Path(os.environ[RUNS_DIR_ENV]).expanduser()
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "beachhead" / "runs"
+    return state_dir() / "runs"
 
 
 def now_iso() -> str:
@@ -124,6 +128,19 @@ class RunDirectory:
     def backup_path(self, seq: int) -> Path:
         """Where the content replaced by entry ``seq`` is kept."""
         return self.path / "backups" / str(seq)
+
+    def save_json_backup(self, seq: int, document: Any) -> str:
+        """Keep ``document`` (values a write replaces, which may be secrets) as entry
+        ``seq``'s backup, readable by the user only; its path relative to the run, as
+        the journal records it."""
+        backup = self.backup_path(seq)
+        backup.touch(mode=0o600)
+        backup.write_text(json.dumps(document))
+        return f"backups/{seq}"
+
+    def load_json_backup(self, relative: str) -> Any:
+        """A backup :meth:`save_json_backup` kept."""
+        return json.loads((self.path / relative).read_text())
 
     def metadata(self) -> dict[str, Any]:
         """The run's ``run.json``."""

@@ -89,9 +89,3 @@ def guestinfo_values(data: CloudData, instance_id: str, hostname: str) -> dict[s
         values["guestinfo.vendordata"] = _packed(data.vendor_data)
         values["guestinfo.vendordata.encoding"] = GUESTINFO_ENCODING
     return values
-
-
-def hostname_for(instance_id: str) -> str:
-    """A host name from an instance id (its first label, made valid)."""
-    label = re.sub(r"[^A-Za-z0-9-]", "-", instance_id.split(".")[0]).strip("-")[:63]
-    return label or "instance"

@@ -4,15 +4,14 @@ Files a run replaced are restored from the run's backups; files it created are d
 extraConfig keys get back the values they had (or are removed again); commands and
 power operations cannot be undone and are listed. A file or key that changed again
 after the run (its content is neither what the run wrote nor what it replaced) is left
-alone unless ``force`` is given. Each reverted entry is journaled as ``undone``, so undo can be run
-again after a partial failure and only does what is left.
+alone unless ``force`` is given. Each reverted entry is journaled as ``undone``, so
+undo can be run again after a partial failure and only does what is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -148,11 +147,9 @@ class Undoer:
 
     async def _restore_extra_config(self, entry: JournalEntry) -> str:
         intent = entry.intent
-        original: dict[str, str | None] = json.loads((self.run_dir.path / intent["replaces"]["backup"]).read_text())
+        original: dict[str, str | None] = self.run_dir.load_json_backup(intent["replaces"]["backup"])
         written = entry.outcome.get("sha256", {}) if entry.outcome and entry.state == "done" else {}
-        target = self._target(intent)
-        vcenter = await current_pool().get(target, self.connect_timeout)
-        vm = await vcenter.find_vm(target.vm or "")
+        vcenter, vm = await current_pool().vm_of(self._target(intent), self.connect_timeout)
         current = await read_extra_config(vcenter, vm, original)
         changed = [
             key
@@ -174,7 +171,7 @@ class Undoer:
         instance_id = intent["instance_id"]
         written = entry.outcome.get("sha256") if entry.outcome and entry.state == "done" else None
         backup = intent["replaces"].get("backup")
-        previous = json.loads((self.run_dir.path / backup).read_text()) if backup else None
+        previous = self.run_dir.load_json_backup(backup) if backup else None
         current = await client.data(instance_id)
         current_sha = value_digest_of_base64(current["user_data"]) if current else None
         original = value_digest_of_base64(previous["user_data"]) if previous else None

@@ -61,6 +61,7 @@ from agent.engine import RunSettings
 from agent.logs import configure_logging
 from agent.targets import parse_target
 from agent.vsphere.connection import vcenter_pool
+from agent.vsphere.vmlogs import datastore_file_url, log_location
 from bootstrap.lab.config import load_config
 from bootstrap.lab.lab import down, up
 from bootstrap.lab.lock import lab_lock
@@ -258,14 +259,7 @@ TOOLS_RUNNING_LINE = re.compile(r"^vmx (\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6}) T
 def tools_running_logged(si: Any, vm: Any, context: ssl.SSLContext) -> float:
     """When tools last turned running, from the lab's lines in the VM's vmware.log
     (fetched through the datastore file API): the lab's own clock, to the microsecond."""
-    datastore, _, folder = vm.config.files.logDirectory.removeprefix("[").partition("] ")
-    datacenter = vm.parent
-    while not isinstance(datacenter, vim.Datacenter):
-        datacenter = datacenter.parent
-    url = (
-        f"https://127.0.0.1/folder/{quote(folder.strip('/'))}/vmware.log"
-        f"?dcPath={quote(datacenter.name)}&dsName={quote(datastore)}"
-    )
+    url = datastore_file_url("https://127.0.0.1", log_location(vm), "vmware.log")
     request = urllib.request.Request(url, headers={"Cookie": si._stub.cookie})
     with urllib.request.urlopen(request, context=context, timeout=30) as response:
         text = response.read().decode()

@@ -90,7 +90,7 @@ def create_app(store: Store, config: ServerConfig, lookup: MacLookup | None = No
     return app
 
 
-async def serve(config: ServerConfig, ready: Callable[[str], None] | None = None) -> None:
+async def serve(config: ServerConfig) -> None:
     """Open the store, serve until SIGTERM or SIGINT (or cancellation), close."""
     store = SqliteStore(config.db)
     try:
@@ -103,14 +103,12 @@ async def serve(config: ServerConfig, ready: Callable[[str], None] | None = None
             if config.vcenter is not None:
                 pool = await stack.enter_async_context(vcenter_pool())
                 lookup = VSphereLookup(pool, config.vcenter)
-            await _serve(store, config, lookup, ready)
+            await _serve(store, config, lookup)
     finally:
         await store.close()
 
 
-async def _serve(
-    store: SqliteStore, config: ServerConfig, lookup: MacLookup | None, ready: Callable[[str], None] | None
-) -> None:
+async def _serve(store: SqliteStore, config: ServerConfig, lookup: MacLookup | None) -> None:
     runner = web.AppRunner(create_app(store, config, lookup), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -123,8 +121,6 @@ async def _serve(
         if ":" in config.host:
             address = f"http://[{config.host}]:{config.port}/"
         log.info("metadata.serving", url=address, db=str(config.db), instances=len(store.all()))
-        if ready is not None:
-            ready(address)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

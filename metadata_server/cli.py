@@ -15,10 +15,11 @@ import click
 
 from agent.errors import InputError
 from agent.exits import errors_exit
+from agent.journal import state_dir
 from agent.targets import Target, parse_target
 from metadata_server.client import MetadataClient, read_optional, read_token_file
 
-DEFAULT_DB = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "beachhead/metadata.sqlite"
+DEFAULT_DB = state_dir() / "metadata.sqlite"
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from agent.errors import BeachheadError, InputError
+from metadata_server.admin_api import MAX_WAIT_S
 from metadata_server.events import GuestEvent
 
 REQUEST_TIMEOUT_S = 60.0
@@ -123,10 +123,9 @@ class MetadataClient:
     async def wait(self, instance_id: str, event: GuestEvent, timeout_s: float) -> float | None:
         """When the guest did ``event`` (at once if it already had), or None after
         ``timeout_s``. Long-polls in rounds of at most five minutes."""
-        loop_deadline = _deadline(timeout_s)
+        end = time.monotonic() + timeout_s
         while True:
-            left = loop_deadline()
-            rounded = min(left, 300.0)
+            rounded = min(max(0.0, end - time.monotonic()), MAX_WAIT_S)
             answer = await self._request(
                 "GET",
                 f"/admin/instances/{instance_id}/wait",
@@ -135,13 +134,8 @@ class MetadataClient:
             )
             if answer["happened"]:
                 return float(answer["at"])
-            if loop_deadline() <= 0:
+            if time.monotonic() >= end:
                 return None
-
-
-def _deadline(timeout_s: float) -> Callable[[], float]:
-    end = time.monotonic() + timeout_s
-    return lambda: max(0.0, end - time.monotonic())
 
 
 def read_optional(path: Path | None, option: str) -> bytes | None:

@@ -148,31 +148,26 @@ class GuestApi:
             return
         self.tokens.remaining(token, self._requester(request).address)
 
-    @staticmethod
-    def _version(request: web.Request) -> str:
-        version = request.match_info["version"]
-        if version != "latest" and version not in formats.EC2_VERSIONS:
+    async def _ec2_instance(self, request: web.Request) -> Instance:
+        """The requester's instance on an EC2 path: a known API version, the session
+        token checked (when given, or required)."""
+        if request.match_info["version"] not in ("latest", *formats.EC2_VERSIONS):
             raise NotFound("version", "unknown API version")
-        return version
+        self._check_token(request)
+        return await self._instance(request)
 
     async def ec2_version(self, request: web.Request) -> web.Response:
         """``/VERSION/``: what a version offers."""
-        self._version(request)
-        self._check_token(request)
-        await self._instance(request)
+        await self._ec2_instance(request)
         return web.Response(text="meta-data/\nuser-data", content_type=TEXT)
 
     async def ec2_user_data(self, request: web.Request) -> web.Response:
         """``/VERSION/user-data`` (404 when none was published, as on EC2)."""
-        self._version(request)
-        self._check_token(request)
-        return await self._user_data(await self._instance(request), "user-data")
+        return await self._user_data(await self._ec2_instance(request), "user-data")
 
     async def ec2_meta_data(self, request: web.Request) -> web.Response:
         """``/VERSION/meta-data/PATH``: a listing for a directory, the value for a leaf."""
-        self._version(request)
-        self._check_token(request)
-        instance = await self._instance(request)
+        instance = await self._ec2_instance(request)
         path = request.match_info.get("path", "")
         node = formats.ec2_lookup(formats.ec2_tree(instance), path)
         if node is None:
@@ -182,11 +177,11 @@ class GuestApi:
         return web.Response(text=node, content_type=TEXT)
 
     # -- OpenStack --------------------------------------------------------------------
-    @staticmethod
-    def _openstack_version(request: web.Request) -> None:
-        version = request.match_info["version"]
-        if version != "latest" and version not in formats.OPENSTACK_VERSIONS:
+    async def _openstack_instance(self, request: web.Request) -> Instance:
+        """The requester's instance on an OpenStack path of a known version."""
+        if request.match_info["version"] not in ("latest", *formats.OPENSTACK_VERSIONS):
             raise NotFound("version", "unknown OpenStack metadata version")
+        return await self._instance(request)
 
     async def openstack_versions(self, request: web.Request) -> web.Response:
         """``/openstack/``: the versions offered."""
@@ -194,25 +189,21 @@ class GuestApi:
 
     async def openstack_meta_data(self, request: web.Request) -> web.Response:
         """``meta_data.json``."""
-        self._openstack_version(request)
-        instance = await self._instance(request)
+        instance = await self._openstack_instance(request)
         return web.Response(body=formats.openstack_meta_data(instance), content_type="application/json")
 
     async def openstack_user_data(self, request: web.Request) -> web.Response:
         """``user_data`` (404 when none, as OpenStack does)."""
-        self._openstack_version(request)
-        return await self._user_data(await self._instance(request), "user_data")
+        return await self._user_data(await self._openstack_instance(request), "user_data")
 
     async def openstack_vendor_data(self, request: web.Request) -> web.Response:
         """``vendor_data.json``: always an empty document (vendor-data is NoCloud's)."""
-        self._openstack_version(request)
-        await self._instance(request)
+        await self._openstack_instance(request)
         return web.json_response({})
 
     async def openstack_network_data(self, request: web.Request) -> web.Response:
         """``network_data.json``."""
-        self._openstack_version(request)
-        instance = await self._instance(request)
+        instance = await self._openstack_instance(request)
         return web.Response(body=formats.openstack_network_data(instance), content_type="application/json")
 
     # -- status -----------------------------------------------------------------------

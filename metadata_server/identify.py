@@ -104,13 +104,13 @@ class Identifier:
     async def instance(self, requester: Requester) -> Instance | None:
         """The requester's instance, or None."""
         address = requester.address
-        known_macs = await self._macs_of(address)
         found = self.store.by_ip(address)
         if found is not None:
-            if found.mac and known_macs and found.mac not in known_macs:
+            # Only a record that names a MAC needs the lease or vCenter asked (a hot path).
+            if found.mac and (known := await self._macs_of(address)) and found.mac not in known:
                 return None  # the address now belongs to another machine
             return found
-        for mac in known_macs:
+        for mac in await self._macs_of(address):
             found = self.store.by_mac(mac)
             if found is not None and found.ip in (None, address):
                 return found

@@ -100,10 +100,15 @@ def check_mac(value: Any) -> str | None:
     return text
 
 
+def default_hostname(instance_id: str) -> str:
+    """A host name from an instance id: its first label, made valid."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", instance_id.split(".")[0]).strip("-")[:63] or "instance"
+
+
 def check_hostname(value: Any, instance_id: str) -> str:
     """A valid host name; the instance id's first label when none is given."""
     if value in (None, ""):
-        value = re.sub(r"[^A-Za-z0-9-]", "-", instance_id.split(".")[0]).strip("-")[:63] or "instance"
+        value = default_hostname(instance_id)
     if not isinstance(value, str) or not HOSTNAME.match(value):
         raise BadRequest("hostname", f"not a host name: {str(value)[:64]!r}")
     return value

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 
 import structlog
-from pyVmomi import vim
 
 from agent.targets import Target
 from agent.vsphere.connection import VCenter, VCenterPool
+from agent.vsphere.vmconfig import nic_macs
 
 log = structlog.get_logger("beachhead.metadata")
 FOUND_TTL_S = 60.0
@@ -23,13 +23,8 @@ NOT_FOUND_TTL_S = 2.0
 
 
 def _macs_at(vcenter: VCenter, address: str) -> list[str]:
-    index = vcenter.content.searchIndex
-    macs: list[str] = []
-    for vm in index.FindAllByIp(ip=address, vmSearch=True) or ():
-        for device in vm.config.hardware.device if vm.config else ():
-            if isinstance(device, vim.vm.device.VirtualEthernetCard) and device.macAddress:
-                macs.append(str(device.macAddress).lower())
-    return macs
+    found = vcenter.content.searchIndex.FindAllByIp(ip=address, vmSearch=True) or ()
+    return [mac for vm in found for mac in nic_macs(vm)]
 
 
 class VSphereLookup:

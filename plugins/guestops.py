@@ -408,8 +408,7 @@ async def open_session(target: Target, connect_timeout: float) -> GuestopsSessio
     """Find the VM, then wait (within ``connect_timeout``) for guest operations to be
     ready; a powered-off VM or refused guest login is not worth retrying."""
     try:
-        vcenter = await current_pool().get(target, connect_timeout)
-        vm = await vcenter.find_vm(target.vm or "")
+        vcenter, vm = await current_pool().vm_of(target, connect_timeout)
         snapshot = await vcenter.watcher.watch(vm)
     except ChannelUnavailable:
         raise

@@ -295,6 +295,11 @@ class VCenterPool:
                 self._vcenters[address] = await vcenter.open()
             return self._vcenters[address]
 
+    async def vm_of(self, target: Target, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> tuple[VCenter, Any]:
+        """The logged-in vCenter of a vsphere:// target and the target's VM on it."""
+        vcenter = await self.get(target, connect_timeout)
+        return vcenter, await vcenter.find_vm(target.vm or "")
+
     async def close(self) -> None:
         """Close every session."""
         vcenters, self._vcenters = list(self._vcenters.values()), {}

@@ -93,16 +93,19 @@ async def set_power(vcenter: VCenter, vm: Any, on: bool, action: str) -> str:
     return before
 
 
+def nic_macs(vm: Any) -> list[str]:
+    """The MACs of the VM's network adapters (lower case), in device order."""
+    devices = vm.config.hardware.device if vm.config else ()
+    return [
+        str(device.macAddress).lower()
+        for device in devices
+        if isinstance(device, vim.vm.device.VirtualEthernetCard) and device.macAddress
+    ]
+
+
 def vm_address(vm: Any) -> tuple[str | None, str | None]:
     """The VM's reported guest address (None before tools report one) and its first
     network adapter's MAC (known before it boots)."""
-    mac = next(
-        (
-            str(device.macAddress).lower()
-            for device in vm.config.hardware.device
-            if isinstance(device, vim.vm.device.VirtualEthernetCard) and device.macAddress
-        ),
-        None,
-    )
+    macs = nic_macs(vm)
     ip = vm.guest.ipAddress if vm.guest is not None else None
-    return (str(ip) if ip else None), mac
+    return (str(ip) if ip else None), (macs[0] if macs else None)

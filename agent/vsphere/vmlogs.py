@@ -63,9 +63,22 @@ def _log_names(vm: Any, datastore: str, folder: str) -> list[str]:
     return current + sorted(name for name in names if name != "vmware.log") or ["vmware.log"]
 
 
+def log_location(vm: Any) -> tuple[str, str, str]:
+    """Where the VM's logs are: its datastore, folder and datacenter."""
+    datastore, folder = _datastore_dir(vm)
+    return datastore, folder, _datacenter_of(vm)
+
+
+def datastore_file_url(base: str, location: tuple[str, str, str], name: str) -> str:
+    """The datastore file API URL (``/folder/...``) of file ``name`` at ``location``."""
+    datastore, folder, datacenter = location
+    return f"{base}/folder/{quote(folder)}/{quote(name)}?dcPath={quote(datacenter)}&dsName={quote(datastore)}"
+
+
 async def vm_logs(vcenter: VCenter, vm: Any) -> list[LogFile]:
     """The VM's vmware.log (and rotated ones), read through the datastore file API."""
-    name, datastore, folder, datacenter = await vcenter.call(lambda: (vm.name, *_datastore_dir(vm), _datacenter_of(vm)))
+    name, location = await vcenter.call(lambda: (vm.name, log_location(vm)))
+    datastore, folder, _ = location
     names = await vcenter.call(_log_names, vm, datastore, folder)
     cookies = {"vmware_soap_session": vcenter.session_cookie()}
     logs = []
@@ -77,11 +90,7 @@ async def vm_logs(vcenter: VCenter, vm: Any) -> list[LogFile]:
         trace_configs=[wire_log.trace_config()] if wire_log is not None else [],
     ) as http:
         for log_name in names:
-            url = (
-                f"{vcenter.http_base()}/folder/{quote(folder)}/{quote(log_name)}"
-                f"?dcPath={quote(datacenter)}&dsName={quote(datastore)}"
-            )
-            async with http.get(url) as response:
+            async with http.get(datastore_file_url(vcenter.http_base(), location, log_name)) as response:
                 if response.status == 404:
                     continue
                 if response.status >= 300:
