@@ -9,16 +9,17 @@ The CLI goes through :func:`run_plan` too, so both behave the same.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.engine import Engine, Progress, RunSettings, check_run_input
-from agent.journal import Journal, RunDirectory, default_runs_dir
-from agent.plans import Plan, load_plan
-from agent.registry import ChannelRegistry, default_registry
-from agent.results import TargetResult
-from agent.targets import Target, check_unique_names, parse_target
+from beachhead.agent.engine import Engine, Progress, RunSettings, check_run_input
+from beachhead.agent.journal import Journal, RunDirectory, default_runs_dir
+from beachhead.agent.plans import Plan, load_plan
+from beachhead.agent.registry import ChannelRegistry, default_registry
+from beachhead.agent.results import TargetResult
+from beachhead.agent.targets import Target, check_unique_names, parse_target
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ async def run_plan(
 ) -> RunReport:
     """Validate, then run ``plan`` on ``targets`` in a new journaled run directory.
 
-    Bad input raises :class:`agent.errors.InputError` before anything runs; failures on
+    Bad input raises :class:`beachhead.agent.errors.InputError` before anything runs; failures on
     targets are reported in the results, not raised.
     """
     plan = _as_plan(plan)
@@ -92,3 +93,14 @@ async def customize(
     """Run ``plan`` on one freshly provisioned guest and return how it went."""
     report = await run_plan(plan, [target], settings=settings, runs_dir=runs_dir)
     return report.results[0]
+
+
+def customize_sync(
+    target: str | Target,
+    plan: str | Path | Plan,
+    *,
+    settings: RunSettings | None = None,
+    runs_dir: Path | None = None,
+) -> TargetResult:
+    """:func:`customize` for callers without an event loop (a provisioning script)."""
+    return asyncio.run(customize(target, plan, settings=settings, runs_dir=runs_dir))

@@ -8,8 +8,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from agent.plans import Capability
-from agent.targets import OsFamily
+from beachhead.agent.plans import Capability
+from beachhead.agent.targets import OsFamily
 
 
 class Direction(StrEnum):
@@ -116,8 +116,8 @@ class ChannelSession(Protocol):
     """An open way into one guest. One session per target and channel is reused across
     steps; the engine closes it when the target is done.
 
-    Every method raises :class:`agent.errors.ChannelError` when the channel itself fails
-    (connection lost) and :class:`agent.errors.StepFailed` when the guest refuses the
+    Every method raises :class:`beachhead.agent.errors.ChannelError` when the channel itself fails
+    (connection lost) and :class:`beachhead.agent.errors.StepFailed` when the guest refuses the
     operation (no such file, permission denied).
     """
 

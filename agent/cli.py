@@ -20,23 +20,23 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from agent import __version__
-from agent.api import RunReport, run_plan
-from agent.engine import RunSettings
-from agent.errors import BeachheadError, InputError
-from agent.exits import errors_exit
-from agent.journal import RunDirectory, default_runs_dir
-from agent.logs import configure_logging
-from agent.plans import load_plan
-from agent.progress import RichProgress
-from agent.registry import default_registry
-from agent.results import StepResult, TargetResult
-from agent.targets import Target, load_targets_file, parse_target
-from agent.undo import Undoer
-from agent.vsphere.connection import vcenter_pool
-from agent.vsphere.vmlogs import LogFile, diagnostic_logs, vm_logs
-from bootstrap.lab import cli as lab_cli
-from metadata_server import cli as metadata_cli
+from beachhead import __version__
+from beachhead.agent.api import RunReport, run_plan
+from beachhead.agent.engine import RunSettings
+from beachhead.agent.errors import BeachheadError, InputError
+from beachhead.agent.exits import errors_exit
+from beachhead.agent.journal import RunDirectory, default_runs_dir
+from beachhead.agent.logs import configure_logging
+from beachhead.agent.plans import load_plan
+from beachhead.agent.progress import RichProgress
+from beachhead.agent.registry import default_registry
+from beachhead.agent.results import StepResult, TargetResult
+from beachhead.agent.targets import Target, load_targets_file, parse_target
+from beachhead.agent.undo import Undoer
+from beachhead.agent.vsphere.connection import vcenter_pool
+from beachhead.agent.vsphere.vmlogs import LogFile, diagnostic_logs, vm_logs
+from beachhead.bootstrap.lab import cli as lab_cli
+from beachhead.metadata_server import cli as metadata_cli
 
 T = TypeVar("T")
 INTERRUPTED = 130

@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.channel import ChannelSession
-from agent.checksums import value_digest, value_digest_of_base64
-from agent.errors import BeachheadError, ChannelError, ChannelUnavailable, InputError, StepFailed
-from agent.journal import Journal, RunDirectory
-from agent.plans import (
+from beachhead.agent.channel import ChannelSession
+from beachhead.agent.checksums import value_digest, value_digest_of_base64
+from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, InputError, StepFailed
+from beachhead.agent.journal import Journal, RunDirectory
+from beachhead.agent.plans import (
     VM_STEPS,
     Capability,
     DownloadStep,
@@ -45,17 +45,17 @@ from agent.plans import (
     WaitCondition,
     WaitStep,
 )
-from agent.pull import default_instance_id, guestinfo_values, instance_id_for, read_cloud_data
-from agent.registry import ChannelRegistry
-from agent.render import render
-from agent.results import FAILED, OK, StepResult, TargetResult
-from agent.targets import OsFamily, Target
-from agent.vsphere.connection import VCenter, current_pool, vcenter_pool
-from agent.vsphere.vmconfig import read_extra_config, set_power, vm_address, write_extra_config
-from agent.waits import wait_for_port
-from metadata_server.client import MetadataClient, read_token_file
-from metadata_server.events import GuestEvent
-from metadata_server.records import default_hostname
+from beachhead.agent.pull import default_instance_id, guestinfo_values, instance_id_for, read_cloud_data
+from beachhead.agent.registry import ChannelRegistry
+from beachhead.agent.render import render
+from beachhead.agent.results import FAILED, OK, StepResult, TargetResult
+from beachhead.agent.targets import OsFamily, Target
+from beachhead.agent.vsphere.connection import VCenter, current_pool, vcenter_pool
+from beachhead.agent.vsphere.vmconfig import read_extra_config, set_power, vm_address, write_extra_config
+from beachhead.agent.waits import wait_for_port
+from beachhead.metadata_server.client import MetadataClient, read_token_file
+from beachhead.metadata_server.events import GuestEvent
+from beachhead.metadata_server.records import default_hostname
 
 log = structlog.get_logger("beachhead.engine")
 
@@ -216,7 +216,7 @@ class Engine:
 
         wire_log = None
         if self.settings.wire_log is not None:
-            from agent.vsphere.wirelog import WireLog
+            from beachhead.agent.vsphere.wirelog import WireLog
 
             wire_log = WireLog(self.settings.wire_log)
         try:

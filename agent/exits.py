@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import click
 
-from agent.errors import BeachheadError, InputError
+from beachhead.agent.errors import BeachheadError, InputError
 
 
 @contextlib.contextmanager

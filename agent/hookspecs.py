@@ -13,8 +13,8 @@ from typing import Any
 
 import pluggy
 
-from agent.channel import ChannelInfo, ChannelSession
-from agent.targets import Target
+from beachhead.agent.channel import ChannelInfo, ChannelSession
+from beachhead.agent.targets import Target
 
 PROJECT = "beachhead"
 ENTRY_POINT_GROUP = "beachhead.channels"
@@ -39,5 +39,5 @@ def beachhead_connect(
     channel: str, target: Target, connect_timeout: float
 ) -> Coroutine[Any, Any, ChannelSession] | None:
     """For a channel of this plugin, return a coroutine that opens a session on
-    ``target`` (raising :class:`agent.errors.ChannelUnavailable` when it cannot); None
+    ``target`` (raising :class:`beachhead.agent.errors.ChannelUnavailable` when it cannot); None
     for channels of other plugins."""

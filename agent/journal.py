@@ -22,8 +22,8 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent.errors import JournalError
-from agent.secrets import REDACTOR
+from beachhead.agent.errors import JournalError
+from beachhead.agent.secrets import REDACTOR
 
 log = structlog.get_logger("beachhead.journal")
 

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent.secrets import REDACTOR
+from beachhead.agent.secrets import REDACTOR
 
 
 class _CurrentStderr:

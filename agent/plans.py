@@ -13,9 +13,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from agent.errors import InputError
-from agent.targets import OsFamily
-from agent.yamlio import LineDict, SourceInt, at_line, load_yaml
+from beachhead.agent.errors import InputError
+from beachhead.agent.targets import OsFamily
+from beachhead.agent.yamlio import LineDict, SourceInt, at_line, load_yaml
 
 
 class Capability(StrEnum):

@@ -6,14 +6,14 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from agent.results import StepResult, TargetResult
-from agent.targets import Target
+from beachhead.agent.results import StepResult, TargetResult
+from beachhead.agent.targets import Target
 
 MAX_TARGET_ROWS = 12
 
 
 class RichProgress:
-    """A :class:`agent.engine.Progress` drawn with rich on stderr."""
+    """A :class:`beachhead.agent.engine.Progress` drawn with rich on stderr."""
 
     def __init__(self, total_targets: int, console: Console | None = None) -> None:
         self.progress = Progress(

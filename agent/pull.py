@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from agent.errors import InputError
-from agent.plans import UserDataStep
+from beachhead.agent.errors import InputError
+from beachhead.agent.plans import UserDataStep
 
 GUESTINFO_ENCODING = "gzip+base64"
 INVALID_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._:-]+")

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import pluggy
 
-from agent import hookspecs
-from agent.channel import ChannelInfo, ChannelSession
-from agent.errors import BeachheadError, ChannelUnavailable
-from agent.plans import Capability
-from agent.targets import OsFamily, Target
+from beachhead.agent import hookspecs
+from beachhead.agent.channel import ChannelInfo, ChannelSession
+from beachhead.agent.errors import BeachheadError, ChannelUnavailable
+from beachhead.agent.plans import Capability
+from beachhead.agent.targets import OsFamily, Target
 
 
 class PluginError(BeachheadError):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import shlex
 
-from agent.channel import CommandRequest
-from agent.errors import InputError
-from agent.plans import RunSpec
-from agent.targets import OsFamily
+from beachhead.agent.channel import CommandRequest
+from beachhead.agent.errors import InputError
+from beachhead.agent.plans import RunSpec
+from beachhead.agent.targets import OsFamily
 
 POSIX_SHELLS = ("sh", "bash")
 WINDOWS_SHELLS = ("powershell", "cmd")

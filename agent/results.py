@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.secrets import REDACTOR
+from beachhead.agent.secrets import REDACTOR
 
 OK = "ok"
 FAILED = "failed"

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from agent.errors import InputError
-from agent.secrets import Secret
-from agent.yamlio import LineDict, at_line, load_yaml
+from beachhead.agent.errors import InputError
+from beachhead.agent.secrets import Secret
+from beachhead.agent.yamlio import LineDict, at_line, load_yaml
 
 
 class OsFamily(StrEnum):

@@ -21,15 +21,15 @@ from typing import Any
 
 import structlog
 
-from agent.channel import ChannelSession
-from agent.checksums import sha256_of, value_digest, value_digest_of_base64
-from agent.errors import BeachheadError
-from agent.journal import Journal, JournalEntry, RunDirectory
-from agent.registry import ChannelRegistry
-from agent.targets import Target, parse_target
-from agent.vsphere.connection import current_pool, vcenter_pool
-from agent.vsphere.vmconfig import read_extra_config, write_extra_config
-from metadata_server.client import MetadataClient, read_token_file
+from beachhead.agent.channel import ChannelSession
+from beachhead.agent.checksums import sha256_of, value_digest, value_digest_of_base64
+from beachhead.agent.errors import BeachheadError
+from beachhead.agent.journal import Journal, JournalEntry, RunDirectory
+from beachhead.agent.registry import ChannelRegistry
+from beachhead.agent.targets import Target, parse_target
+from beachhead.agent.vsphere.connection import current_pool, vcenter_pool
+from beachhead.agent.vsphere.vmconfig import read_extra_config, write_extra_config
+from beachhead.metadata_server.client import MetadataClient, read_token_file
 
 log = structlog.get_logger("beachhead.undo")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from agent.plans import PortOpen
+from beachhead.agent.plans import PortOpen
 
 FIRST_DELAY_S = 0.1
 MAX_DELAY_S = 2.0

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from agent.errors import InputError
+from beachhead.agent.errors import InputError
 
 
 class SourceInt(int):

@@ -14,7 +14,7 @@ both:
   VMs (the baseline on as many threads).
 - ``first command``: the VM is powered off, each implementation starts waiting, the VM
   is powered on. Beachhead runs a plan (``wait: [tools_running]``, then ``run: date``)
-  through ``agent.run_plan``, so the figure includes opening the channel; the baseline
+  through ``beachhead.agent.run_plan``, so the figure includes opening the channel; the baseline
   reads ``guest.toolsRunningStatus`` once a second and then starts ``date``. The delay
   is from the moment the lab's vCenter set tools running (its line in the VM's
   vmware.log, in microseconds) to the time ``date`` printed in the guest: one clock, as
@@ -55,17 +55,17 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
-from agent.api import run_plan
-from agent.channel import CommandRequest
-from agent.engine import RunSettings
-from agent.logs import configure_logging
-from agent.targets import parse_target
-from agent.vsphere.connection import vcenter_pool
-from agent.vsphere.vmlogs import datastore_file_url, log_location
-from bootstrap.lab.config import load_config
-from bootstrap.lab.lab import down, up
-from bootstrap.lab.lock import lab_lock
-from plugins.guestops import GuestopsSession, open_session
+from beachhead.agent.api import run_plan
+from beachhead.agent.channel import CommandRequest
+from beachhead.agent.engine import RunSettings
+from beachhead.agent.logs import configure_logging
+from beachhead.agent.targets import parse_target
+from beachhead.agent.vsphere.connection import vcenter_pool
+from beachhead.agent.vsphere.vmlogs import datastore_file_url, log_location
+from beachhead.bootstrap.lab.config import load_config
+from beachhead.bootstrap.lab.lab import down, up
+from beachhead.bootstrap.lab.lock import lab_lock
+from beachhead.plugins.guestops import GuestopsSession, open_session
 
 POLL_INTERVAL_S = 1.0  # the baseline's polling loop
 COMMAND = "echo ok"

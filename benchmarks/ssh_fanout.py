@@ -3,7 +3,7 @@
 Every implementation does the same work against the same loopback OpenSSH sshd, in
 the same process run, interleaved run by run so that machine noise spreads evenly:
 
-- ``beachhead``: ``agent.run_plan`` with a two-step plan (``run``, ``upload``), which
+- ``beachhead``: ``beachhead.agent.run_plan`` with a two-step plan (``run``, ``upload``), which
   also journals every write, verifies each upload's sha256 in the guest, and writes
   through a temporary file renamed into place;
 - ``asyncssh``: a plain asyncssh script: connect, run, SFTP put, close;
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import asyncssh
 
-from agent.api import run_plan
-from agent.engine import RunSettings
-from agent.logs import configure_logging
-from bootstrap.local_sshd import LocalSshd
+from beachhead.agent.api import run_plan
+from beachhead.agent.engine import RunSettings
+from beachhead.agent.logs import configure_logging
+from beachhead.bootstrap.local_sshd import LocalSshd
 
 COMMAND = "hostname"
 RUN_TIMEOUT_S = 300

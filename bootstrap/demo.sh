@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash bootstrap/install.sh
-exec .venv/bin/python -m bootstrap.run_demo "$@"
+exec .venv/bin/python -m beachhead.bootstrap.run_demo "$@"

@@ -59,13 +59,19 @@ fi
 }
 [ -x .venv/bin/python ] || { say "creating .venv"; "$PYTHON" -m venv .venv; }
 
-# Reinstall only when the project's dependencies or the requested extras changed.
+# The repository's folders are installed as the one package `beachhead`
+# (beachhead.agent, beachhead.plugins, ...): an editable install in setuptools' strict
+# mode links every file of the package into a tree that Python and mypy both read.
+# It links the files that exist at install time, so reinstall when the project's
+# dependencies, the requested extras or the list of its files changed.
 stamp=.venv/.beachhead-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $EXTRAS"
+package_files=$(find agent plugins metadata_server bootstrap -type f ! -path '*/__pycache__/*' | LC_ALL=C sort)
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(printf '%s\n' "$package_files" | sha256sum | cut -d' ' -f1) $EXTRAS"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "pip install -e .[$EXTRAS]"
+  say "pip install -e .[$EXTRAS] (strict editable mode)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    --config-settings editable_mode=strict -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi
 say "ready: .venv/bin/beachhead"

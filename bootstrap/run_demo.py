@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bootstrap.local_sshd import LocalSshd
+from beachhead.bootstrap.local_sshd import LocalSshd
 
 PLAN = Path(__file__).parent / "demo" / "plan.yaml"
 BEACHHEAD = Path(sys.executable).with_name("beachhead")

@@ -20,9 +20,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from metadata_server.errors import BadRequest, NotFound, Unauthorized
-from metadata_server.events import GuestEvent, StatusEvents
-from metadata_server.records import (
+from beachhead.metadata_server.errors import BadRequest, NotFound, Unauthorized
+from beachhead.metadata_server.events import GuestEvent, StatusEvents
+from beachhead.metadata_server.records import (
     Instance,
     check_hostname,
     check_instance_id,
@@ -31,7 +31,7 @@ from metadata_server.records import (
     check_network_config,
     parse_meta_data,
 )
-from metadata_server.store import Store
+from beachhead.metadata_server.store import Store
 
 log = structlog.get_logger("beachhead.metadata")
 ADMIN_BODY_LIMIT = 8 * 1024 * 1024

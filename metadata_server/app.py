@@ -18,16 +18,16 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from agent.targets import Target
-from agent.vsphere.connection import vcenter_pool
-from metadata_server.admin_api import ADMIN_BODY_LIMIT, AdminApi
-from metadata_server.errors import RequestRefused, ServerError
-from metadata_server.events import StatusEvents
-from metadata_server.guest_api import GuestApi
-from metadata_server.identify import Identifier, LeaseFile, MacLookup
-from metadata_server.store import SqliteStore, Store
-from metadata_server.tokens import TokenIssuer
-from metadata_server.vsphere_lookup import VSphereLookup
+from beachhead.agent.targets import Target
+from beachhead.agent.vsphere.connection import vcenter_pool
+from beachhead.metadata_server.admin_api import ADMIN_BODY_LIMIT, AdminApi
+from beachhead.metadata_server.errors import RequestRefused, ServerError
+from beachhead.metadata_server.events import StatusEvents
+from beachhead.metadata_server.guest_api import GuestApi
+from beachhead.metadata_server.identify import Identifier, LeaseFile, MacLookup
+from beachhead.metadata_server.store import SqliteStore, Store
+from beachhead.metadata_server.tokens import TokenIssuer
+from beachhead.metadata_server.vsphere_lookup import VSphereLookup
 
 log = structlog.get_logger("beachhead.metadata")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -13,11 +13,11 @@ from typing import Any
 
 import click
 
-from agent.errors import InputError
-from agent.exits import errors_exit
-from agent.journal import state_dir
-from agent.targets import Target, parse_target
-from metadata_server.client import MetadataClient, read_optional, read_token_file
+from beachhead.agent.errors import InputError
+from beachhead.agent.exits import errors_exit
+from beachhead.agent.journal import state_dir
+from beachhead.agent.targets import Target, parse_target
+from beachhead.metadata_server.client import MetadataClient, read_optional, read_token_file
 
 DEFAULT_DB = state_dir() / "metadata.sqlite"
 
@@ -108,7 +108,7 @@ def metadata_server(
     /latest and dated versions, OpenStack under /openstack, phone home at /phone-home.
     Each guest is recognised by its address (published, or through --leases) and gets
     only its own instance's data. Admin API under /admin/ (beachhead metadata ...)."""
-    from metadata_server.app import ServerConfig, read_admin_token, serve
+    from beachhead.metadata_server.app import ServerConfig, read_admin_token, serve
 
     with errors_exit():
         host, port = parse_listen(listen)

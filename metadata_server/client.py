@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 
-from agent.errors import BeachheadError, InputError
-from metadata_server.admin_api import MAX_WAIT_S
-from metadata_server.events import GuestEvent
+from beachhead.agent.errors import BeachheadError, InputError
+from beachhead.metadata_server.admin_api import MAX_WAIT_S
+from beachhead.metadata_server.events import GuestEvent
 
 REQUEST_TIMEOUT_S = 60.0
 

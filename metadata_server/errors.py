@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.errors import BeachheadError
+from beachhead.agent.errors import BeachheadError
 
 
 class ServerError(BeachheadError):

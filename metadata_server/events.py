@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from enum import StrEnum
 
-from metadata_server.records import Instance, Status
+from beachhead.metadata_server.records import Instance, Status
 
 
 class GuestEvent(StrEnum):

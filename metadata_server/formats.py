@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from metadata_server.records import Instance
+from beachhead.metadata_server.records import Instance
 
 # The dated EC2 API versions cloud-init and other clients probe, besides "latest".
 EC2_VERSIONS = (

@@ -13,13 +13,13 @@ from urllib.parse import parse_qsl
 import structlog
 from aiohttp import web
 
-from metadata_server import formats
-from metadata_server.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from metadata_server.events import StatusEvents
-from metadata_server.identify import FORWARDED_FOR, Identifier, Requester
-from metadata_server.records import Instance, Status
-from metadata_server.store import Store
-from metadata_server.tokens import TOKEN_HEADER, TTL_HEADER, TokenIssuer
+from beachhead.metadata_server import formats
+from beachhead.metadata_server.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from beachhead.metadata_server.events import StatusEvents
+from beachhead.metadata_server.identify import FORWARDED_FOR, Identifier, Requester
+from beachhead.metadata_server.records import Instance, Status
+from beachhead.metadata_server.store import Store
+from beachhead.metadata_server.tokens import TOKEN_HEADER, TTL_HEADER, TokenIssuer
 
 log = structlog.get_logger("beachhead.metadata")
 GUEST_BODY_LIMIT = 64 * 1024

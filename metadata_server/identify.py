@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from metadata_server.errors import BadRequest
-from metadata_server.records import Instance
-from metadata_server.store import Store
+from beachhead.metadata_server.errors import BadRequest
+from beachhead.metadata_server.records import Instance
+from beachhead.metadata_server.store import Store
 
 FORWARDED_FOR = "X-Forwarded-For"
 MacLookup = Callable[[str], Awaitable[list[str]]]

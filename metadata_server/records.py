@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from metadata_server.errors import BadRequest
+from beachhead.metadata_server.errors import BadRequest
 
 INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")

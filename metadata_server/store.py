@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from metadata_server.errors import Conflict
-from metadata_server.records import Instance, Status
+from beachhead.metadata_server.errors import Conflict
+from beachhead.metadata_server.records import Instance, Status
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (

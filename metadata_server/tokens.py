@@ -13,7 +13,7 @@ import hmac
 import secrets
 import time
 
-from metadata_server.errors import BadRequest, Unauthorized
+from beachhead.metadata_server.errors import BadRequest, Unauthorized
 
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name

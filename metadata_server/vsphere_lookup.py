@@ -13,9 +13,9 @@ import time
 
 import structlog
 
-from agent.targets import Target
-from agent.vsphere.connection import VCenter, VCenterPool
-from agent.vsphere.vmconfig import nic_macs
+from beachhead.agent.targets import Target
+from beachhead.agent.vsphere.connection import VCenter, VCenterPool
+from beachhead.agent.vsphere.vmconfig import nic_macs
 
 log = structlog.get_logger("beachhead.metadata")
 FOUND_TTL_S = 60.0
@@ -28,7 +28,7 @@ def _macs_at(vcenter: VCenter, address: str) -> list[str]:
 
 
 class VSphereLookup:
-    """A :data:`metadata_server.identify.MacLookup` backed by one vCenter."""
+    """A :data:`beachhead.metadata_server.identify.MacLookup` backed by one vCenter."""
 
     def __init__(self, pool: VCenterPool, target: Target, connect_timeout: float = 30.0) -> None:
         self.pool = pool

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pyVmomi import vim, vmodl
 
-from agent.channel import (
+from beachhead.agent.channel import (
     ChannelInfo,
     ChannelSession,
     CommandRequest,
@@ -36,12 +36,12 @@ from agent.channel import (
     Prerequisite,
     RemoteStat,
 )
-from agent.checksums import sha256_of
-from agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
-from agent.hookspecs import hookimpl
-from agent.plans import Capability, VmState
-from agent.targets import OsFamily, Target
-from agent.vsphere.connection import VCenter, current_pool
+from beachhead.agent.checksums import sha256_of
+from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
+from beachhead.agent.hookspecs import hookimpl
+from beachhead.agent.plans import Capability, VmState
+from beachhead.agent.targets import OsFamily, Target
+from beachhead.agent.vsphere.connection import VCenter, current_pool
 
 NAME = "guestops"
 POLL_FIRST_S = 0.05

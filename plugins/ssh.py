@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from agent.channel import (
+from beachhead.agent.channel import (
     ChannelInfo,
     ChannelSession,
     CommandRequest,
@@ -32,11 +32,11 @@ from agent.channel import (
     Prerequisite,
     RemoteStat,
 )
-from agent.checksums import sha256_of
-from agent.errors import ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
-from agent.hookspecs import hookimpl
-from agent.plans import Capability
-from agent.targets import OsFamily, Target
+from beachhead.agent.checksums import sha256_of
+from beachhead.agent.errors import ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
+from beachhead.agent.hookspecs import hookimpl
+from beachhead.agent.plans import Capability
+from beachhead.agent.targets import OsFamily, Target
 
 NAME = "ssh"
 KEEPALIVE_INTERVAL_S = 30

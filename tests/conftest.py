@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.local_sshd import LocalSshd
+from beachhead.bootstrap.local_sshd import LocalSshd
 
 BEACHHEAD = Path(sys.executable).with_name("beachhead")
 PASSWORD_ENV = "BEACHHEAD_TEST_PASSWORD"
@@ -78,7 +78,7 @@ def run_demo(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the demo (``bootstrap/demo.sh`` without its install step) with ``home`` as
     $HOME, where it puts the reports it downloads."""
     return subprocess.run(
-        [sys.executable, "-m", "bootstrap.run_demo", *args],
+        [sys.executable, "-m", "beachhead.bootstrap.run_demo", *args],
         capture_output=True,
         text=True,
         timeout=300,

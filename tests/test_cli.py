@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bootstrap.local_sshd import LocalSshd
+from beachhead.bootstrap.local_sshd import LocalSshd
 from tests.conftest import BEACHHEAD, beachhead, write_plan
 
 STEP_FIELDS = {"kind", "status", "exit_code", "stdout", "stderr", "duration_s"}

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from agent import customize, run_plan
-from agent.engine import RunSettings
-from agent.errors import InputError
-from agent.journal import RunDirectory
-from agent.plans import load_plan
-from agent.results import FAILED, OK, SKIPPED
-from bootstrap.local_sshd import LocalSshd, _free_port
+from beachhead import customize, run_plan
+from beachhead.agent.engine import RunSettings
+from beachhead.agent.errors import InputError
+from beachhead.agent.journal import RunDirectory
+from beachhead.agent.plans import load_plan
+from beachhead.agent.results import FAILED, OK, SKIPPED
+from beachhead.bootstrap.local_sshd import LocalSshd, _free_port
 from tests.conftest import write_plan
 
 FAST = RunSettings(connect_timeout=5, retries=1, retry_delay=0.05)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import InputError
-from agent.plans import (
+from beachhead.agent.errors import InputError
+from beachhead.agent.plans import (
     DownloadStep,
     ExtraConfigStep,
     GuestReport,
@@ -24,7 +24,7 @@ from agent.plans import (
     WaitStep,
     load_plan,
 )
-from agent.targets import OsFamily
+from beachhead.agent.targets import OsFamily
 from tests.conftest import write_plan
 
 

@@ -11,19 +11,19 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent import run_plan
-from agent.engine import RunSettings
-from agent.registry import ChannelRegistry, plugin_manager
-from bootstrap.local_sshd import LocalSshd
+from beachhead import run_plan
+from beachhead.agent.engine import RunSettings
+from beachhead.agent.registry import ChannelRegistry, plugin_manager
+from beachhead.bootstrap.local_sshd import LocalSshd
 from tests.conftest import write_plan
 
 PLUGIN = '''
 """A third-party channel that declares itself preferred but never connects."""
-from agent.channel import ChannelInfo, Direction, Medium, Prerequisite
-from agent.errors import ChannelUnavailable
-from agent.hookspecs import hookimpl
-from agent.plans import Capability
-from agent.targets import OsFamily
+from beachhead.agent.channel import ChannelInfo, Direction, Medium, Prerequisite
+from beachhead.agent.errors import ChannelUnavailable
+from beachhead.agent.hookspecs import hookimpl
+from beachhead.agent.plans import Capability
+from beachhead.agent.targets import OsFamily
 
 INFO = ChannelInfo(
     name="carrier-pigeon",
@@ -111,7 +111,7 @@ async def test_pinned_channel_is_the_only_one_tried(
 
 
 def test_duplicate_channel_names_are_refused(third_party: ChannelRegistry) -> None:
-    from agent.registry import PluginError
+    from beachhead.agent.registry import PluginError
 
     manager = plugin_manager()
     import pigeon_channel  # type: ignore[import-not-found]

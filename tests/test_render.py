@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import InputError
-from agent.plans import RunSpec
-from agent.render import render
-from agent.targets import OsFamily
+from beachhead.agent.errors import InputError
+from beachhead.agent.plans import RunSpec
+from beachhead.agent.render import render
+from beachhead.agent.targets import OsFamily
 
 AWKWARD = 'it\'s "quoted" $HOME `x` \\ ; | & done'
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.channel import CommandRequest
-from agent.errors import ChannelUnavailable, StepFailed
-from agent.plans import RunSpec
-from agent.render import render
-from agent.targets import OsFamily, parse_target
-from bootstrap.local_sshd import LocalSshd
-from plugins.ssh import SshSession, open_session
+from beachhead.agent.channel import CommandRequest
+from beachhead.agent.errors import ChannelUnavailable, StepFailed
+from beachhead.agent.plans import RunSpec
+from beachhead.agent.render import render
+from beachhead.agent.targets import OsFamily, parse_target
+from beachhead.bootstrap.local_sshd import LocalSshd
+from beachhead.plugins.ssh import SshSession, open_session
 from tests.conftest import needs_root
 
 
@@ -177,7 +177,7 @@ async def test_unknown_host_key_is_refused_by_default(
 
 
 async def test_unreachable_port_is_retryable(sshd: LocalSshd) -> None:
-    from bootstrap.local_sshd import _free_port
+    from beachhead.bootstrap.local_sshd import _free_port
 
     uri = f"ssh://root@127.0.0.1:{_free_port('127.0.0.1')}?known_hosts=ignore"
     with pytest.raises(ChannelUnavailable) as caught:
@@ -186,8 +186,8 @@ async def test_unreachable_port_is_retryable(sshd: LocalSshd) -> None:
 
 
 async def test_verification_catches_a_file_that_differs(session: SshSession, guest_dir: Path, tmp_path: Path) -> None:
-    from agent.checksums import sha256_of
-    from agent.errors import VerificationFailed
+    from beachhead.agent.checksums import sha256_of
+    from beachhead.agent.errors import VerificationFailed
 
     local = tmp_path / "f"
     local.write_text("expected contents\n")

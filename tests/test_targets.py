@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import InputError
-from agent.secrets import Secret
-from agent.targets import OsFamily, load_targets_file, parse_target
+from beachhead.agent.errors import InputError
+from beachhead.agent.secrets import Secret
+from beachhead.agent.targets import OsFamily, load_targets_file, parse_target
 from tests.conftest import write_plan
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.channel import ChannelInfo
-from agent.registry import default_registry
+from beachhead.agent.channel import ChannelInfo
+from beachhead.agent.registry import default_registry
 
 TAXONOMY = Path(__file__).resolve().parent.parent / "taxonomy.md"
 COLUMNS = ["channel", "status", "direction", "medium", "OS", "prerequisites", "capabilities", "preference"]

@@ -6,11 +6,11 @@ import json
 import stat
 from pathlib import Path
 
-from agent import customize
-from agent.engine import RunSettings
-from agent.journal import RunDirectory
-from agent.results import TargetResult
-from bootstrap.local_sshd import LocalSshd
+from beachhead import customize
+from beachhead.agent.engine import RunSettings
+from beachhead.agent.journal import RunDirectory
+from beachhead.agent.results import TargetResult
+from beachhead.bootstrap.local_sshd import LocalSshd
 from tests.conftest import beachhead, write_plan
 
 FAST = RunSettings(connect_timeout=5, retries=0)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.plans import VmState
-from agent.vsphere.watcher import EventKind, GuestNic, VmSnapshot, changes_between
+from beachhead.agent.plans import VmState
+from beachhead.agent.vsphere.watcher import EventKind, GuestNic, VmSnapshot, changes_between
 
 OFF = VmSnapshot("vm-1", name="web", power_state="poweredOff", tools_running_status="guestToolsNotRunning")
 

@@ -22,8 +22,8 @@ import pyVim.connect as pyvim_connect
 from aiohttp import web
 from pyVmomi import SoapStubAdapter, vim
 
-from agent.secrets import Secret
-from agent.vsphere.wirelog import (
+from beachhead.agent.secrets import Secret
+from beachhead.agent.vsphere.wirelog import (
     WireLog,
     _decode_body,
     connect_logged,

@@ -25,13 +25,13 @@ import structlog
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
-from agent.errors import BeachheadError, ChannelUnavailable
-from agent.secrets import Secret
-from agent.targets import Target
+from beachhead.agent.errors import BeachheadError, ChannelUnavailable
+from beachhead.agent.secrets import Secret
+from beachhead.agent.targets import Target
 
 if TYPE_CHECKING:
-    from agent.vsphere.watcher import VmWatcher
-    from agent.vsphere.wirelog import WireLog
+    from beachhead.agent.vsphere.watcher import VmWatcher
+    from beachhead.agent.vsphere.wirelog import WireLog
 
 T = TypeVar("T")
 log = structlog.get_logger("beachhead.vsphere")
@@ -136,7 +136,7 @@ class VCenter:
             options["sslContext"] = context
         try:
             if self._wire_log is not None:
-                from agent.vsphere.wirelog import connect_logged
+                from beachhead.agent.vsphere.wirelog import connect_logged
 
                 self._si = connect_logged(self._wire_log, **options)
             else:
@@ -269,7 +269,7 @@ class VCenter:
     def watcher(self) -> VmWatcher:
         """The one event watcher of this vCenter, started on first use."""
         if self._watcher is None:
-            from agent.vsphere.watcher import VmWatcher
+            from beachhead.agent.vsphere.watcher import VmWatcher
 
             self._watcher = VmWatcher(self)
         return self._watcher
@@ -326,5 +326,5 @@ def current_pool() -> VCenterPool:
     """The pool of the run in progress."""
     pool = _CURRENT.get()
     if pool is None:
-        raise VSphereError("no vCenter pool: open one with agent.vsphere.connection.vcenter_pool()")
+        raise VSphereError("no vCenter pool: open one with beachhead.agent.vsphere.connection.vcenter_pool()")
     return pool

@@ -14,8 +14,8 @@ from typing import Any
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 
-from agent.errors import StepFailed
-from agent.vsphere.connection import VCenter, VSphereError
+from beachhead.agent.errors import StepFailed
+from beachhead.agent.vsphere.connection import VCenter, VSphereError
 
 POWERED_ON = "poweredOn"
 POWERED_OFF = "poweredOff"

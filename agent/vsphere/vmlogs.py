@@ -13,7 +13,7 @@ import aiohttp
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 
-from agent.vsphere.connection import VCenter, VSphereError, current_pool
+from beachhead.agent.vsphere.connection import VCenter, VSphereError, current_pool
 
 DATASTORE_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\]\s*(?P<path>.*)$")
 VMWARE_LOGS = "vmware*.log"

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pyVmomi import vim, vmodl
 
-from agent.errors import BeachheadError
-from agent.plans import VmState
+from beachhead.agent.errors import BeachheadError
+from beachhead.agent.plans import VmState
 
 if TYPE_CHECKING:
-    from agent.vsphere.connection import VCenter
+    from beachhead.agent.vsphere.connection import VCenter
 
 log = structlog.get_logger("beachhead.vsphere.watcher")
 

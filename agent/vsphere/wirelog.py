@@ -28,7 +28,7 @@ What is masked (``***``) before a record is written:
   ticket-like query parameters (``id=``, ``ticket=``, ``token=``, ``sessionId=``…);
 - every value masked so far, wherever it turns up again in this log (a session key inside
   a managed object id, a transfer id in a later URL);
-- last, everything :data:`agent.secrets.REDACTOR` knows (every :class:`~agent.secrets.Secret`),
+- last, everything :data:`beachhead.agent.secrets.REDACTOR` knows (every :class:`~beachhead.agent.secrets.Secret`),
   in XML text also in its escaped form.
 """
 
@@ -59,7 +59,7 @@ import structlog
 from pyVim.connect import SmartConnect
 from pyVmomi import vmodl
 
-from agent.secrets import MASK, REDACTOR
+from beachhead.agent.secrets import MASK, REDACTOR
 
 log = structlog.get_logger("beachhead.wirelog")
 
@@ -469,7 +469,7 @@ class WireLog:
     def redact_text(self, text: str, *, known_values: bool = True) -> str:
         """Mask ticket-like URL parameters, vSphere session cookies and (unless
         ``known_values`` is false: the caller's last pass does it) every value redacted so
-        far and every registered :class:`agent.secrets.Secret`."""
+        far and every registered :class:`beachhead.agent.secrets.Secret`."""
         if "://" in text:
             text = _URL.sub(lambda match: self.redact_url(match.group(0)), text)
         text = _VMWARE_COOKIE.sub(self._mask_cookie_match, text)

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bootstrap.lab.system import LabError
+from beachhead.bootstrap.lab.system import LabError
 
 LAUNCHER_SOURCE = Path(__file__).with_name("launcher")
 GOCODE = Path("/usr/share/gocode")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from agent.exits import errors_exit
+from beachhead.agent.exits import errors_exit
 
 
 def _print(description: dict[str, Any], json_output: bool, headline: str) -> None:
@@ -51,8 +51,8 @@ def lab() -> None:
 def lab_up(config_path: Path | None, http: bool, json_output: bool) -> None:
     """Start the lab; when it already runs, report it. The first start builds the
     vCenter launcher (cached afterwards)."""
-    from bootstrap.lab.config import load_config
-    from bootstrap.lab.lab import up
+    from beachhead.bootstrap.lab.config import load_config
+    from beachhead.bootstrap.lab.lab import up
 
     with errors_exit():
         config = load_config(config_path)
@@ -74,7 +74,7 @@ def _progress(message: str) -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print the lab as one JSON object.")
 def lab_status(json_output: bool) -> None:
     """Report the running lab; exit 1 when it is not running."""
-    from bootstrap.lab.lab import status
+    from beachhead.bootstrap.lab.lab import status
 
     with errors_exit():
         state = status()
@@ -98,7 +98,7 @@ def lab_restart_vcenter(down_seconds: float) -> None:
     """Restart the lab's vCenter as a vCenter service restart would: every session and
     property collector filter is lost, the VMs come back powered on with the same ids.
     For testing clients that must survive it."""
-    from bootstrap.lab.lab import restart_vcenter
+    from beachhead.bootstrap.lab.lab import restart_vcenter
 
     with errors_exit():
         restart_vcenter(down_seconds, progress=_progress)
@@ -108,7 +108,7 @@ def lab_restart_vcenter(down_seconds: float) -> None:
 @lab.command("down")
 def lab_down() -> None:
     """Stop every lab process and remove every namespace and interface it made."""
-    from bootstrap.lab.lab import down
+    from beachhead.bootstrap.lab.lab import down
 
     with errors_exit():
         removed = down()

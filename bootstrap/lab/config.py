@@ -1,6 +1,6 @@
 """The lab's YAML configuration: vCenter endpoint, guest network and VMs.
 
-Bad input raises :class:`agent.errors.InputError` naming the file, the field and the
+Bad input raises :class:`beachhead.agent.errors.InputError` naming the file, the field and the
 reason. Passwords left out are generated when the lab comes up.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import InputError
-from agent.yamlio import LineDict, at_line, load_yaml
+from beachhead.agent.errors import InputError
+from beachhead.agent.yamlio import LineDict, at_line, load_yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 OS_FAMILIES = ("linux", "windows")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bootstrap.lab import system
-from bootstrap.lab.system import LabError
+from beachhead.bootstrap.lab import system
+from beachhead.bootstrap.lab.system import LabError
 
 METADATA_ADDRESS = ipaddress.IPv4Address("169.254.169.254")
 DNSMASQ = Path("/usr/sbin/dnsmasq")

@@ -10,7 +10,7 @@ files in the upper ``/etc``. It shares the host's programs (``/usr``). Its sshd 
 console are started by the vCenter launcher when the VM powers on, inside these
 namespaces. A Windows stand-in has drive folders (``C/...``) under its root directory.
 Every guest, Windows stand-in included, has its own ``/etc/dhcp`` (its DHCP client's
-configuration and hooks, see :mod:`bootstrap.lab.dhcp`).
+configuration and hooks, see :mod:`beachhead.bootstrap.lab.dhcp`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootstrap.lab.system import NETNS_DIR, LabError
-from bootstrap.local_sshd import ensure_privsep_dir, keygen, password_hash, sudoers
+from beachhead.bootstrap.lab.system import NETNS_DIR, LabError
+from beachhead.bootstrap.local_sshd import ensure_privsep_dir, keygen, password_hash, sudoers
 
 PRIVATE_DIRS = ("tmp", "root", "home", "var/tmp")
 # Host directories a guest sees through an overlay with an upper layer of its own (the

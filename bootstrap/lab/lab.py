@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bootstrap.lab import dhcp, guests, system
-from bootstrap.lab.build import launcher_binary
-from bootstrap.lab.certs import ensure_certificates
-from bootstrap.lab.config import LabConfig, VmSpec, generated_password
-from bootstrap.lab.system import LabError
+from beachhead.bootstrap.lab import dhcp, guests, system
+from beachhead.bootstrap.lab.build import launcher_binary
+from beachhead.bootstrap.lab.certs import ensure_certificates
+from beachhead.bootstrap.lab.config import LabConfig, VmSpec, generated_password
+from beachhead.bootstrap.lab.system import LabError
 
 READY_TIMEOUT_S = 45.0
 Progress = Callable[[str], None]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bootstrap.lab.system import LabError
+from beachhead.bootstrap.lab.system import LabError
 
 LOCK_FILE = Path("/run/beachhead-lab.lock")
 DEFAULT_WAIT_S = 900.0

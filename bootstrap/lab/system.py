@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from agent.errors import BeachheadError
+from beachhead.agent.errors import BeachheadError
 
 NETNS_PREFIX = "bhlab-"
 NETNS_DIR = Path("/run/netns")

@@ -18,7 +18,7 @@ import pytest
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 
-from bootstrap.lab.lock import lab_lock
+from beachhead.bootstrap.lab.lock import lab_lock
 from tests.conftest import beachhead
 
 BOOT_DELAY_S = 3

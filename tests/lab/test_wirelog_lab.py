@@ -19,7 +19,7 @@ import pyVim.connect as pyvim_connect
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import SoapStubAdapter, vim
 
-from agent.vsphere.wirelog import WireLog, connect_logged, instrument_stub, uninstrument_stub
+from beachhead.agent.vsphere.wirelog import WireLog, connect_logged, instrument_stub, uninstrument_stub
 from tests.lab.conftest import Vc, wait_for
 
 Spec = vim.vm.guest.ProcessManager.ProgramSpec
