@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from beachhead.agent.engine import Engine, Progress, RunSettings, check_run_input
+from beachhead.agent.engine import Engine, Progress, check_run_input
 from beachhead.agent.journal import Journal, RunDirectory, default_runs_dir
 from beachhead.agent.plans import Plan, load_plan
-from beachhead.agent.registry import ChannelRegistry, default_registry
+from beachhead.agent.registry import Plugins, default_plugins
 from beachhead.agent.results import TargetResult
+from beachhead.agent.settings import RunSettings
 from beachhead.agent.targets import Target, check_unique_names, parse_target
 
 
@@ -36,8 +37,8 @@ class RunReport:
         return all(result.ok for result in self.results)
 
 
-def _as_plan(plan: str | Path | Plan) -> Plan:
-    return plan if isinstance(plan, Plan) else load_plan(plan)
+def _as_plan(plan: str | Path | Plan, plugins: Plugins) -> Plan:
+    return plan if isinstance(plan, Plan) else load_plan(plan, plugins)
 
 
 def _as_target(target: str | Target) -> Target:
@@ -50,7 +51,7 @@ async def run_plan(
     *,
     settings: RunSettings | None = None,
     runs_dir: Path | None = None,
-    registry: ChannelRegistry | None = None,
+    plugins: Plugins | None = None,
     progress: Progress | None = None,
     on_run_dir: Callable[[RunDirectory], None] | None = None,
 ) -> RunReport:
@@ -59,11 +60,11 @@ async def run_plan(
     Bad input raises :class:`beachhead.agent.errors.InputError` before anything runs; failures on
     targets are reported in the results, not raised.
     """
-    plan = _as_plan(plan)
+    plugins = plugins or default_plugins()
+    plan = _as_plan(plan, plugins)
     resolved = [_as_target(target) for target in targets]
     check_unique_names(resolved, "--target")
-    registry = registry or default_registry()
-    check_run_input(plan, resolved, registry, settings)
+    check_run_input(plan, resolved, plugins, settings)
     run_dir = RunDirectory.create(
         runs_dir or default_runs_dir(),
         {
@@ -76,7 +77,7 @@ async def run_plan(
         on_run_dir(run_dir)
     journal = Journal(run_dir)
     try:
-        engine = Engine(registry, run_dir, journal, settings, progress)
+        engine = Engine(plugins, run_dir, journal, settings, progress)
         results = await engine.run(plan, resolved)
     finally:
         journal.close()

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from beachhead.agent.plans import Capability
 from beachhead.agent.targets import OsFamily
+
+if TYPE_CHECKING:
+    from beachhead.agent.context import TargetContext
+
+
+class Capability(StrEnum):
+    """What a channel can do; a step kind asks for one of these."""
+
+    RUN = "run"
+    PUT_FILE = "put_file"
+    GET_FILE = "get_file"
+    TYPE_KEYS = "type_keys"
+    PUBLISH_USERDATA = "publish_userdata"
 
 
 class Direction(StrEnum):
@@ -40,19 +53,25 @@ class Prerequisite(StrEnum):
 class ChannelInfo:
     """A channel's taxonomy entry, declared by its plugin beside its code.
 
-    ``preference`` orders channels when a plan does not: higher is tried first.
-    ``target_schemes`` lists the target URI schemes the channel can reach.
+    ``preference`` gives, per OS family the channel serves, its place in the default
+    order for that family: higher is tried first. ``target_schemes`` lists the target
+    URI schemes the channel can reach (a ``vsphere://`` VM is reached by every channel
+    its target carries credentials for).
     """
 
     name: str
     summary: str
     direction: Direction
     medium: Medium
-    os_families: frozenset[OsFamily]
     prerequisites: tuple[Prerequisite, ...]
     capabilities: frozenset[Capability]
-    preference: int
+    preference: Mapping[OsFamily, int]
     target_schemes: frozenset[str]
+
+    @property
+    def os_families(self) -> frozenset[OsFamily]:
+        """The OS families the channel serves: those it declares a preference for."""
+        return frozenset(self.preference)
 
 
 @dataclass(frozen=True)
@@ -154,4 +173,34 @@ class ChannelSession(Protocol):
 
     async def close(self) -> None:
         """Release the connection."""
+        ...
+
+
+@dataclass(frozen=True)
+class Unmet:
+    """A prerequisite of a channel that does not hold now. ``transient`` when it may
+    come to hold as the VM changes (an address reported, VMware Tools started), so a
+    step with no usable channel waits for the VM's next change instead of failing."""
+
+    reason: str
+    transient: bool = False
+
+
+class Channel(Protocol):
+    """What a channel plugin registers (``beachhead_register_channels``): its taxonomy
+    entry, which of its prerequisites do not hold for a target now, and how to open a
+    session on it."""
+
+    info: ChannelInfo
+
+    def unmet(self, target: TargetContext) -> list[Unmet]:
+        """The prerequisites that do not hold now, each with a short reason ("no guest
+        address yet"); empty when the channel can be tried. Reads only what ``target``
+        already knows (its routes, the VM's last reported state): no I/O."""
+        ...
+
+    async def connect(self, target: TargetContext) -> Any:
+        """Open a session (a :class:`ChannelSession` for push channels); raise
+        :class:`beachhead.agent.errors.ChannelUnavailable` when it cannot, retryable
+        when trying again later may succeed."""
         ...

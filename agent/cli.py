@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -22,21 +22,21 @@ from rich.table import Table
 
 from beachhead import __version__
 from beachhead.agent.api import RunReport, run_plan
-from beachhead.agent.engine import RunSettings
 from beachhead.agent.errors import BeachheadError, InputError
 from beachhead.agent.exits import errors_exit
+from beachhead.agent.explain import CAPABILITY_ORDER, Explanation, explain_channels
 from beachhead.agent.journal import RunDirectory, default_runs_dir
 from beachhead.agent.logs import configure_logging
 from beachhead.agent.plans import load_plan
 from beachhead.agent.progress import RichProgress
-from beachhead.agent.registry import default_registry
+from beachhead.agent.registry import default_plugins
 from beachhead.agent.results import StepResult, TargetResult
-from beachhead.agent.targets import Target, load_targets_file, parse_target
-from beachhead.agent.undo import Undoer
-from beachhead.agent.vsphere.connection import vcenter_pool
-from beachhead.agent.vsphere.vmlogs import LogFile, diagnostic_logs, vm_logs
-from beachhead.bootstrap.lab import cli as lab_cli
-from beachhead.metadata_server import cli as metadata_cli
+from beachhead.agent.settings import RunSettings
+from beachhead.agent.targets import OsFamily, Target, load_targets_file, parse_target
+from beachhead.agent.undo import Undoer, describe_entry
+
+if TYPE_CHECKING:
+    from beachhead.agent.vsphere.vmlogs import LogFile
 
 T = TypeVar("T")
 INTERRUPTED = 130
@@ -77,7 +77,31 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
         sys.exit(INTERRUPTED)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class PluginCommands(click.Group):
+    """The ``beachhead`` group: the core commands, and those the plugins add
+    (``beachhead_add_commands``), loaded only when a command is not a core one or the
+    commands are listed, so ``beachhead --version`` and ``beachhead run`` load none."""
+
+    _loaded = False
+
+    def _load_plugins(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            default_plugins().add_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """A core command, else one a plugin adds."""
+        if cmd_name not in self.commands:
+            self._load_plugins()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command, the plugins' included."""
+        self._load_plugins()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=PluginCommands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="beachhead")
 @click.option(
     "--log-level",
@@ -97,6 +121,7 @@ def main(log_level: str | None, log_json: bool | None) -> None:
     \b
     Start with:
       beachhead channels                 what channels are installed
+      beachhead channels --target URI    which channel would serve a guest now, and why
       beachhead run PLAN --target URI    run a plan on one or more guests
       beachhead journal RUN_ID           what a run wrote
       beachhead undo RUN_ID              revert it
@@ -242,7 +267,16 @@ def run(
       ssh://USER@HOST[:PORT]?key=PATH&known_hosts=PATH|ignore&password_env=VAR&name=LABEL
       vsphere://USER@VCENTER[:PORT]/VM?password_env=VAR&guest_user=NAME&guest_password_env=VAR
                  [&scheme=http|https][&insecure=1][&ca_file=PATH]   (VM: name or instance uuid)
-    Passwords are never given on the command line: password_env names the environment
+                 [&ssh_user=NAME&ssh_key=PATH&ssh_password_env=VAR&ssh_port=N]
+                 [&known_hosts=PATH|ignore|vsphere][&address=IP]
+                 [&winrm_user=NAME&winrm_password_env=VAR&winrm_transport=ntlm|basic|certificate]
+                 [&winrm_scheme=http|https&winrm_port=N][&console=usb|vnc|rdp]
+    A vsphere:// target is one VM with every route into it: each step goes over the most
+    preferred channel for its OS that can serve now (Linux: ssh, then guest operations),
+    at the address VMware Tools reports; ssh_* default to the guest login, and its host
+    keys are pinned from the guest through vSphere (known_hosts=vsphere) when it has one.
+    `beachhead channels --target URI` shows the choice.
+    Passwords are never given on the command line: *password_env names the environment
     variable that holds one. Host keys are checked against ~/.ssh/known_hosts unless
     known_hosts names another file or says ignore; vCenter certificates against the
     system's CAs or ca_file, unless insecure=1.
@@ -308,22 +342,18 @@ def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
         )
         for column in ("#", "target", "operation", "what", "state", "undo"):
             table.add_column(column)
+        plugins = default_plugins()
         for entry in run_dir.entries():
-            intent = entry.intent
-            what = intent.get("path") or intent.get("command") or intent.get("script") or ""
-            replaced = intent.get("replaces", {})
-            if entry.op == "make_dirs":
-                what += " (created)"
-            elif entry.op == "extra_config":
-                what = ", ".join(intent.get("keys", []))
-            elif entry.op == "power":
-                what = str(intent.get("state"))
-            elif entry.op == "publish_userdata":
-                what = f"instance {intent.get('instance_id')} on {intent.get('server')}"
-            elif entry.op != "run":
-                what += " (replaced existing)" if replaced.get("exists") else " (new)"
-            undo = entry.undo["phase"] if entry.undo else ("-" if entry.op in ("run", "power") else "")
-            table.add_row(str(entry.seq), intent.get("target", ""), entry.op, what, entry.state, undo)
+            operation = plugins.operations.get(entry.op)
+            undo = entry.undo["phase"] if entry.undo else ("-" if operation and not operation.undoable else "")
+            table.add_row(
+                str(entry.seq),
+                entry.intent.get("target", ""),
+                entry.op,
+                describe_entry(entry, plugins),
+                entry.state,
+                undo,
+            )
         Console().print(table)
 
 
@@ -339,7 +369,7 @@ def undo(run_id: str, force: bool, json_output: bool, connect_timeout: float, ru
     operations). Safe to run again."""
     with errors_exit():
         run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
-        undoer = Undoer(run_dir, default_registry(), connect_timeout=connect_timeout, force=force)
+        undoer = Undoer(run_dir, default_plugins(), connect_timeout=connect_timeout, force=force)
         report = _run_async(undoer.undo())
         if json_output:
             click.echo(json.dumps(report.to_json()))
@@ -375,11 +405,43 @@ def runs(runs_dir: Path | None) -> None:
 
 # -- channels -----------------------------------------------------------------------------------
 @main.command()
-@click.option("--json", "json_output", is_flag=True, help="Print the taxonomy as a JSON list.")
-def channels(json_output: bool) -> None:
-    """Show the channel taxonomy declared by the installed channel plugins."""
-    registry = default_registry()
-    infos = registry.ordered()
+@click.option("--json", "json_output", is_flag=True, help="Print as JSON.")
+@click.option(
+    "--target",
+    "target_uri",
+    metavar="URI",
+    default=None,
+    help="Explain, per capability, which channel would serve this guest now and why each other would not.",
+)
+@click.option(
+    "--os",
+    "os_family",
+    type=click.Choice([family.value for family in OsFamily]),
+    default=None,
+    help="The guest's OS family, when the target does not declare it (else read from the VM, else linux).",
+)
+@connect_timeout_option
+def channels(json_output: bool, target_uri: str | None, os_family: str | None, connect_timeout: float) -> None:
+    """Show the channel taxonomy the installed plugins declare, or, with --target, which
+    channel each capability would use on that guest now and why the others would not
+    (checks live prerequisites: connects to its vCenter, changes nothing).
+
+    Exit status with --target: 0 when some channel can run commands on the guest now,
+    1 when none can, 2 for a bad URI.
+    """
+    plugins = default_plugins()
+    if target_uri is not None:
+        with errors_exit():
+            target = parse_target(target_uri)
+            family = OsFamily(os_family) if os_family else None
+            settings = RunSettings(connect_timeout=connect_timeout)
+            explanation = _run_async(explain_channels(target, family, plugins, settings))
+        if json_output:
+            click.echo(json.dumps(explanation.to_json(), indent=2))
+        else:
+            _print_explanation(explanation)
+        sys.exit(0 if explanation.can_run else 1)
+    infos = [channel.info for channel in plugins.ordered()]
     if json_output:
         click.echo(
             json.dumps(
@@ -392,7 +454,7 @@ def channels(json_output: bool) -> None:
                         "os_families": sorted(i.os_families),
                         "prerequisites": [p.value for p in i.prerequisites],
                         "capabilities": sorted(i.capabilities),
-                        "preference": i.preference,
+                        "preference": {str(family): rank for family, rank in sorted(i.preference.items())},
                         "target_schemes": sorted(i.target_schemes),
                     }
                     for i in infos
@@ -401,15 +463,15 @@ def channels(json_output: bool) -> None:
             )
         )
         return
-    table = Table(title="channels (most preferred first)", title_justify="left")
-    for column in ("channel", "direction", "medium", "OS", "prerequisites", "capabilities", "targets"):
+    table = Table(title="channels", title_justify="left")
+    for column in ("channel", "direction", "medium", "preference", "prerequisites", "capabilities", "targets"):
         table.add_column(column)
     for i in infos:
         table.add_row(
             i.name,
             i.direction.value,
             i.medium.value,
-            ", ".join(sorted(i.os_families)),
+            ", ".join(f"{family} {rank}" for family, rank in sorted(i.preference.items())),
             ", ".join(p.value for p in i.prerequisites),
             ", ".join(sorted(i.capabilities)),
             ", ".join(f"{s}://" for s in sorted(i.target_schemes)),
@@ -417,7 +479,21 @@ def channels(json_output: bool) -> None:
     Console().print(table)
 
 
-# -- lab ----------------------------------------------------------------------------------------
+def _print_explanation(explanation: Explanation) -> None:
+    console = Console()
+    console.print(
+        f"target {explanation.target} ({explanation.os}{', ' + explanation.state if explanation.state else ''})"
+    )
+    table = Table(title_justify="left")
+    for column in ("capability", "channel", "now"):
+        table.add_column(column)
+    for capability in CAPABILITY_ORDER:
+        for verdict in explanation.capabilities.get(capability, []):
+            table.add_row(str(capability), verdict["channel"], verdict["verdict"])
+    console.print(table)
+
+
+# -- logs ---------------------------------------------------------------------------------------
 @main.command()
 @click.argument("target_uri", metavar="URI")
 @click.option(
@@ -453,14 +529,12 @@ def logs(target_uri: str, output: Path | None, connect_timeout: float) -> None:
 
 
 async def _fetch_logs(target: Target, connect_timeout: float, *, with_diagnostics: bool) -> list[LogFile]:
+    from beachhead.agent.vsphere.connection import vcenter_pool
+    from beachhead.agent.vsphere.vmlogs import diagnostic_logs, vm_logs
+
     async with vcenter_pool() as pool:
         vcenter, vm = await pool.vm_of(target, connect_timeout)
         fetched = await vm_logs(vcenter, vm)
         if with_diagnostics:
             fetched += await diagnostic_logs(vcenter)
         return fetched
-
-
-main.add_command(lab_cli.lab)
-main.add_command(metadata_cli.metadata_server)
-main.add_command(metadata_cli.metadata)

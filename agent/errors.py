@@ -7,7 +7,6 @@ every other :class:`BeachheadError` to exit status 1 (something ran and failed).
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 
@@ -70,10 +69,6 @@ class StepFailed(BeachheadError):
         self.stdout = stdout
         self.stderr = stderr
         super().__init__(f"{description}: {reason}")
-
-
-class StepTimeout(StepFailed, asyncio.TimeoutError):
-    """A step ran past its timeout; catchable as a step failure or as a timeout."""
 
 
 class VerificationFailed(StepFailed):

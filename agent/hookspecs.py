@@ -1,43 +1,46 @@
-"""The pluggy hook specifications every channel plugin implements.
+"""The pluggy hook specifications: what a Beachhead plugin can provide.
 
-A plugin is a module (or object) with functions marked by :data:`hookimpl`. Built-in
-channels and third-party ones register the same way: through the ``beachhead.channels``
-entry-point group. A plugin answers only for the channels it declared and returns None
-for the others, so the first non-None answer wins.
+A plugin is a module (or object) with functions marked by :data:`hookimpl`, found
+through the ``beachhead.plugins`` entry-point group (``beachhead.channels``, the group's
+older name, is read too). The built-in channels, step kinds and commands register
+exactly as a third party's do. Each hook hands the plugin a ``register`` callable (or
+the command group) instead of asking it to answer for names it may not know, as tox's
+``tox_register_tox_env`` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
-from beachhead.agent.channel import ChannelInfo, ChannelSession
-from beachhead.agent.targets import Target
+if TYPE_CHECKING:
+    import click
+
+    from beachhead.agent.channel import Channel
+    from beachhead.agent.stepkinds import ConditionKind, StepKind
 
 PROJECT = "beachhead"
-ENTRY_POINT_GROUP = "beachhead.channels"
+ENTRY_POINT_GROUPS = ("beachhead.plugins", "beachhead.channels")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def beachhead_channels() -> list[ChannelInfo]:  # type: ignore[empty-body]
-    """Declare the channels this plugin provides: their taxonomy entries."""
+def beachhead_register_channels(register: Callable[[Channel], None]) -> None:
+    """Register the channels this plugin provides (:class:`beachhead.agent.channel.Channel`):
+    each with its taxonomy entry, its live prerequisites and how it connects."""
 
 
-@hookspec(firstresult=True)
-def beachhead_unmet_prerequisites(channel: str, target: Target) -> list[str] | None:
-    """For a channel of this plugin, list the prerequisites that do not hold now for
-    ``target`` (empty when it can be used); None for channels of other plugins."""
+@hookspec
+def beachhead_register_steps(register: Callable[[StepKind | ConditionKind], None]) -> None:
+    """Register plan step kinds (:class:`beachhead.agent.stepkinds.StepKind`: schema,
+    execution, description, journal operations and how each is reverted) and wait
+    conditions (:class:`beachhead.agent.stepkinds.ConditionKind`)."""
 
 
-@hookspec(firstresult=True)
-def beachhead_connect(
-    channel: str, target: Target, connect_timeout: float
-) -> Coroutine[Any, Any, ChannelSession] | None:
-    """For a channel of this plugin, return a coroutine that opens a session on
-    ``target`` (raising :class:`beachhead.agent.errors.ChannelUnavailable` when it cannot); None
-    for channels of other plugins."""
+@hookspec
+def beachhead_add_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``beachhead`` command line."""

@@ -1,91 +1,114 @@
-"""Loads channel plugins and picks the channel for each step."""
+"""Loads the plugins and holds what they registered: channels, step kinds, wait
+conditions, journal operations and commands."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from beachhead.agent import hookspecs
-from beachhead.agent.channel import ChannelInfo, ChannelSession
-from beachhead.agent.errors import BeachheadError, ChannelUnavailable
-from beachhead.agent.plans import Capability
+from beachhead.agent.channel import Capability, Channel, ChannelInfo
+from beachhead.agent.errors import BeachheadError
+from beachhead.agent.stepkinds import ConditionKind, Operation, StepKind
 from beachhead.agent.targets import OsFamily, Target
+
+if TYPE_CHECKING:
+    import click
 
 
 class PluginError(BeachheadError):
-    """A plugin declared something inconsistent (a duplicate channel name)."""
+    """Plugins declared something inconsistent (a name registered twice)."""
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A channel that could serve a step, or the reason it cannot."""
-
-    info: ChannelInfo
-    unmet: tuple[str, ...]
-
-    @property
-    def usable(self) -> bool:
-        """True when every prerequisite holds."""
-        return not self.unmet
-
-
-class ChannelRegistry:
-    """The channels every registered plugin declared, and how to reach them."""
+class Plugins:
+    """Everything the installed plugins registered, checked for clashes."""
 
     def __init__(self, manager: pluggy.PluginManager) -> None:
         self.manager = manager
-        self.channels: dict[str, ChannelInfo] = {}
-        for declared in manager.hook.beachhead_channels():
-            for info in declared:
-                if info.name in self.channels:
-                    raise PluginError(f"two plugins declare the channel {info.name!r}")
-                self.channels[info.name] = info
+        self.channels: dict[str, Channel] = {}
+        self.steps: dict[str, StepKind] = {}
+        self.conditions: dict[str, ConditionKind] = {}
+        self.operations: dict[str, Operation] = {}
+        manager.hook.beachhead_register_channels(register=self._add_channel)
+        manager.hook.beachhead_register_steps(register=self._add_kind)
 
-    def ordered(self, pinned: Iterable[str] = ()) -> list[ChannelInfo]:
+    def _add_channel(self, channel: Channel) -> None:
+        name = channel.info.name
+        if name in self.channels:
+            raise PluginError(f"two plugins register the channel {name!r}")
+        self.channels[name] = channel
+
+    def _add_kind(self, kind: StepKind | ConditionKind) -> None:
+        if isinstance(kind, ConditionKind):
+            for name in kind.names:
+                if name in self.conditions:
+                    raise PluginError(f"two plugins register the wait condition {name!r}")
+                self.conditions[name] = kind
+            return
+        if not isinstance(kind, StepKind):
+            raise PluginError(f"not a step kind or wait condition: {kind!r}")
+        if kind.name in self.steps:
+            raise PluginError(f"two plugins register the step kind {kind.name!r}")
+        self.steps[kind.name] = kind
+        for operation in kind.operations:
+            known = self.operations.setdefault(operation.name, operation)
+            if known is not operation:
+                raise PluginError(f"two step kinds define the journal operation {operation.name!r}")
+
+    # -- channels -----------------------------------------------------------------------------
+    @property
+    def infos(self) -> dict[str, ChannelInfo]:
+        """Every channel's taxonomy entry, by name."""
+        return {name: channel.info for name, channel in self.channels.items()}
+
+    def ordered(self, os_family: OsFamily | None = None, pinned: Iterable[str] = ()) -> list[Channel]:
         """Channels in the order a step tries them: the plan's order when it pins some,
-        otherwise by declared preference."""
+        otherwise by the preference declared for ``os_family`` (every channel, by its
+        highest preference, when no family is given)."""
         pinned = list(pinned)
         if pinned:
             return [self.channels[name] for name in pinned]
-        return sorted(self.channels.values(), key=lambda info: (-info.preference, info.name))
+
+        def rank(channel: Channel) -> tuple[int, str]:
+            preference = channel.info.preference
+            score = preference.get(os_family) if os_family is not None else max(preference.values(), default=None)
+            return (-(score if score is not None else -1), channel.info.name)
+
+        return sorted(self.channels.values(), key=rank)
 
     def candidates(
-        self, capability: Capability, target: Target, os_family: OsFamily | None, pinned: Iterable[str] = ()
-    ) -> list[Candidate]:
-        """Channels that have ``capability``, reach this kind of target and support its OS,
-        in the order to try them, each with the prerequisites that do not hold now."""
-        result = []
-        for info in self.ordered(pinned):
-            if capability not in info.capabilities or target.scheme not in info.target_schemes:
-                continue
-            if os_family is not None and os_family not in info.os_families:
-                continue
-            unmet = self.manager.hook.beachhead_unmet_prerequisites(channel=info.name, target=target)
-            result.append(Candidate(info, tuple(unmet or ())))
-        return result
+        self, capability: Capability, target: Target, os_family: OsFamily, pinned: Iterable[str] = ()
+    ) -> list[Channel]:
+        """Channels that have ``capability``, reach this kind of target and serve its OS,
+        in the order to try them."""
+        return [
+            channel
+            for channel in self.ordered(os_family, pinned)
+            if capability in channel.info.capabilities
+            and target.scheme in channel.info.target_schemes
+            and os_family in channel.info.os_families
+        ]
 
-    async def connect(self, channel: str, target: Target, connect_timeout: float) -> ChannelSession:
-        """Open a session on ``target`` through ``channel``."""
-        opener = self.manager.hook.beachhead_connect(channel=channel, target=target, connect_timeout=connect_timeout)
-        if opener is None:
-            raise ChannelUnavailable(channel, target.name, "no plugin opens this channel")
-        session: ChannelSession = await opener
-        return session
+    # -- commands -------------------------------------------------------------------------------
+    def add_commands(self, cli: click.Group) -> None:
+        """Let every plugin add its subcommands to ``cli``."""
+        self.manager.hook.beachhead_add_commands(cli=cli)
 
 
 def plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
-    """A plugin manager with the hookspecs and every plugin of the entry-point group."""
+    """A plugin manager with the hookspecs and every plugin of the entry-point groups."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     if load_entry_points:
-        manager.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
+        for group in hookspecs.ENTRY_POINT_GROUPS:
+            manager.load_setuptools_entrypoints(group)
     return manager
 
 
 @functools.cache
-def default_registry() -> ChannelRegistry:
-    """The registry of every installed channel plugin, loaded once per process."""
-    return ChannelRegistry(plugin_manager())
+def default_plugins() -> Plugins:
+    """What every installed plugin registered, loaded once per process."""
+    return Plugins(plugin_manager())

@@ -10,14 +10,36 @@ from __future__ import annotations
 
 import base64
 import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from beachhead.agent.channel import CommandRequest
 from beachhead.agent.errors import InputError
-from beachhead.agent.plans import RunSpec
 from beachhead.agent.targets import OsFamily
 
 POSIX_SHELLS = ("sh", "bash")
 WINDOWS_SHELLS = ("powershell", "cmd")
+SHELLS = (*POSIX_SHELLS, *WINDOWS_SHELLS)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A command or script to run, before rendering for the guest's OS family."""
+
+    command: str | None = None
+    script: Path | None = None
+    shell: str | None = None
+    become: bool = False
+    timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Short human description: the command's first line or the script's name."""
+        if self.script is not None:
+            return f"script {self.script.name}"
+        first = (self.command or "").strip().splitlines()[0] if self.command else ""
+        return first if len(first) <= 60 else first[:57] + "..."
 
 
 def render(spec: RunSpec, os_family: OsFamily) -> CommandRequest:

@@ -26,6 +26,10 @@ class StepResult:
     stderr: str = ""
     duration_s: float = 0.0
     error: str | None = None
+    # Every channel considered for the step, in order: {channel, result, reason}, result
+    # being used, unmet (a prerequisite does not hold), failed (could not connect) or
+    # skipped (could not connect shortly before).
+    channels_tried: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The step as it appears in ``--json`` output."""
@@ -40,6 +44,7 @@ class StepResult:
             "stderr": self.stderr,
             "duration_s": round(self.duration_s, 3),
             "error": self.error,
+            "channels_tried": self.channels_tried,
         }
 
 

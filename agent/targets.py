@@ -1,9 +1,31 @@
-"""Targets: which guest to reach and how to authenticate, parsed from URIs or YAML.
+"""Targets: one machine each, with every route into it, parsed from URIs or YAML.
 
-``ssh://user@host:port?key=PATH&known_hosts=PATH|ignore&password_env=VAR&name=LABEL``
+``ssh://[USER@]HOST[:PORT]?PARAMETERS`` — a plain host reached over SSH:
+``key=PATH``, ``known_hosts=PATH|ignore``, ``password_env=VAR``, ``passphrase_env=VAR``,
+``name=LABEL``, ``os=linux|windows``, ``connect_timeout=SECONDS``.
 
-``vsphere://user@vcenter:port/VM?password_env=VAR&guest_user=NAME&guest_password_env=VAR``
-(VM by name or instance uuid; ``scheme=http|https``, ``insecure=1``, ``ca_file=PATH``)
+``vsphere://USER@VCENTER[:PORT]/VM?PARAMETERS`` — a VM by name or instance uuid, with:
+
+- the vCenter: ``password_env=VAR`` (required), ``scheme=http|https``, ``insecure=1``,
+  ``ca_file=PATH``;
+- the guest-operations login: ``guest_user=NAME``, ``guest_password_env=VAR``;
+- SSH: ``ssh_user=NAME``, ``ssh_key=PATH``, ``ssh_password_env=VAR``,
+  ``ssh_passphrase_env=VAR``, ``ssh_port=N``, ``known_hosts=PATH|ignore|vsphere``;
+- WinRM: ``winrm_user=NAME``, ``winrm_password_env=VAR``,
+  ``winrm_transport=ntlm|basic|certificate``, ``winrm_port=N``, ``winrm_scheme=http|https``;
+- ``console=usb|vnc|rdp``, ``address=IP-OR-HOSTNAME`` (instead of the address VMware Tools
+  reports), ``name=LABEL``, ``os=linux|windows``, ``connect_timeout=SECONDS``.
+
+The SSH and WinRM routes of a VM chain from its guest login: each exists when
+``guest_user`` or one of its own parameters is given, its user defaults to ``guest_user``
+and its password to the guest password when the users are the same. Host keys are pinned
+from the guest (``known_hosts=vsphere``) by default when there is a guest login.
+
+A targets file is a YAML list of such URIs or of mappings with the same fields
+(``host``, ``user``, ``port``, ``vm``, ``scheme`` and the parameters above); a mapping may
+also nest the channel settings: ``guest: {user, password_env}``,
+``ssh: {user, key, password_env, passphrase_env, port, known_hosts}``,
+``winrm: {user, password_env, transport, port, scheme}``.
 
 Credentials never travel on the command line in clear: a password is named by the
 environment variable that holds it, a key by its file.
@@ -11,11 +33,14 @@ environment variable that holds it, a key by its file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from beachhead.agent.errors import InputError
@@ -30,7 +55,47 @@ class OsFamily(StrEnum):
     WINDOWS = "windows"
 
 
+class HostKeyPolicy(StrEnum):
+    """How an SSH route checks the guest's host key."""
+
+    #: Strictly, against a known_hosts file (``~/.ssh/known_hosts`` unless one is named).
+    FILE = "file"
+    #: Not at all: any key is accepted.
+    IGNORE = "ignore"
+    #: Against the keys read from the guest through VMware Tools guest operations.
+    VSPHERE = "vsphere"
+
+
+class WinrmTransport(StrEnum):
+    """How a WinRM route authenticates."""
+
+    NTLM = "ntlm"
+    BASIC = "basic"
+    CERTIFICATE = "certificate"
+
+
+class WinrmScheme(StrEnum):
+    """Whether a WinRM route speaks plain HTTP or HTTPS."""
+
+    HTTP = "http"
+    HTTPS = "https"
+
+
+class ConsoleKind(StrEnum):
+    """Which console types keystrokes into a VM: vSphere USB scan codes, VNC or RDP."""
+
+    USB = "usb"
+    VNC = "vnc"
+    RDP = "rdp"
+
+
 IGNORE = "ignore"
+
+SSH_PORT = 22
+WINRM_PORTS = {WinrmScheme.HTTP: 5985, WinrmScheme.HTTPS: 5986}
+#: The URI parameters that declare a vsphere:// target's SSH route, and its WinRM route.
+SSH_ROUTE_PARAMETERS = ("ssh_user", "ssh_key", "ssh_password_env", "ssh_passphrase_env", "ssh_port", "known_hosts")
+WINRM_ROUTE_PARAMETERS = ("winrm_user", "winrm_password_env", "winrm_transport", "winrm_port", "winrm_scheme")
 
 #: Query parameters each scheme understands; anything else is rejected as a typo.
 SCHEME_PARAMETERS: dict[str, frozenset[str]] = {
@@ -46,20 +111,68 @@ SCHEME_PARAMETERS: dict[str, frozenset[str]] = {
             "name",
             "os",
             "connect_timeout",
+            *SSH_ROUTE_PARAMETERS,
+            *WINRM_ROUTE_PARAMETERS,
+            "console",
+            "address",
         }
     ),
 }
-DEFAULT_PORTS = {"ssh": 22, "vsphere": 443}
+DEFAULT_PORTS = {"ssh": SSH_PORT, "vsphere": 443}
 HTTP_PORT = 80
+MAX_PORT = 65535
 TRUE_WORDS, FALSE_WORDS = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no"})
+HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+MAX_HOST_NAME = 253
+
+
+@dataclass(frozen=True)
+class SshRoute:
+    """How to reach a target over SSH: the login and how the host key is checked.
+
+    ``known_hosts`` is the file for policy ``file`` (None: ``~/.ssh/known_hosts``).
+    ``declared`` is False when the route exists only because it was chained from a
+    vsphere:// target's guest-operations login, so a failure to connect is no surprise.
+    """
+
+    user: str | None
+    port: int = SSH_PORT
+    key_file: Path | None = None
+    password: Secret | None = field(default=None, repr=False)
+    passphrase: Secret | None = field(default=None, repr=False)
+    known_hosts: Path | None = None
+    host_keys: HostKeyPolicy = HostKeyPolicy.FILE
+    declared: bool = True
+
+
+@dataclass(frozen=True)
+class WinrmRoute:
+    """How to reach a target over WinRM.
+
+    ``port`` 0 stands for the scheme's standard port (5985 for http, 5986 for https) and
+    is replaced by it. ``declared`` is False when the route was chained from the guest login.
+    """
+
+    user: str
+    password: Secret | None = field(default=None, repr=False)
+    transport: WinrmTransport = WinrmTransport.NTLM
+    scheme: WinrmScheme = WinrmScheme.HTTP
+    port: int = 0
+    declared: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            object.__setattr__(self, "port", WINRM_PORTS[self.scheme])
 
 
 @dataclass(frozen=True)
 class Target:
-    """One guest: where it is, what it runs, and the credentials to reach it.
+    """One machine, with every route into it: where it is, what it runs, the credentials.
 
     ``uri`` is the canonical form without secrets; it is what journals record so that
-    ``beachhead undo`` can reach the same guest again.
+    ``beachhead undo`` can reach the same guest again. ``ssh`` and ``winrm`` are the
+    network routes (an ssh:// target always has ``ssh``); ``address`` overrides the
+    address network channels use for a VM (by default the one VMware Tools reports).
     """
 
     scheme: str
@@ -69,11 +182,7 @@ class Target:
     name: str
     uri: str
     os: OsFamily | None = None
-    key_file: Path | None = None
-    known_hosts: Path | None = None
-    known_hosts_ignore: bool = False
     password: Secret | None = field(default=None, repr=False)
-    passphrase: Secret | None = field(default=None, repr=False)
     connect_timeout: float | None = None
     # vsphere:// only: the VM (name or instance uuid), the guest login, and how to
     # reach the vCenter (plain http when asked; certificate checks on unless insecure).
@@ -83,19 +192,34 @@ class Target:
     http: bool = False
     insecure: bool = False
     ca_file: Path | None = None
+    ssh: SshRoute | None = None
+    winrm: WinrmRoute | None = None
+    console: ConsoleKind | None = None
+    address: str | None = None
 
     @property
-    def address(self) -> str:
+    def endpoint(self) -> str:
         """``host:port`` for messages."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
 
-def parse_target(uri: str, *, source: str = "--target", where: str | None = None, require_vm: bool = True) -> Target:
+def parse_target(
+    uri: str,
+    *,
+    source: str = "--target",
+    where: str | None = None,
+    require_vm: bool = True,
+    labels: Mapping[str, str] | None = None,
+) -> Target:
     """Parse one target URI; errors name ``source`` and ``where`` (e.g. file and entry).
-    ``require_vm=False`` accepts a vsphere:// URI that names only the vCenter."""
+    ``require_vm=False`` accepts a vsphere:// URI that names only the vCenter. ``labels``
+    gives the whole location of some parameters in errors instead of ``where.PARAMETER``
+    (a targets file's nested ``ssh.port`` and its line)."""
 
     def bad(field_name: str | None, reason: str) -> InputError:
+        if field_name is not None and labels and field_name in labels:
+            return InputError(source, labels[field_name], reason)
         location = ".".join(part for part in (where, field_name) if part) or None
         return InputError(source, location, reason)
 
@@ -132,19 +256,22 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
 
     http = _http_scheme(params, bad)
     try:
-        port = parts.port or (HTTP_PORT if http else DEFAULT_PORTS[scheme])
+        uri_port = parts.port
     except ValueError:
         raise bad("port", f"invalid port in {uri!r}") from None
+    if uri_port == 0:
+        raise bad("port", f"invalid port in {uri!r} (must be 1-{MAX_PORT})")
+    port = uri_port or (HTTP_PORT if http else DEFAULT_PORTS[scheme])
     user = unquote(parts.username) if parts.username else None
     if scheme == "vsphere" and not user:
         raise bad("user", f"no vCenter user in {uri!r} (expected vsphere://user@vcenter/VM)")
-    known_hosts: Path | None = None
-    ignore = False
-    if "known_hosts" in params:
-        if params["known_hosts"] == IGNORE:
-            ignore = True
-        else:
-            known_hosts = _existing_file(params["known_hosts"], bad, "known_hosts")
+    if scheme == "ssh" and params.get("known_hosts") == HostKeyPolicy.VSPHERE:
+        raise bad(
+            "known_hosts",
+            "known_hosts=vsphere reads the host keys from the guest through VMware Tools: it needs a "
+            "vsphere:// target with guest_user and guest_password_env (for ssh:// give a file or ignore)",
+        )
+    host_keys, known_hosts = _host_key_check(params.get("known_hosts"), bad)
     key_file = _existing_file(params["key"], bad, "key") if "key" in params else None
     ca_file = _existing_file(params["ca_file"], bad, "ca_file") if "ca_file" in params else None
     password = _secret_from_env(params.get("password_env"), bad, "password_env")
@@ -168,8 +295,26 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
         if connect_timeout <= 0:
             raise bad("connect_timeout", "must be positive")
 
+    guest_user = params.get("guest_user") or None
+    if scheme == "ssh":
+        ssh: SshRoute | None = SshRoute(
+            user=user,
+            port=port,
+            key_file=key_file,
+            password=password,
+            passphrase=passphrase,
+            known_hosts=known_hosts,
+            host_keys=host_keys or HostKeyPolicy.FILE,
+        )
+        winrm = None
+    else:
+        ssh = _chained_ssh_route(params, guest_user, guest_password, (host_keys, known_hosts), bad)
+        winrm = _chained_winrm_route(params, guest_user, guest_password, bad)
+    console = _choice(params.get("console"), ConsoleKind, bad, "console")
+    address = _address(params["address"], bad) if "address" in params else None
+
     default_name = f"{user}@{host}" if user else host
-    if parts.port:
+    if uri_port:
         default_name += f":{port}"
     if vm:
         default_name = vm
@@ -181,18 +326,147 @@ def parse_target(uri: str, *, source: str = "--target", where: str | None = None
         name=params.get("name") or default_name,
         uri=uri,
         os=os_family,
-        key_file=key_file,
-        known_hosts=known_hosts,
-        known_hosts_ignore=ignore,
         password=password,
-        passphrase=passphrase,
         connect_timeout=connect_timeout,
         vm=vm,
-        guest_user=params.get("guest_user") or None,
+        guest_user=guest_user,
         guest_password=guest_password,
         http=http,
         insecure=insecure,
         ca_file=ca_file,
+        ssh=ssh,
+        winrm=winrm,
+        console=console,
+        address=address,
+    )
+
+
+def _chained_ssh_route(
+    params: dict[str, str],
+    guest_user: str | None,
+    guest_password: Secret | None,
+    host_key_check: tuple[HostKeyPolicy | None, Path | None],
+    bad: Any,
+) -> SshRoute | None:
+    """A vsphere:// target's SSH route: declared by its ssh_* parameters and known_hosts,
+    or chained from the guest login; ``host_key_check`` is what ``known_hosts`` said."""
+    declared = any(name in params for name in SSH_ROUTE_PARAMETERS)
+    if not declared and not guest_user:
+        return None
+    guest_login = guest_user is not None and guest_password is not None
+    host_keys, known_hosts = host_key_check
+    if host_keys is HostKeyPolicy.VSPHERE and not guest_login:
+        raise bad(
+            "known_hosts",
+            "known_hosts=vsphere reads the host keys from the guest through VMware Tools: it needs the "
+            "guest-operations login (guest_user and guest_password_env); give a known_hosts file or ignore",
+        )
+    user = _route_user(params, "ssh_user", guest_user, bad, "SSH")
+    password = _secret_from_env(params.get("ssh_password_env"), bad, "ssh_password_env")
+    if password is None and user == guest_user:
+        password = guest_password
+    return SshRoute(
+        user=user,
+        port=_port(params.get("ssh_port"), SSH_PORT, bad, "ssh_port"),
+        key_file=_existing_file(params["ssh_key"], bad, "ssh_key") if "ssh_key" in params else None,
+        password=password,
+        passphrase=_secret_from_env(params.get("ssh_passphrase_env"), bad, "ssh_passphrase_env"),
+        known_hosts=known_hosts,
+        host_keys=host_keys or (HostKeyPolicy.VSPHERE if guest_login else HostKeyPolicy.FILE),
+        declared=declared,
+    )
+
+
+def _chained_winrm_route(
+    params: dict[str, str], guest_user: str | None, guest_password: Secret | None, bad: Any
+) -> WinrmRoute | None:
+    """A vsphere:// target's WinRM route: declared by its winrm_* parameters, or chained
+    from the guest login."""
+    declared = any(name in params for name in WINRM_ROUTE_PARAMETERS)
+    if not declared and not guest_user:
+        return None
+    user = _route_user(params, "winrm_user", guest_user, bad, "WinRM")
+    transport = _choice(params.get("winrm_transport"), WinrmTransport, bad, "winrm_transport") or WinrmTransport.NTLM
+    scheme = _choice(params.get("winrm_scheme"), WinrmScheme, bad, "winrm_scheme") or WinrmScheme.HTTP
+    if transport is WinrmTransport.BASIC and scheme is WinrmScheme.HTTP:
+        raise bad(
+            "winrm_transport",
+            "basic authentication over http would send the password in clear; "
+            "use winrm_scheme=https (port 5986), or the ntlm transport",
+        )
+    password = _secret_from_env(params.get("winrm_password_env"), bad, "winrm_password_env")
+    if password is None and user == guest_user:
+        password = guest_password
+    return WinrmRoute(
+        user=user,
+        password=password,
+        transport=transport,
+        scheme=scheme,
+        port=_port(params.get("winrm_port"), WINRM_PORTS[scheme], bad, "winrm_port"),
+        declared=declared,
+    )
+
+
+def _route_user(params: dict[str, str], field_name: str, guest_user: str | None, bad: Any, channel: str) -> str:
+    if field_name in params and not params[field_name]:
+        raise bad(field_name, "names no user")
+    user = params.get(field_name) or guest_user
+    if not user:
+        raise bad(field_name, f"the {channel} route needs a user: give {field_name} (or guest_user, its default)")
+    return user
+
+
+def _host_key_check(value: str | None, bad: Any) -> tuple[HostKeyPolicy | None, Path | None]:
+    """``known_hosts``: the policy it names and the file for policy ``file`` (None when
+    the parameter is absent, so the caller picks the default)."""
+    if value is None:
+        return None, None
+    if value == HostKeyPolicy.IGNORE:
+        return HostKeyPolicy.IGNORE, None
+    if value == HostKeyPolicy.VSPHERE:
+        return HostKeyPolicy.VSPHERE, None
+    return HostKeyPolicy.FILE, _existing_file(value, bad, "known_hosts")
+
+
+def _port(value: str | None, default: int, bad: Any, field_name: str) -> int:
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PORT:
+        raise bad(field_name, f"must be a port number 1-{MAX_PORT}, got {value!r}")
+    return int(value)
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def _choice(value: str | None, kind: type[Choice], bad: Any, field_name: str) -> Choice | None:
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise bad(field_name, f"unknown value {value!r} (allowed: {allowed})") from None
+
+
+def _address(value: str, bad: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if _is_host_name(value):
+        return value
+    raise bad("address", f"neither an IP address nor a host name: {value!r}")
+
+
+def _is_host_name(name: str) -> bool:
+    """RFC 1123 host names; a last label of digits only would be a mistyped IPv4 address."""
+    name = name.removesuffix(".")
+    labels = name.split(".")
+    return (
+        0 < len(name) <= MAX_HOST_NAME
+        and all(HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
     )
 
 
@@ -231,8 +505,62 @@ def _secret_from_env(variable: str | None, bad: Any, field_name: str) -> Secret 
     return Secret(value)
 
 
+def preferred_address(nics: Sequence[tuple[str, Sequence[str]]], reported: str | None) -> str | None:
+    """The address network channels should use for a VM, from what VMware Tools reports.
+
+    ``nics`` are the guest's NICs in order as (MAC, addresses) (``guest.net``), ``reported``
+    is ``guest.ipAddress``. Usable means not loopback, link-local (169.254/16, fe80::/10),
+    unspecified or multicast. The answer is an IPv4 address of the first NIC that has a
+    usable one (the reported address when it is among them), else the reported address if
+    it is a usable IPv4 one, else likewise for IPv6, else None.
+    """
+    usable = [[ip for ip in map(_usable_ip, addresses) if ip is not None] for _mac, addresses in nics]
+    primary = _usable_ip(reported)
+    for version in (4, 6):
+        for ips in usable:
+            candidates = [ip for ip in ips if ip.version == version]
+            if candidates:
+                return str(primary if primary in candidates else candidates[0])
+        if primary is not None and primary.version == version:
+            return str(primary)
+    return None
+
+
+def _usable_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not text:
+        return None
+    try:
+        ip = ipaddress.ip_address(text.partition("/")[0].strip())
+    except ValueError:
+        return None
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return None
+    return ip
+
+
+#: Channel settings a targets-file mapping may nest, and the flat field each stands for.
+NESTED_FIELDS: dict[str, dict[str, str]] = {
+    "guest": {"user": "guest_user", "password_env": "guest_password_env"},
+    "ssh": {
+        "user": "ssh_user",
+        "key": "ssh_key",
+        "password_env": "ssh_password_env",
+        "passphrase_env": "ssh_passphrase_env",
+        "port": "ssh_port",
+        "known_hosts": "known_hosts",
+    },
+    "winrm": {
+        "user": "winrm_user",
+        "password_env": "winrm_password_env",
+        "transport": "winrm_transport",
+        "port": "winrm_port",
+        "scheme": "winrm_scheme",
+    },
+}
+
 #: Fields of a mapping entry in a targets file, in URI order: ``scheme`` is the URI's
 #: (ssh, vsphere), ``vm`` a vsphere:// path; a plain-http vCenter is written as a ``uri``.
+#: ``guest``, ``ssh`` and ``winrm`` nest the fields of :data:`NESTED_FIELDS`.
 MAPPING_FIELDS = (
     "uri",
     "scheme",
@@ -241,26 +569,34 @@ MAPPING_FIELDS = (
     "port",
     "vm",
     *sorted(set().union(*SCHEME_PARAMETERS.values()) - {"scheme"}),
+    *NESTED_FIELDS,
 )
 
 
 def uri_from_mapping(entry: dict[str, Any], bad: Any) -> str:
     """Build the URI equivalent of a mapping entry (``host``, ``user``, ``key``, …)."""
+    return _mapping_to_uri(entry, bad)[0]
+
+
+def _mapping_to_uri(entry: dict[str, Any], bad: Any) -> tuple[str, dict[str, str]]:
+    """The URI of a mapping entry, and the nested name (``ssh.port``) of each parameter
+    that was written nested."""
     unknown = sorted(set(entry) - set(MAPPING_FIELDS))
     if unknown:
         raise bad(unknown[0], f"unknown field (allowed: {', '.join(MAPPING_FIELDS)})")
+    entry, nested = _flatten_channels(entry, bad)
     if "uri" in entry:
         uri = entry["uri"]
         if not isinstance(uri, str):
             raise bad("uri", "must be a string")
         extra = {k: v for k, v in entry.items() if k != "uri"}
         if not extra:
-            return uri
+            return uri, nested
         parts = urlsplit(uri)
         if {"scheme", "user", "host", "port", "vm"} & set(extra):
             raise bad("uri", "give either uri or scheme/user/host/port/vm, not both")
         query = "&".join(filter(None, [parts.query, _query(extra)]))
-        return parts._replace(query=query).geturl()
+        return parts._replace(query=query).geturl(), nested
     if "host" not in entry:
         raise bad("host", "missing (or give uri)")
     scheme = str(entry.get("scheme", "ssh"))
@@ -271,7 +607,37 @@ def uri_from_mapping(entry: dict[str, Any], bad: Any) -> str:
     path = f"/{quote(str(entry['vm']), safe='')}" if entry.get("vm") is not None else ""
     params = {k: v for k, v in entry.items() if k not in ("scheme", "user", "host", "port", "vm")}
     query = _query(params)
-    return f"{scheme}://{userinfo}{host}{port}{path}" + (f"?{query}" if query else "")
+    return f"{scheme}://{userinfo}{host}{port}{path}" + (f"?{query}" if query else ""), nested
+
+
+def _flatten_channels(entry: dict[str, Any], bad: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """Replace the nested ``guest``/``ssh``/``winrm`` settings by their flat fields."""
+    present = [channel for channel in NESTED_FIELDS if channel in entry]
+    if not present:
+        return entry, {}
+    uri = entry.get("uri")
+    scheme = urlsplit(uri).scheme.lower() if isinstance(uri, str) else str(entry.get("scheme", "ssh")).lower()
+    if scheme != "vsphere":
+        raise bad(
+            present[0],
+            f"nested channel settings ({', '.join(NESTED_FIELDS)}) are for vsphere:// targets; "
+            f"a {scheme}:// target takes its settings flat (user, port, key, known_hosts, ...)",
+        )
+    flat = {key: value for key, value in entry.items() if key not in NESTED_FIELDS}
+    nested: dict[str, str] = {}
+    for channel in present:
+        fields, settings = NESTED_FIELDS[channel], entry[channel]
+        if not isinstance(settings, dict):
+            raise bad(channel, f"must be a mapping of {', '.join(fields)}")
+        for key, value in settings.items():
+            dotted = f"{channel}.{key}"
+            if key not in fields:
+                raise bad(dotted, f"unknown field (allowed: {', '.join(fields)})")
+            if fields[key] in flat:
+                raise bad(dotted, f"given both as {dotted} and as {fields[key]}; keep one")
+            flat[fields[key]] = value
+            nested[fields[key]] = dotted
+    return flat, nested
 
 
 def _query(params: dict[str, Any]) -> str:
@@ -291,17 +657,31 @@ def load_targets_file(path: Path) -> list[Target]:
     for index, entry in enumerate(data, start=1):
         where = f"entry {index}"
 
-        def bad(field_name: str | None, reason: str, where: str = where, entry: Any = entry) -> InputError:
-            label = at_line(".".join(p for p in (where, field_name) if p), entry, field_name)
-            return InputError(path, label, reason)
+        def label(field_name: str | None, where: str = where, entry: Any = entry) -> str:
+            """``entry N.FIELD (line L)``; a nested ``ssh.port`` gets the line of ``port``."""
+            mapping, key = entry, field_name
+            if field_name is not None and "." in field_name:
+                channel, _, key = field_name.partition(".")
+                mapping = entry.get(channel) if isinstance(entry, dict) else None
+            return at_line(".".join(p for p in (where, field_name) if p), mapping, key)
 
+        def bad(field_name: str | None, reason: str, label: Any = label) -> InputError:
+            return InputError(path, label(field_name), reason)
+
+        nested: dict[str, str] = {}
         if isinstance(entry, dict):
-            uri = uri_from_mapping(entry, bad)
+            uri, nested = _mapping_to_uri(entry, bad)
         elif isinstance(entry, str):
             uri = entry
         else:
             raise bad(None, "must be a URI string or a mapping")
-        targets.append(parse_target(uri, source=str(path), where=at_line(where, entry)))
+        labels = {name: label(dotted) for name, dotted in nested.items()}
+        for channel, fields in NESTED_FIELDS.items():  # a field missing from a nested block
+            if isinstance(entry, dict) and isinstance(entry.get(channel), dict):
+                for key, name in fields.items():
+                    if name not in labels and name not in entry:
+                        labels[name] = at_line(f"{where}.{channel}.{key}", entry, channel)
+        targets.append(parse_target(uri, source=str(path), where=at_line(where, entry), labels=labels))
     return targets
 
 

@@ -14,7 +14,7 @@ both:
   VMs (the baseline on as many threads).
 - ``first command``: the VM is powered off, each implementation starts waiting, the VM
   is powered on. Beachhead runs a plan (``wait: [tools_running]``, then ``run: date``)
-  through ``beachhead.agent.run_plan``, so the figure includes opening the channel; the baseline
+  through ``beachhead.run_plan``, so the figure includes opening the channel; the baseline
   reads ``guest.toolsRunningStatus`` once a second and then starts ``date``. The delay
   is from the moment the lab's vCenter set tools running (its line in the VM's
   vmware.log, in microseconds) to the time ``date`` printed in the guest: one clock, as
@@ -57,15 +57,17 @@ from pyVmomi import vim
 
 from beachhead.agent.api import run_plan
 from beachhead.agent.channel import CommandRequest
-from beachhead.agent.engine import RunSettings
+from beachhead.agent.context import RunContext, TargetContext
 from beachhead.agent.logs import configure_logging
+from beachhead.agent.plans import Plan
+from beachhead.agent.registry import default_plugins
+from beachhead.agent.settings import RunSettings
 from beachhead.agent.targets import parse_target
-from beachhead.agent.vsphere.connection import vcenter_pool
 from beachhead.agent.vsphere.vmlogs import datastore_file_url, log_location
 from beachhead.bootstrap.lab.config import load_config
 from beachhead.bootstrap.lab.lab import down, up
 from beachhead.bootstrap.lab.lock import lab_lock
-from beachhead.plugins.guestops import GuestopsSession, open_session
+from beachhead.plugins.guestops_session import GuestopsSession, open_session
 
 POLL_INTERVAL_S = 1.0  # the baseline's polling loop
 COMMAND = "echo ok"
@@ -227,8 +229,10 @@ async def measure_commands(
     latency = [Figures("beachhead"), Figures("pyvmomi")]
     throughput = [Figures("beachhead"), Figures("pyvmomi")]
     baseline = [PyvmomiGuest(si, find_vm(si, vm["name"]), vm) for vm in lab.linux]
-    async with vcenter_pool():
-        sessions = [await open_session(parse_target(lab.uri(vm)), WAIT_LIMIT_S) for vm in lab.linux]
+    context = RunContext(default_plugins(), RunSettings(connect_timeout=WAIT_LIMIT_S))
+    plan = Plan(name="guestops-benchmark", steps=())
+    try:
+        sessions = [await open_session(TargetContext(context, plan, parse_target(lab.uri(vm)))) for vm in lab.linux]
         try:
             await beachhead_commands(sessions, 2, 1)  # warm-up: connections, caches
             await asyncio.to_thread(pyvmomi_commands, baseline, 2, 1)
@@ -249,6 +253,8 @@ async def measure_commands(
         finally:
             for session in sessions:
                 await session.close()
+    finally:
+        await context.close()
     return latency, throughput
 
 

@@ -3,7 +3,7 @@
 Every implementation does the same work against the same loopback OpenSSH sshd, in
 the same process run, interleaved run by run so that machine noise spreads evenly:
 
-- ``beachhead``: ``beachhead.agent.run_plan`` with a two-step plan (``run``, ``upload``), which
+- ``beachhead``: ``beachhead.run_plan`` with a two-step plan (``run``, ``upload``), which
   also journals every write, verifies each upload's sha256 in the guest, and writes
   through a temporary file renamed into place;
 - ``asyncssh``: a plain asyncssh script: connect, run, SFTP put, close;

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from beachhead.bootstrap.local_sshd import LocalSshd
 
@@ -40,30 +41,33 @@ def _beachhead_json(*arguments: str) -> tuple[int, dict[str, Any] | None]:
 
 
 @contextmanager
-def _lab_guests(workdir: Path, env: dict[str, str], keep: bool) -> Iterator[list[str]]:
-    """Target URIs for the lab's Linux guests, their passwords in ``env`` and their host
-    keys in a known_hosts file. Starts the lab when it is down; stops it afterwards
-    then, unless ``keep``."""
+def _lab_guests(env: dict[str, str], keep: bool) -> Iterator[list[str]]:
+    """vsphere:// targets for the lab's Linux guests: one target per VM, carrying the
+    vCenter login and the guest login, so each step goes over SSH to the address VMware
+    Tools reports, the guest's host key pinned from the guest through vSphere (no
+    known_hosts file), or through guest operations when SSH cannot serve. Passwords go
+    into ``env``. Starts the lab when it is down; stops it afterwards then, unless
+    ``keep``."""
     status, _ = _beachhead_json("lab", "status", "--json")
     started = status != 0
     print("\n$ beachhead lab up --json", flush=True)
     status, lab = _beachhead_json("lab", "up", "--json")
     if status != 0 or lab is None:
         raise SystemExit(f"demo: the lab did not start (exit {status})")
-    known_hosts = workdir / "known_hosts"
+    vcenter = lab["vcenter"]
+    env["BEACHHEAD_DEMO_VCENTER_PASSWORD"] = vcenter["password"]
     uris = []
     for vm in lab["vms"]:
         if vm["os"] != "linux":
             continue
         variable = "BEACHHEAD_DEMO_PASSWORD_" + re.sub(r"\W", "_", vm["name"]).upper()
         env[variable] = vm["guest_password"]
-        with known_hosts.open("a") as entries:
-            entries.write(f"{vm['ip']} {vm['ssh_host_key']}\n")
         uris.append(
-            f"ssh://{vm['guest_username']}@{vm['ip']}"
-            f"?password_env={variable}&known_hosts={known_hosts}&name={vm['name']}"
+            f"vsphere://{quote(vcenter['username'], safe='')}@127.0.0.1/{vm['name']}"
+            f"?password_env=BEACHHEAD_DEMO_VCENTER_PASSWORD&ca_file={vcenter['ca_file']}"
+            f"&guest_user={vm['guest_username']}&guest_password_env={variable}"
         )
-        print(f"demo guest: lab VM {vm['name']} ({vm['guest_id']}), sshd on {vm['ip']}:22")
+        print(f"demo guest: lab VM {vm['name']} ({vm['guest_id']}), reported at {vm['ip']}")
     try:
         yield uris
     finally:
@@ -93,8 +97,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="beachhead-demo-") as scratch:
         workdir = Path(scratch)
         env = {**os.environ, "BEACHHEAD_RUNS_DIR": str(workdir / "runs")}
-        guests = _local_sshd_guest(workdir) if local else _lab_guests(workdir, env, options.keep)
+        guests = _local_sshd_guest(workdir) if local else _lab_guests(env, options.keep)
         with guests as uris:
+            if not local:  # why each step of the first guest will go where it goes
+                _show_and_run(["channels", "--target", uris[0]], env)
             targets = [argument for uri in uris for argument in ("--target", uri)]
             status = _show_and_run(["--log-level", "warning", "run", str(PLAN), *targets], env)
             runs = sorted((workdir / "runs").iterdir()) if (workdir / "runs").is_dir() else []

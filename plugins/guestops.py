@@ -1,461 +1,66 @@
-"""The ``guestops`` channel: commands and files through VMware Tools, by the vSphere API
-alone, with no guest network.
+"""The ``guestops`` channel: commands and files through VMware Tools guest operations,
+by the vSphere API alone, with no guest network (sessions in
+:mod:`beachhead.plugins.guestops_session`, loaded when one is opened).
 
-A command runs through ``StartProgramInGuest`` with its stdout and stderr redirected to
-guest temporary files (and a script's stdin read from one); completion is awaited with
-``ListProcessesInGuest`` at a short, growing interval; the output files are fetched
-through transfer URLs and deleted. Uploads and downloads use the same transfer URLs
-(their ``*`` host replaced by the vCenter's) and are verified: size from the API,
-sha256 computed in the guest (Linux) or over a second download (Windows).
+It needs the target's guest-operations login (``guest_user``, ``guest_password_env``),
+a powered-on VM and VMware Tools running: while the VM boots, selection waits for the
+vCenter watcher to report guest operations ready.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import re
-import shlex
-import tempfile
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-import aiohttp
-from pyVmomi import vim, vmodl
-
-from beachhead.agent.channel import (
-    ChannelInfo,
-    ChannelSession,
-    CommandRequest,
-    Direction,
-    FileInfo,
-    Medium,
-    Outcome,
-    Prerequisite,
-    RemoteStat,
-)
-from beachhead.agent.checksums import sha256_of
-from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
+from beachhead.agent.channel import Capability, ChannelInfo, Direction, Medium, Prerequisite, Unmet
 from beachhead.agent.hookspecs import hookimpl
-from beachhead.agent.plans import Capability, VmState
-from beachhead.agent.targets import OsFamily, Target
-from beachhead.agent.vsphere.connection import VCenter, current_pool
+from beachhead.agent.targets import OsFamily
+from beachhead.agent.vsphere.states import VmState
+
+if TYPE_CHECKING:
+    from beachhead.agent.context import TargetContext
 
 NAME = "guestops"
-POLL_FIRST_S = 0.05
-POLL_MAX_S = 1.0
-POLL_GROWTH = 1.5
-TRANSFER_TIMEOUT_S = 3600
-WINDOWS_CMD = r"C:\Windows\System32\cmd.exe"
-CHUNK = 1 << 20
 
 INFO = ChannelInfo(
     name=NAME,
     summary="VMware Tools guest operations through vCenter: no guest network needed",
     direction=Direction.PUSH,
     medium=Medium.HYPERVISOR_API,
-    os_families=frozenset({OsFamily.LINUX, OsFamily.WINDOWS}),
     prerequisites=(Prerequisite.VMWARE_TOOLS, Prerequisite.CREDENTIALS),
     capabilities=frozenset({Capability.RUN, Capability.PUT_FILE, Capability.GET_FILE}),
-    preference=50,
+    preference={OsFamily.LINUX: 50, OsFamily.WINDOWS: 50},
     target_schemes=frozenset({"vsphere"}),
 )
 
 
-def os_family_of(guest_family: str, guest_id: str) -> OsFamily:
-    """The OS family VMware Tools (or, before it runs, the configured guest id) reports."""
-    if guest_family:
-        return OsFamily.WINDOWS if guest_family == "windowsGuest" else OsFamily.LINUX
-    return OsFamily.WINDOWS if guest_id.lower().startswith("win") else OsFamily.LINUX
+class GuestopsChannel:
+    """The guestops channel (see the module's description)."""
 
+    info = INFO
 
-class GuestopsSession:
-    """Guest operations on one VM (implements :class:`ChannelSession`)."""
+    def unmet(self, target: TargetContext) -> list[Unmet]:
+        """The guest login, the vCenter, a powered-on VM, guest operations ready."""
+        if not target.target.guest_user or target.target.guest_password is None:
+            return [Unmet("no guest login (guest_user and guest_password_env)")]
+        if target.vm_problem:
+            return [Unmet(target.vm_problem)]
+        snapshot = target.snapshot
+        if snapshot is None:
+            return [Unmet("the VM's state is not known yet", transient=True)]
+        if not snapshot.satisfies(VmState.POWERED_ON):
+            return [Unmet("the VM is powered off", transient=True)]
+        if not snapshot.guestops_ready:
+            return [Unmet("guest operations not ready (VMware Tools not running)", transient=True)]
+        return []
 
-    channel = NAME
+    async def connect(self, target: TargetContext) -> Any:
+        """Open a guest operations session on the target's VM."""
+        from beachhead.plugins.guestops_session import open_session
 
-    def __init__(self, target: Target, vcenter: VCenter, vm: Any, os_family: OsFamily) -> None:
-        self.target = target
-        self.vcenter = vcenter
-        self.vm = vm
-        self.os_family = os_family
-        assert target.guest_password is not None
-        self.auth = vim.vm.guest.NamePasswordAuthentication(
-            username=target.guest_user or "", password=target.guest_password.reveal()
-        )
-        manager = vcenter.content.guestOperationsManager
-        self.processes = manager.processManager
-        self.files = manager.fileManager
-        self._http: aiohttp.ClientSession | None = None
-        self._home: str | None = None
-
-    @property
-    def windows(self) -> bool:
-        """True for a Windows guest."""
-        return self.os_family is OsFamily.WINDOWS
-
-    # -- calls and their faults ---------------------------------------------------------
-    async def _guest(self, action: str, method: Any, *args: Any, expected: tuple[type[BaseException], ...] = ()) -> Any:
-        """Call a guest operation, mapping vSphere's faults to the engine's errors (except
-        the ``expected`` ones, which the caller handles)."""
-        try:
-            return await self.vcenter.call(method, self.vm, self.auth, *args)
-        except expected:
-            raise
-        except vim.fault.InvalidGuestLogin:
-            raise ChannelError(NAME, self.target.name, "the guest refused the user name or password") from None
-        except vim.fault.InvalidPowerState:
-            raise ChannelError(NAME, self.target.name, "the VM is powered off") from None
-        except vim.fault.GuestOperationsUnavailable:
-            raise ChannelError(
-                NAME, self.target.name, "guest operations unavailable (VMware Tools not running)", retryable=True
-            ) from None
-        except vim.fault.FileNotFound as fault:
-            raise StepFailed(action, f"no such file or directory: {fault.file or action}") from None
-        except vim.fault.FileAlreadyExists as fault:
-            raise StepFailed(action, f"already exists: {fault.file}") from None
-        except (vim.fault.FileFault, vim.fault.GuestOperationsFault, vim.fault.NoPermission) as fault:
-            raise StepFailed(action, _fault_text(fault)) from None
-        except vmodl.MethodFault as fault:
-            raise ChannelError(NAME, self.target.name, _fault_text(fault)) from None
-
-    # -- paths ----------------------------------------------------------------------------
-    async def path(self, remote: str) -> str:
-        """``remote`` with a leading ``~`` made the guest login's home directory."""
-        if remote != "~" and not remote.startswith(("~/", "~\\")):
-            return remote
-        if self._home is None:
-            variable = "USERPROFILE" if self.windows else "HOME"
-            read = self.processes.ReadEnvironmentVariableInGuest
-            values = await self._guest("read the home directory", read, [variable])
-            found = [value.partition("=")[2] for value in values or () if value.startswith(f"{variable}=")]
-            if not found:
-                raise StepFailed(remote, f"the guest has no {variable} to resolve ~")
-            self._home = found[0]
-        separator = "\\" if self.windows else "/"
-        return self._home.rstrip("/\\") + (separator + remote[2:] if len(remote) > 1 else "")
-
-    def _split(self, path: str) -> tuple[str, str]:
-        pure = PureWindowsPath(path) if self.windows else PurePosixPath(path)
-        return str(pure.parent), pure.name
-
-    # -- commands -------------------------------------------------------------------------
-    async def run(self, request: CommandRequest) -> Outcome:
-        """Run a command; stdout and stderr come back through guest temporary files."""
-        started = datetime.now(UTC)
-        made: list[str] = []
-        pid: int | None = None
-        started_pid: int | None = None
-        try:
-            out = await self._temp_file(".out", made)
-            err = await self._temp_file(".err", made)
-            stdin = None
-            if request.stdin is not None:
-                stdin = await self._temp_file(".in", made)
-                await self._put_bytes(request.stdin, stdin, 0o600)
-            spec = self._program(request, stdin, out, err)
-            pid = started_pid = await self._guest(request.description, self.processes.StartProgramInGuest, spec)
-            exit_code = await self._wait_for_exit(pid)
-            pid = None
-            stdout = (await self._get_bytes(out)).decode("utf-8", errors="replace")
-            stderr = (await self._get_bytes(err)).decode("utf-8", errors="replace")
-        except asyncio.CancelledError:
-            if pid is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._guest("terminate", self.processes.TerminateProcessInGuest, pid))
-            raise
-        finally:
-            for path in made:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._guest(f"delete {path}", self.files.DeleteFileInGuest, path))
-        return Outcome(request.command, exit_code, stdout, stderr, started, datetime.now(UTC), pid=started_pid)
-
-    def _program(self, request: CommandRequest, stdin: str | None, out: str, err: str) -> Any:
-        if self.windows:
-            redirect = f'<"{stdin}" ' if stdin else ""
-            arguments = f'/d /s /c "{request.command} {redirect}>"{out}" 2>"{err}""'
-            return vim.vm.guest.ProcessManager.ProgramSpec(programPath=WINDOWS_CMD, arguments=arguments)
-        command = request.command
-        if request.become and self.target.guest_user != "root":
-            # No terminal to type a password at: guest operations need passwordless sudo.
-            command = f"sudo -n -- sh -c {shlex.quote(command)}"
-        source = shlex.quote(stdin) if stdin else "/dev/null"
-        arguments = f"-c {shlex.quote(command)} <{source} >{shlex.quote(out)} 2>{shlex.quote(err)}"
-        return vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/sh", arguments=arguments)
-
-    async def _wait_for_exit(self, pid: int) -> int:
-        delay = POLL_FIRST_S
-        while True:
-            listed = await self._guest("wait for the command", self.processes.ListProcessesInGuest, [pid])
-            info = next((process for process in listed or () if process.pid == pid), None)
-            if info is None:
-                raise ChannelError(NAME, self.target.name, f"process {pid} vanished from the guest's list")
-            if info.endTime is not None or info.exitCode is not None:
-                return int(info.exitCode or 0)
-            await asyncio.sleep(delay)
-            delay = min(delay * POLL_GROWTH, POLL_MAX_S)
-
-    async def _temp_file(self, suffix: str, made: list[str]) -> str:
-        create = self.files.CreateTemporaryFileInGuest
-        path = str(await self._guest("create a temporary file", create, "beachhead-", suffix, None))
-        made.append(path)
-        return path
-
-    # -- transfers --------------------------------------------------------------------------
-    def _client(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            pool = current_pool()
-            traces = [pool.wire_log.trace_config()] if pool.wire_log is not None else []
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.vcenter.address.ssl_context() or False, limit=8),
-                timeout=aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT_S, sock_connect=30),
-                trace_configs=traces,
-            )
-        return self._http
-
-    def _transfer_url(self, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.hostname == "*":
-            base = urlsplit(self.vcenter.http_base())
-            return parts._replace(scheme=base.scheme, netloc=base.netloc).geturl()
-        return url
-
-    async def _put_bytes(self, data: bytes | Path, remote: str, mode: int | None) -> None:
-        size = (await asyncio.to_thread(data.stat)).st_size if isinstance(data, Path) else len(data)
-        attributes = (
-            vim.vm.guest.FileManager.WindowsFileAttributes()
-            if self.windows
-            else vim.vm.guest.FileManager.PosixFileAttributes(permissions=mode)
-        )
-        url = await self._guest(
-            f"upload to {remote}", self.files.InitiateFileTransferToGuest, remote, attributes, size, True
-        )
-        body: Any = data if isinstance(data, bytes) else _read_chunks(data)
-        try:
-            async with self._client().put(self._transfer_url(url), data=body) as response:
-                if response.status >= 300:
-                    raise StepFailed(f"upload to {remote}", f"transfer refused: HTTP {response.status}")
-        except aiohttp.ClientError as exc:
-            raise self._transfer_failed("to", exc) from None
-
-    async def _get_bytes(self, remote: str) -> bytes:
-        url, _ = await self._from_guest(remote)
-        try:
-            async with self._client().get(self._transfer_url(url)) as response:
-                if response.status >= 300:
-                    raise StepFailed(f"download {remote}", f"transfer refused: HTTP {response.status}")
-                return await response.read()
-        except aiohttp.ClientError as exc:
-            raise self._transfer_failed("from", exc) from None
-
-    def _transfer_failed(self, direction: str, exc: Exception) -> ChannelError:
-        return ChannelError(NAME, self.target.name, f"transfer {direction} the guest failed: {exc}", retryable=True)
-
-    async def _from_guest(self, remote: str) -> tuple[str, int]:
-        info = await self._guest(f"download {remote}", self.files.InitiateFileTransferFromGuest, remote)
-        return str(info.url), int(info.size)
-
-    async def _download(self, remote: str, local: Path) -> tuple[int, str]:
-        """Stream ``remote`` to ``local``; return the size the API announced and the
-        sha256 of what arrived."""
-        url, size = await self._from_guest(remote)
-        digest = hashlib.sha256()
-        try:
-            async with self._client().get(self._transfer_url(url)) as response:
-                if response.status >= 300:
-                    raise StepFailed(f"download {remote}", f"transfer refused: HTTP {response.status}")
-                with local.open("wb") as stream:
-                    async for block in response.content.iter_chunked(CHUNK):
-                        stream.write(block)
-                        digest.update(block)
-        except aiohttp.ClientError as exc:
-            raise self._transfer_failed("from", exc) from None
-        return size, digest.hexdigest()
-
-    async def _guest_sha256(self, remote: str) -> str:
-        """The guest's own sha256 of a file: computed in the guest on Linux, over a second
-        download on Windows (the command would need PowerShell)."""
-        if self.windows:
-            with tempfile.TemporaryDirectory(prefix="beachhead-verify-") as scratch:
-                return (await self._download(remote, Path(scratch) / "copy"))[1]
-        outcome = await self.run(CommandRequest(f"sha256sum -- {shlex.quote(remote)}", f"sha256 of {remote}"))
-        if not outcome.ok:
-            raise StepFailed(f"verify {remote}", f"sha256sum failed: {outcome.stderr.strip()}")
-        return outcome.stdout.split()[0]
-
-    async def put_file(self, local: Path, remote: str, mode: int | None) -> FileInfo:
-        """Upload through a transfer URL, keeping a replaced file's mode unless ``mode``
-        is given, then verify the guest's size, mode and sha256."""
-        path = await self.path(remote)
-        if mode is None and not self.windows:
-            before = await self.stat(path)
-            mode = before.mode if before.exists else 0o644
-        await self._put_bytes(local, path, mode)
-        expected_size = (await asyncio.to_thread(local.stat)).st_size
-        expected_sha = await asyncio.to_thread(sha256_of, local)
-        written = await self.stat(path)
-        actual_sha = await self._guest_sha256(path)
-        if (written.size, actual_sha) != (expected_size, expected_sha):
-            raise VerificationFailed(
-                f"upload to {remote}",
-                f"the guest holds {written.size} bytes sha256 {actual_sha}, "
-                f"expected {expected_size} bytes sha256 {expected_sha}",
-            )
-        if mode is not None and written.mode is not None and written.mode != mode:
-            raise VerificationFailed(f"upload to {remote}", f"mode is {written.mode:o}, expected {mode:o}")
-        return FileInfo(path, expected_size, expected_sha, written.mode)
-
-    async def get_file(self, remote: str, local: Path) -> FileInfo:
-        """Download through a transfer URL into ``local`` (via a temporary file beside it)
-        and verify size and sha256 against the guest's."""
-        path = await self.path(remote)
-        partial = local.with_name(f".{local.name}.beachhead-part")
-        try:
-            size, sha = await self._download(path, partial)
-            received = partial.stat().st_size
-            guest_sha = await self._guest_sha256(path) if not self.windows else sha
-            if (received, sha) != (size, guest_sha):
-                raise VerificationFailed(
-                    f"download {remote}",
-                    f"received {received} bytes sha256 {sha}, the guest has {size} bytes sha256 {guest_sha}",
-                )
-            partial.replace(local)
-        finally:
-            partial.unlink(missing_ok=True)
-        return FileInfo(str(local), size, sha)
-
-    # -- file system ----------------------------------------------------------------------
-    async def stat(self, remote: str) -> RemoteStat:
-        """Whether ``remote`` exists, with its size, mode and kind."""
-        path = await self.path(remote)
-        parent, name = self._split(path)
-        if not name:  # a root such as / or C:\
-            return RemoteStat(path, True, is_file=False)
-        try:
-            listing = await self._guest(
-                f"stat {remote}", self.files.ListFilesInGuest, parent, 0, 1, f"^{re.escape(name)}$"
-            )
-        except StepFailed:
-            return RemoteStat(path, False)
-        files = listing.files or []
-        if not files:
-            return RemoteStat(path, False)
-        info = files[0]
-        mode = getattr(info.attributes, "permissions", None)
-        return RemoteStat(
-            path,
-            True,
-            size=int(info.size or 0),
-            mode=int(mode) & 0o7777 if mode is not None else None,
-            is_file=info.type == "file",
-        )
-
-    async def remove(self, remote: str) -> None:
-        """Delete a guest file."""
-        path = await self.path(remote)
-        await self._guest(f"delete {remote}", self.files.DeleteFileInGuest, path)
-
-    async def make_dirs(self, remote_dir: str) -> list[str]:
-        """Create ``remote_dir`` and missing parents; return those created, outermost first."""
-        path = await self.path(remote_dir)
-        pure = PureWindowsPath(path) if self.windows else PurePosixPath(path)
-        missing = []
-        for directory in [pure, *pure.parents]:
-            if (await self.stat(str(directory))).exists:
-                break
-            missing.append(str(directory))
-        for directory in reversed(missing):
-            await self._guest(f"make directory {directory}", self.files.MakeDirectoryInGuest, directory, False)
-        return list(reversed(missing))
-
-    async def remove_dir(self, remote_dir: str) -> bool:
-        """Remove an empty directory; False when it holds something (left alone)."""
-        path = await self.path(remote_dir)
-        try:
-            await self._guest(
-                f"remove directory {remote_dir}",
-                self.files.DeleteDirectoryInGuest,
-                path,
-                False,
-                expected=(vim.fault.FileNotFound, vim.fault.DirectoryNotEmpty),
-            )
-        except vim.fault.FileNotFound:
-            return True
-        except vim.fault.DirectoryNotEmpty:
-            return False
-        return True
-
-    async def close(self) -> None:
-        """Close the HTTP client (the vCenter session is shared and stays open)."""
-        if self._http is not None:
-            await self._http.close()
-
-
-def _fault_text(fault: Any) -> str:
-    message = getattr(fault, "msg", None) or ""
-    return f"{type(fault).__name__}: {message}" if message else type(fault).__name__
-
-
-async def _read_chunks(path: Path) -> Any:
-    with path.open("rb") as stream:
-        while block := await asyncio.to_thread(stream.read, CHUNK):
-            yield block
-
-
-async def open_session(target: Target, connect_timeout: float) -> GuestopsSession:
-    """Find the VM, then wait (within ``connect_timeout``) for guest operations to be
-    ready; a powered-off VM or refused guest login is not worth retrying."""
-    try:
-        vcenter, vm = await current_pool().vm_of(target, connect_timeout)
-        snapshot = await vcenter.watcher.watch(vm)
-    except ChannelUnavailable:
-        raise
-    except BeachheadError as exc:
-        raise ChannelUnavailable(NAME, target.name, str(exc)) from None
-    if not snapshot.satisfies(VmState.POWERED_ON):
-        raise ChannelUnavailable(NAME, target.name, "the VM is powered off (wait for powered_on first)")
-    try:
-        async with asyncio.timeout(target.connect_timeout or connect_timeout):
-            snapshot = await vcenter.watcher.wait_for(vm, VmState.GUESTOPS_READY)
-    except TimeoutError:
-        raise ChannelUnavailable(
-            NAME, target.name, "guest operations not ready (VMware Tools not running)", retryable=True
-        ) from None
-    session = GuestopsSession(target, vcenter, vm, target.os or os_family_of(snapshot.guest_family, snapshot.guest_id))
-    try:
-        await session.path("~")  # checks the guest login now, not in the middle of a step
-    except ChannelError as exc:
-        raise ChannelUnavailable(NAME, target.name, exc.reason, retryable=exc.retryable) from None
-    except StepFailed:
-        pass  # no home directory: only ~ paths will fail
-    return session
+        return await open_session(target)
 
 
 @hookimpl
-def beachhead_channels() -> list[ChannelInfo]:
-    """Declare the guestops channel."""
-    return [INFO]
-
-
-@hookimpl
-def beachhead_unmet_prerequisites(channel: str, target: Target) -> list[str] | None:
-    """Guest operations need a guest login (``guest_user`` and ``guest_password_env``)."""
-    if channel != NAME:
-        return None
-    if not target.guest_user or target.guest_password is None:
-        return [f"{Prerequisite.CREDENTIALS.value} (guest_user and guest_password_env)"]
-    return []
-
-
-@hookimpl
-def beachhead_connect(channel: str, target: Target, connect_timeout: float) -> Any:
-    """Open a guest operations session on the target's VM."""
-    if channel != NAME:
-        return None
-    return open_session(target, connect_timeout)
-
-
-if TYPE_CHECKING:
-    _conforms: type[ChannelSession] = GuestopsSession  # mypy checks the session protocol here
+def beachhead_register_channels(register: Any) -> None:
+    """Register the guestops channel."""
+    register(GuestopsChannel())

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from beachhead.agent.channel import (
+    Capability,
     ChannelInfo,
     ChannelSession,
     CommandRequest,
@@ -31,12 +32,15 @@ from beachhead.agent.channel import (
     Outcome,
     Prerequisite,
     RemoteStat,
+    Unmet,
 )
 from beachhead.agent.checksums import sha256_of
-from beachhead.agent.errors import ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
+from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
 from beachhead.agent.hookspecs import hookimpl
-from beachhead.agent.plans import Capability
-from beachhead.agent.targets import OsFamily, Target
+from beachhead.agent.targets import HostKeyPolicy, OsFamily, SshRoute
+
+if TYPE_CHECKING:
+    from beachhead.agent.context import TargetContext
 
 NAME = "ssh"
 KEEPALIVE_INTERVAL_S = 30
@@ -46,11 +50,11 @@ INFO = ChannelInfo(
     summary="OpenSSH on the guest's network: commands with exit status, SFTP transfers",
     direction=Direction.PUSH,
     medium=Medium.GUEST_NETWORK,
-    os_families=frozenset({OsFamily.LINUX, OsFamily.WINDOWS}),
     prerequisites=(Prerequisite.GUEST_NETWORK, Prerequisite.CREDENTIALS),
     capabilities=frozenset({Capability.RUN, Capability.PUT_FILE, Capability.GET_FILE}),
-    preference=100,
-    target_schemes=frozenset({"ssh"}),
+    # First on Linux; on Windows after WinRM, and only with declared ssh credentials.
+    preference={OsFamily.LINUX: 100, OsFamily.WINDOWS: 80},
+    target_schemes=frozenset({"ssh", "vsphere"}),
 )
 
 
@@ -64,15 +68,16 @@ class SshSession:
 
     channel = NAME
 
-    def __init__(self, target: Target, connection: asyncssh.SSHClientConnection) -> None:
-        self.target = target
+    def __init__(self, target_name: str, route: SshRoute, connection: asyncssh.SSHClientConnection) -> None:
+        self.target_name = target_name
+        self.route = route
         self.connection = connection
         self._sftp: asyncssh.SFTPClient | None = None
         self._sudo_needs_password: bool | None = None
 
     # -- errors -------------------------------------------------------------------------
     def _lost(self, exc: BaseException) -> ChannelError:
-        return ChannelError(NAME, self.target.name, f"connection lost: {exc}", retryable=True)
+        return ChannelError(NAME, self.target_name, f"connection lost: {exc}", retryable=True)
 
     def _refused(self, action: str, exc: asyncssh.SFTPError) -> StepFailed:
         return StepFailed(action, f"{action}: {exc.reason or type(exc).__name__}")
@@ -135,10 +140,10 @@ class SshSession:
             self._sudo_needs_password = probe.exit_status != 0
         if not self._sudo_needs_password:
             return f"sudo -n -- sh -c {shlex.quote(command)}", request.stdin
-        if self.target.password is None:
-            raise StepFailed(request.description, "sudo asks for a password and the target has no password_env")
+        if self.route.password is None:
+            raise StepFailed(request.description, "sudo asks for a password and the target gives no ssh password")
         # sudo -S reads exactly one line; the rest of stdin goes to the command.
-        secret = self.target.password.reveal().encode() + b"\n"
+        secret = self.route.password.reveal().encode() + b"\n"
         return f"sudo -S -p '' -- sh -c {shlex.quote(command)}", secret + (request.stdin or b"")
 
     async def _remote_sha256(self, remote: str) -> str | None:
@@ -318,71 +323,112 @@ def _text(data: Any) -> str:
     return str(data)
 
 
-async def open_session(target: Target, connect_timeout: float) -> SshSession:
-    """Connect and authenticate; map every failure to :class:`ChannelUnavailable`,
-    retryable when the guest may simply not be up yet."""
+def _endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _known_hosts(target: TargetContext, route: SshRoute) -> Any:
+    """What asyncssh checks the server's host key against: the route's known_hosts
+    file (asyncssh's default, ~/.ssh/known_hosts, when it names none), nothing when
+    told to ignore, or the keys read from the guest through guest operations."""
+    if route.host_keys is HostKeyPolicy.IGNORE:
+        return None
+    if route.host_keys is HostKeyPolicy.VSPHERE:
+        from beachhead.plugins.guestops_session import guest_ssh_host_keys
+
+        keys = await guest_ssh_host_keys(target)
+        if not keys:
+            raise ChannelUnavailable(
+                NAME, target.target.name, "the guest has no SSH host keys to pin (/etc/ssh/ssh_host_*_key.pub)"
+            )
+        return ([asyncssh.import_public_key(key) for key in keys], [], [])
+    return str(route.known_hosts) if route.known_hosts is not None else ()
+
+
+async def open_session(target: TargetContext) -> SshSession:
+    """Connect and authenticate to the guest's address; map every failure to
+    :class:`ChannelUnavailable`, retryable when the guest may simply not be up yet."""
+    route = target.target.ssh
+    host = target.guest_address()
+    name = target.target.name
+    if route is None or host is None:
+        raise ChannelUnavailable(NAME, name, "no ssh route or no guest address")
+    endpoint = _endpoint(host, route.port)
     options: dict[str, Any] = {
-        "username": target.user or getpass.getuser(),
-        "connect_timeout": target.connect_timeout or connect_timeout,
+        "username": route.user or getpass.getuser(),
+        "connect_timeout": target.target.connect_timeout or target.settings.connect_timeout,
         "keepalive_interval": KEEPALIVE_INTERVAL_S,
     }
-    if target.known_hosts_ignore:
-        options["known_hosts"] = None
-    elif target.known_hosts is not None:
-        options["known_hosts"] = str(target.known_hosts)
-    if target.key_file is not None:
-        options["client_keys"] = [str(target.key_file)]
+    try:
+        known_hosts = await _known_hosts(target, route)
+    except ChannelUnavailable:
+        raise
+    except (BeachheadError, ValueError, asyncssh.KeyImportError) as exc:
+        raise ChannelUnavailable(NAME, name, f"cannot read the guest's SSH host keys: {exc}") from None
+    if known_hosts != ():
+        options["known_hosts"] = known_hosts
+    if route.key_file is not None:
+        options["client_keys"] = [str(route.key_file)]
         options["agent_path"] = None
-        if target.passphrase is not None:
-            options["passphrase"] = target.passphrase.reveal()
-    elif target.password is not None:
+        if route.passphrase is not None:
+            options["passphrase"] = route.passphrase.reveal()
+    elif route.password is not None:
         options["client_keys"] = None
         options["agent_path"] = None
-    if target.password is not None:
-        options["password"] = target.password.reveal()
+    if route.password is not None:
+        options["password"] = route.password.reveal()
 
     def unavailable(reason: str, retryable: bool) -> ChannelUnavailable:
-        return ChannelUnavailable(NAME, target.name, reason, retryable=retryable)
+        return ChannelUnavailable(NAME, name, reason, retryable=retryable)
 
     try:
-        connection = await asyncssh.connect(target.host, target.port, **options)
+        connection = await asyncssh.connect(host, route.port, **options)
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise unavailable(f"host key of {target.address} not verifiable: {exc.reason}", False) from None
+        pinned = " (pinned from the guest through VMware Tools)" if route.host_keys is HostKeyPolicy.VSPHERE else ""
+        raise unavailable(f"host key of {endpoint} not verifiable{pinned}: {exc.reason}", False) from None
     except asyncssh.PermissionDenied:
         raise unavailable(f"authentication failed for user {options['username']}", False) from None
     except asyncssh.DisconnectError as exc:
-        raise unavailable(f"disconnected by {target.address}: {exc.reason}", True) from None
+        raise unavailable(f"disconnected by {endpoint}: {exc.reason}", True) from None
     except (TimeoutError, asyncssh.ConnectionLost) as exc:
-        raise unavailable(f"no answer from {target.address}: {exc or 'timed out'}", True) from None
+        raise unavailable(f"no answer from {endpoint}: {exc or 'timed out'}", True) from None
     except ConnectionRefusedError:
-        raise unavailable(f"connection refused by {target.address}", True) from None
+        raise unavailable(f"connection refused by {endpoint}", True) from None
     except OSError as exc:
-        raise unavailable(f"cannot reach {target.address}: {exc.strerror or exc}", True) from None
+        raise unavailable(f"cannot reach {endpoint}: {exc.strerror or exc}", True) from None
     except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError) as exc:
-        raise unavailable(f"cannot use the private key {target.key_file}: {exc}", False) from None
-    return SshSession(target, connection)
+        raise unavailable(f"cannot use the private key {route.key_file}: {exc}", False) from None
+    return SshSession(name, route, connection)
+
+
+class SshChannel:
+    """The ssh channel: reaches an ssh:// host, or a VM at the address VMware Tools
+    reports (or the target's ``address``) with the target's ssh credentials."""
+
+    info = INFO
+
+    def unmet(self, target: TargetContext) -> list[Unmet]:
+        """Credentials, the Windows rule, and an address to connect to."""
+        route = target.target.ssh
+        if route is None:
+            return [Unmet("no ssh credentials (ssh_user, ssh_key, ssh_password_env, or a guest login)")]
+        if target.os is OsFamily.WINDOWS and not route.declared:
+            return [Unmet("on Windows only with declared ssh credentials (ssh_user, ssh_key or ssh_password_env)")]
+        if target.guest_address() is None:
+            if target.vm_problem:
+                return [Unmet(f"no guest address: {target.vm_problem}")]
+            return [Unmet("no guest address yet (VMware Tools has reported none)", transient=True)]
+        return []
+
+    async def connect(self, target: TargetContext) -> SshSession:
+        """Open an SSH session on the guest."""
+        return await open_session(target)
 
 
 @hookimpl
-def beachhead_channels() -> list[ChannelInfo]:
-    """Declare the ssh channel."""
-    return [INFO]
-
-
-@hookimpl
-def beachhead_unmet_prerequisites(channel: str, target: Target) -> list[str] | None:
-    """An ssh:// target names its address; credentials may come from the agent."""
-    if channel != NAME:
-        return None
-    return [] if target.host else [Prerequisite.GUEST_NETWORK.value]
-
-
-@hookimpl
-def beachhead_connect(channel: str, target: Target, connect_timeout: float) -> Any:
-    """Open an SSH session for targets this channel reaches."""
-    if channel != NAME:
-        return None
-    return open_session(target, connect_timeout)
+def beachhead_register_channels(register: Any) -> None:
+    """Register the ssh channel."""
+    register(SshChannel())
 
 
 if TYPE_CHECKING:

@@ -1,14 +1,18 @@
 """Fixtures: a real OpenSSH sshd on loopback (key and password accounts), run
-directories, and helpers to run the ``beachhead`` CLI as a user would."""
+directories, and helpers to run the ``beachhead`` CLI as a user would and to wait
+(bounded) for what it does; the markers every test gets (see pyproject.toml)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -17,6 +21,119 @@ from beachhead.bootstrap.local_sshd import LocalSshd
 BEACHHEAD = Path(sys.executable).with_name("beachhead")
 PASSWORD_ENV = "BEACHHEAD_TEST_PASSWORD"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the isolated sshd accounts need root")
+T = TypeVar("T")
+
+TESTS = Path(__file__).parent
+ROOT_ONLY_FIXTURES = {"password_env", "lab_session"}  # they skip the test without root
+OWN_SSHD_MODULES = {TESTS / "test_demo.py"}  # start a LocalSshd of their own, not the fixture
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by what it needs: ``lab`` (tests/lab/), ``metadata``
+    (tests/metadata/), ``sshd`` (a real sshd), ``root``, and ``unit`` for the rest."""
+    for item in items:
+        path = item.path
+        fixtures = set(getattr(item, "fixturenames", ()))
+        marks = set()
+        if path.is_relative_to(TESTS / "lab"):
+            marks |= {"lab", "root"}
+        if path.is_relative_to(TESTS / "metadata"):
+            marks.add("metadata")
+        if "sshd" in fixtures or path in OWN_SSHD_MODULES:
+            marks.add("sshd")
+        if fixtures & ROOT_ONLY_FIXTURES or needs_root.mark in item.iter_markers("skipif"):
+            marks.add("root")
+        if not marks & {"lab", "metadata", "sshd"}:
+            marks.add("unit")
+        for name in sorted(marks):
+            item.add_marker(name)
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10, what: str = "condition", interval: float = 0.02) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; fail after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(interval)
+    return result
+
+
+async def await_until(
+    condition: Callable[[], T], timeout: float = 10, what: str = "condition", interval: float = 0.02
+) -> T:
+    """:func:`wait_until` for async tests: the event loop keeps running between polls."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(interval)
+    return result
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The processes (on this machine, which the test guests share) whose command line
+    contains ``text``; e.g. the shell of a guest command that would create a marker file."""
+    needle = text.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def tcp_connections(pid: int) -> dict[int, tuple[int, int]]:
+    """The established TCP connections process ``pid`` holds: socket inode -> (local
+    port, remote port). Empty when the process is gone."""
+    sockets = set()
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return {}
+    for descriptor in descriptors:
+        try:
+            link = os.readlink(descriptor)
+        except OSError:  # closed meanwhile (such as the one that listed the directory)
+            continue
+        if link.startswith("socket:["):
+            sockets.add(int(link[len("socket:[") : -1]))
+    found = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            _, local, remote, state, *_, inode = row.split()[:10]
+            if state == "01" and int(inode) in sockets:  # 01: ESTABLISHED
+                found[int(inode)] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+    return found
+
+
+def held_connection(
+    process: subprocess.Popen[str], port: int, exclude: int | None = None, timeout: float = 20, what: str = ""
+) -> int:
+    """Wait until ``process`` keeps a connection to ``port`` open (the same one seen on
+    two looks 0.1s apart, e.g. a long-poll, not a quick request); its socket inode. Fails
+    at once when the process exits. ``exclude``: a connection seen before, not counted."""
+    earlier: set[int] = set()
+
+    def held() -> int | None:
+        assert process.poll() is None, f"{what or 'the process'}: it exited instead"
+        now = {inode for inode, (_, remote) in tcp_connections(process.pid).items() if remote == port} - {exclude}
+        kept = earlier & now
+        earlier.clear()
+        earlier.update(now)
+        return min(kept) if kept else None
+
+    return wait_until(held, timeout, what or f"a connection to port {port} held open", interval=0.1)
 
 
 @pytest.fixture(scope="session")

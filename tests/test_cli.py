@@ -7,11 +7,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from beachhead.bootstrap.local_sshd import LocalSshd
-from tests.conftest import BEACHHEAD, beachhead, write_plan
+from tests.conftest import BEACHHEAD, beachhead, processes_mentioning, wait_until, write_plan
 
 STEP_FIELDS = {"kind", "status", "exit_code", "stdout", "stderr", "duration_s"}
 
@@ -98,22 +97,21 @@ def test_ctrl_c_cancels_cleanly(sshd: LocalSshd, guest_dir: Path, tmp_path: Path
         env=os.environ.copy(),
     )
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # until the command has started in the guest
-            journals = list(runs_dir.glob("*/journal.jsonl"))
-            if journals and '"op": "run"' in journals[0].read_text():
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the run never started its command")
-        time.sleep(0.3)
+        journal = wait_until(
+            lambda: next((j for j in runs_dir.glob("*/journal.jsonl") if '"op": "run"' in j.read_text()), None),
+            timeout=15,
+            what="the run journals its command",
+        )
+        wait_until(lambda: processes_mentioning(str(marker)), timeout=15, what="the command runs in the guest")
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=15)
     finally:
         process.kill()
     assert process.returncode == 130
     assert "interrupted" in stderr
-    records = [json.loads(line) for line in journals[0].read_text().splitlines()]
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
     assert [r["phase"] for r in records] == ["intent", "interrupted"]
-    time.sleep(5.5)
-    assert not marker.exists()  # the guest command was killed, not orphaned
+    # The guest command was killed, not orphaned: nothing is left that would create the
+    # marker (an orphan would live until its `sleep 5` ends, then create it).
+    wait_until(lambda: not processes_mentioning(str(marker)), timeout=10, what="the guest command is gone")
+    assert not marker.exists()

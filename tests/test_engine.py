@@ -18,7 +18,7 @@ from beachhead.agent.journal import RunDirectory
 from beachhead.agent.plans import load_plan
 from beachhead.agent.results import FAILED, OK, SKIPPED
 from beachhead.bootstrap.local_sshd import LocalSshd, _free_port
-from tests.conftest import write_plan
+from tests.conftest import await_until, processes_mentioning, write_plan
 
 FAST = RunSettings(connect_timeout=5, retries=1, retry_delay=0.05)
 
@@ -75,11 +75,24 @@ async def test_step_timeout_kills_the_command(sshd: LocalSshd, guest_dir: Path, 
           - run: {{command: "sleep 4; touch {marker}", timeout: 0.5}}
         """,
     )
+    seen: list[int] = []  # the command's shell in the guest, while the step runs
+
+    async def watch() -> None:
+        while not seen:
+            seen.extend(processes_mentioning(str(marker)))
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
     started = time.monotonic()
-    result = await customize(sshd.uri(), plan, runs_dir=runs_dir, settings=FAST)
+    try:
+        result = await customize(sshd.uri(), plan, runs_dir=runs_dir, settings=FAST)
+    finally:
+        watcher.cancel()
     assert time.monotonic() - started < 3.5
     assert result.steps[0].status == FAILED and result.steps[0].error == "timed out after 0.5s"
-    await asyncio.sleep(4)
+    assert seen, "the command never ran in the guest"
+    # Nothing is left that would create the marker (an orphan would, once its `sleep 4` ends).
+    await await_until(lambda: not processes_mentioning(str(marker)), what="the guest command is gone")
     assert not marker.exists()
     entries = RunDirectory.open(runs_dir, result.run_id).entries()
     assert [e.state for e in entries] == ["interrupted"]

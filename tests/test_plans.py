@@ -8,23 +8,17 @@ from pathlib import Path
 import pytest
 
 from beachhead.agent.errors import InputError
-from beachhead.agent.plans import (
-    DownloadStep,
-    ExtraConfigStep,
-    GuestReport,
-    PortOpen,
-    PowerStep,
-    ReportCondition,
-    RunStep,
-    UploadStep,
-    UserDataStep,
-    Via,
-    VmCondition,
-    VmState,
-    WaitStep,
-    load_plan,
-)
+from beachhead.agent.plans import load_plan
 from beachhead.agent.targets import OsFamily
+from beachhead.agent.vsphere.states import VmState
+from beachhead.plugins.pull import GuestReport, ReportCondition, UserDataStep, Via
+from beachhead.plugins.steps.download import DownloadStep
+from beachhead.plugins.steps.extra_config import ExtraConfigStep
+from beachhead.plugins.steps.power import PowerStep
+from beachhead.plugins.steps.run import RunStep
+from beachhead.plugins.steps.upload import UploadStep
+from beachhead.plugins.steps.vm_states import VmCondition
+from beachhead.plugins.steps.wait import PortOpen, WaitStep
 from tests.conftest import write_plan
 
 
@@ -57,7 +51,7 @@ def test_every_step_form(plan_dir: Path) -> None:
         )
     )
     assert plan.name == "web" and plan.os is OsFamily.LINUX and plan.channels == ("ssh",)
-    assert plan.wait == (PortOpen(22, 30.0),) and plan.timeout == 120.0
+    assert [w.condition for w in plan.wait] == [PortOpen(22, 30.0)] and plan.timeout == 120.0
     up1, up2, down, run1, run2, wait = plan.steps
     assert isinstance(up1, UploadStep) and up1.mode == 0o640 and up1.src == plan_dir / "files" / "app.conf"
     assert isinstance(up2, UploadStep) and up2.mode == 0o755
@@ -182,7 +176,7 @@ def test_userdata_step_and_guest_report_waits(plan_dir: Path) -> None:
         """,
     )
     plan = load_plan(path)
-    assert plan.wait == (ReportCondition(GuestReport.USERDATA_FETCHED),)
+    assert [w.condition for w in plan.wait] == [ReportCondition(GuestReport.USERDATA_FETCHED)]
     step, wait = plan.steps
     assert step == UserDataStep(
         user_data=plan_dir / "setup.sh",
@@ -212,10 +206,10 @@ def test_vm_conditions_in_their_three_forms(plan_dir: Path) -> None:
         """,
     )
     plan = load_plan(path)
-    assert plan.wait == (
+    assert [wait.condition for wait in plan.wait] == [
         VmCondition(VmState.POWERED_ON),
         VmCondition(VmState.TOOLS_RUNNING, 300.0),
         VmCondition(VmState.GUESTOPS_READY),
-    )
-    assert plan.steps[0] == WaitStep(VmCondition(VmState.IP_ASSIGNED, 60.0))
+    ]
+    assert plan.steps[0] == WaitStep(VmCondition(VmState.IP_ASSIGNED, 60.0), "ip_assigned")
     assert plan.steps[0].describe() == "wait for ip assigned"

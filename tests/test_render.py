@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from beachhead.agent.errors import InputError
-from beachhead.agent.plans import RunSpec
-from beachhead.agent.render import render
+from beachhead.agent.render import RunSpec, render
 from beachhead.agent.targets import OsFamily
 
 AWKWARD = 'it\'s "quoted" $HOME `x` \\ ; | & done'

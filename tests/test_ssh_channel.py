@@ -12,18 +12,28 @@ from pathlib import Path
 import pytest
 
 from beachhead.agent.channel import CommandRequest
+from beachhead.agent.context import RunContext, TargetContext
 from beachhead.agent.errors import ChannelUnavailable, StepFailed
-from beachhead.agent.plans import RunSpec
-from beachhead.agent.render import render
+from beachhead.agent.plans import Plan
+from beachhead.agent.registry import default_plugins
+from beachhead.agent.render import RunSpec, render
+from beachhead.agent.settings import RunSettings
 from beachhead.agent.targets import OsFamily, parse_target
 from beachhead.bootstrap.local_sshd import LocalSshd
 from beachhead.plugins.ssh import SshSession, open_session
-from tests.conftest import needs_root
+from tests.conftest import await_until, needs_root, processes_mentioning
+
+
+async def connect(uri: str) -> SshSession:
+    """An SSH session opened as a run opens one."""
+    plugins = default_plugins()
+    target = TargetContext(RunContext(plugins, RunSettings(connect_timeout=10)), Plan("p", ()), parse_target(uri))
+    return await open_session(target)
 
 
 @pytest.fixture
 async def session(sshd: LocalSshd) -> AsyncIterator[SshSession]:
-    opened = await open_session(parse_target(sshd.uri()), connect_timeout=10)
+    opened = await connect(sshd.uri())
     yield opened
     await opened.close()
 
@@ -67,8 +77,7 @@ async def test_guest_logins_have_homes_of_their_own(sshd: LocalSshd, session: Ss
 async def test_password_login_and_sudo_with_password(sshd: LocalSshd, password_env: str) -> None:
     account = sshd.sudo_account
     assert account is not None
-    target = parse_target(sshd.uri(account, password_env=password_env))
-    session = await open_session(target, connect_timeout=10)
+    session = await connect(sshd.uri(account, password_env=password_env))
     try:
         plain = await session.run(command("id -un"))
         assert plain.stdout.strip() == account.name
@@ -134,11 +143,12 @@ async def test_stat_make_dirs_remove(session: SshSession, guest_dir: Path) -> No
 async def test_cancelled_command_is_killed_in_guest(session: SshSession, guest_dir: Path) -> None:
     marker = guest_dir / "still-running"
     task = asyncio.create_task(session.run(command(f"sleep 3 && touch {marker}")))
-    await asyncio.sleep(0.5)
+    await await_until(lambda: processes_mentioning(str(marker)), what="the command runs in the guest")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(3.5)
+    # Nothing is left that would create the marker (an orphan would, once its `sleep 3` ends).
+    await await_until(lambda: not processes_mentioning(str(marker)), what="the guest command is gone")
     assert not marker.exists()
     assert (await session.run(command("echo alive"))).stdout == "alive\n"  # connection still usable
 
@@ -146,9 +156,8 @@ async def test_cancelled_command_is_killed_in_guest(session: SshSession, guest_d
 async def test_wrong_password_is_not_retryable(sshd: LocalSshd, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WRONG_PW", "definitely-not-it")
     account = sshd.sudo_account or sshd.login
-    target = parse_target(sshd.uri(account, password_env="WRONG_PW"))
     with pytest.raises(ChannelUnavailable) as caught:
-        await open_session(target, connect_timeout=10)
+        await connect(sshd.uri(account, password_env="WRONG_PW"))
     assert "authentication failed" in caught.value.reason and not caught.value.retryable
     assert "definitely-not-it" not in str(caught.value)
 
@@ -161,7 +170,7 @@ async def test_host_key_mismatch_is_refused(sshd: LocalSshd, tmp_path: Path) -> 
     other.stop()
     uri = sshd.uri().replace(str(sshd.known_hosts), str(wrong))
     with pytest.raises(ChannelUnavailable) as caught:
-        await open_session(parse_target(uri), connect_timeout=10)
+        await connect(uri)
     assert "not verifiable" in caught.value.reason and not caught.value.retryable
 
 
@@ -171,8 +180,8 @@ async def test_unknown_host_key_is_refused_by_default(
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/known_hosts: strict means refuse
     uri = f"ssh://{sshd.login.name}@{sshd.host}:{sshd.port}?key={sshd.login.key_file}"
     with pytest.raises(ChannelUnavailable, match="not verifiable"):
-        await open_session(parse_target(uri), connect_timeout=10)
-    ignoring = await open_session(parse_target(uri + "&known_hosts=ignore"), connect_timeout=10)
+        await connect(uri)
+    ignoring = await connect(uri + "&known_hosts=ignore")
     await ignoring.close()
 
 
@@ -181,7 +190,7 @@ async def test_unreachable_port_is_retryable(sshd: LocalSshd) -> None:
 
     uri = f"ssh://root@127.0.0.1:{_free_port('127.0.0.1')}?known_hosts=ignore"
     with pytest.raises(ChannelUnavailable) as caught:
-        await open_session(parse_target(uri), connect_timeout=5)
+        await connect(uri)
     assert "refused" in caught.value.reason and caught.value.retryable
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from beachhead.agent.plans import VmState
+from beachhead.agent.vsphere.states import VmState
 from beachhead.agent.vsphere.watcher import EventKind, GuestNic, VmSnapshot, changes_between
 
 OFF = VmSnapshot("vm-1", name="web", power_state="poweredOff", tools_running_status="guestToolsNotRunning")

@@ -23,14 +23,9 @@ from aiohttp import web
 from pyVmomi import SoapStubAdapter, vim
 
 from beachhead.agent.secrets import Secret
-from beachhead.agent.vsphere.wirelog import (
-    WireLog,
-    _decode_body,
-    connect_logged,
-    instrument_stub,
-    is_secret_name,
-    recording_connects,
-)
+from beachhead.agent.vsphere.wire_capture import _decode_body, connect_logged, instrument_stub, recording_connects
+from beachhead.agent.vsphere.wire_redaction import is_secret_name
+from beachhead.agent.vsphere.wirelog import WireLog
 
 SOAP = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'

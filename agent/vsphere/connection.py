@@ -2,8 +2,8 @@
 logged-in session per vCenter and user shared by every target on it, kept alive, and
 logged in again when the server forgets it (session expiry, vCenter restart).
 
-A run opens its connections inside :func:`vcenter_pool`; channels and wait conditions
-find them with :func:`current_pool`.
+A run's :class:`beachhead.agent.context.RunContext` opens its :class:`VCenterPool` on
+first use and hands it to the channels and steps that need it.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class VCenter:
             options["sslContext"] = context
         try:
             if self._wire_log is not None:
-                from beachhead.agent.vsphere.wirelog import connect_logged
+                from beachhead.agent.vsphere.wire_capture import connect_logged
 
                 self._si = connect_logged(self._wire_log, **options)
             else:
@@ -205,6 +205,11 @@ class VCenter:
                 return await self._in_thread(fn, *args)
         except (OSError, http.client.HTTPException) as exc:
             raise self.unavailable(f"vCenter connection lost: {exc!r}", retryable=True) from None
+
+    @property
+    def wire_log(self) -> WireLog | None:
+        """The run's wire log, which HTTP transfers to this vCenter write to as well."""
+        return self._wire_log
 
     @property
     def content(self) -> Any:
@@ -307,24 +312,11 @@ class VCenterPool:
             await vcenter.close()
 
 
-_CURRENT: contextvars.ContextVar[VCenterPool | None] = contextvars.ContextVar("beachhead_vcenters", default=None)
-
-
 @contextlib.asynccontextmanager
 async def vcenter_pool(wire_log: WireLog | None = None) -> AsyncIterator[VCenterPool]:
-    """Open a pool for the work inside (a run, an undo), and close its sessions after."""
+    """A pool for the work inside (a command, an undo), its sessions closed after."""
     pool = VCenterPool(wire_log)
-    token = _CURRENT.set(pool)
     try:
         yield pool
     finally:
-        _CURRENT.reset(token)
         await pool.close()
-
-
-def current_pool() -> VCenterPool:
-    """The pool of the run in progress."""
-    pool = _CURRENT.get()
-    if pool is None:
-        raise VSphereError("no vCenter pool: open one with beachhead.agent.vsphere.connection.vcenter_pool()")
-    return pool

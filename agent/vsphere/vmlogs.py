@@ -13,7 +13,7 @@ import aiohttp
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 
-from beachhead.agent.vsphere.connection import VCenter, VSphereError, current_pool
+from beachhead.agent.vsphere.connection import VCenter, VSphereError
 
 DATASTORE_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\]\s*(?P<path>.*)$")
 VMWARE_LOGS = "vmware*.log"
@@ -82,7 +82,7 @@ async def vm_logs(vcenter: VCenter, vm: Any) -> list[LogFile]:
     names = await vcenter.call(_log_names, vm, datastore, folder)
     cookies = {"vmware_soap_session": vcenter.session_cookie()}
     logs = []
-    wire_log = current_pool().wire_log
+    wire_log = vcenter.wire_log
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=vcenter.address.ssl_context() or False),
         cookies=cookies,

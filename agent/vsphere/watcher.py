@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ import structlog
 from pyVmomi import vim, vmodl
 
 from beachhead.agent.errors import BeachheadError
-from beachhead.agent.plans import VmState
+from beachhead.agent.vsphere.states import VmState
 
 if TYPE_CHECKING:
     from beachhead.agent.vsphere.connection import VCenter
@@ -180,7 +180,6 @@ class VmWatcher:
         self._watched: dict[str, Any] = {}  # moref id -> VirtualMachine
         self._state: dict[str, VmSnapshot] = {}
         self._changed = asyncio.Condition()
-        self._subscribers: list[asyncio.Queue[VmEvent]] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._collector: Any = None
@@ -221,16 +220,6 @@ class VmWatcher:
                 if snapshot is not None and predicate(snapshot):
                     return snapshot
                 await self._changed.wait()
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[VmEvent]]:
-        """A queue that receives every event of every watched VM while the block runs."""
-        queue: asyncio.Queue[VmEvent] = asyncio.Queue()
-        self._subscribers.append(queue)
-        try:
-            yield queue
-        finally:
-            self._subscribers.remove(queue)
 
     async def close(self) -> None:
         """Stop the loop; waiters get :class:`WatcherClosed`."""
@@ -324,8 +313,6 @@ class VmWatcher:
                 self._changed.notify_all()
             for event in events:
                 log.info("vm.event", kind=str(event.kind), vm=event.name, **event.detail)
-                for queue in self._subscribers:
-                    queue.put_nowait(event)
 
     def _apply(self, change: Any) -> list[VmEvent]:
         if isinstance(change.obj, vim.event.EventHistoryCollector):

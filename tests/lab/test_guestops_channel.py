@@ -3,11 +3,11 @@ on the lab: commands, transfers, verification, faults, undo."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,27 @@ GUESTS = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "gues
 
 def _results(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a log written so far (a line still being written is left out)."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
+
+
+def _watching_while_off(run: subprocess.Popen[str], wire: Path, vm: Any) -> bool:
+    """True once the run's vCenter watcher has been told ``vm`` is powered off (a
+    WaitForUpdatesEx answer in the run's wire log): the run waits with the VM's state in hand."""
+    assert run.poll() is None, "the run should be waiting for the VM"
+    return any(
+        r.get("method") == "WaitForUpdatesEx"
+        and f">{vm._moId}<" in r.get("response", "")
+        and "poweredOff" in r.get("response", "")
+        for r in _lines(wire)
+    )
 
 
 def test_commands_and_files_through_guestops(tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]) -> None:
@@ -110,28 +131,32 @@ def test_a_run_started_while_the_vm_is_off_waits_for_power_on_tools_and_ip(
           - run: id -un
         """,
     )
-    run = subprocess.Popen(
-        [str(BEACHHEAD), "run", str(plan), "--target", vsphere_uri("lin-03"), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    wire, log = tmp_path / "wire.jsonl", tmp_path / "stderr.jsonl"
+    with log.open("w") as stderr:
+        run = subprocess.Popen(
+            [str(BEACHHEAD), "run", str(plan), "--target", vsphere_uri("lin-03"), "--json", "--wire-log", str(wire)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
-        time.sleep(2)
-        assert run.poll() is None, "the run should be waiting for the VM"
+        wait_for(lambda: _watching_while_off(run, wire, vm), timeout=60, what="the run watching lin-03 off")
         WaitForTask(vm.PowerOnVM_Task())
-        stdout, stderr = run.communicate(timeout=60)
+        stdout, _ = run.communicate(timeout=60)
     finally:
         run.kill()
         wait_for(lambda: vm.runtime.powerState == "poweredOn", what="lin-03 on")
-    assert run.returncode == 0, stderr
+    assert run.returncode == 0, log.read_text()
     [result] = [json.loads(line) for line in stdout.splitlines()]
     waits, step = result["steps"][:3], result["steps"][3]
     assert [w["status"] for w in waits] == ["ok"] * 3
-    assert waits[0]["duration_s"] >= 1.5  # it waited for the power-on, not for a poll
     assert step["stdout"] == "admin\n"
-    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    events = _lines(log)
     assert {"powered_on", "tools_running", "ip_assigned"} <= {e.get("kind") for e in events if e["event"] == "vm.event"}
+    # It waited for vCenter to report the power-on, and ended after the report.
+    powered_on = next(n for n, e in enumerate(events) if e["event"] == "vm.event" and e.get("kind") == "powered_on")
+    first_wait_end = next(n for n, e in enumerate(events) if e["event"] == "step.finish")
+    assert powered_on < first_wait_end
 
 
 def test_a_powered_off_vm_times_out_waiting(
@@ -195,7 +220,8 @@ def test_a_wait_survives_a_vcenter_restart(
 ) -> None:
     """The watcher logs in again and rebuilds its filters; the lab's vCenter comes back
     with its VMs powered on, which is what the run waits for."""
-    WaitForTask(vc.vm("lin-02").PowerOffVM_Task())
+    vm = vc.vm("lin-02")
+    WaitForTask(vm.PowerOffVM_Task())
     plan = write_plan(
         tmp_path,
         """
@@ -206,24 +232,26 @@ def test_a_wait_survives_a_vcenter_restart(
           - run: hostname
         """,
     )
-    run = subprocess.Popen(
-        [str(BEACHHEAD), "run", str(plan), "--target", vsphere_uri("lin-02"), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    wire, log = tmp_path / "wire.jsonl", tmp_path / "stderr.jsonl"
+    with log.open("w") as stderr:
+        run = subprocess.Popen(
+            [str(BEACHHEAD), "run", str(plan), "--target", vsphere_uri("lin-02"), "--json", "--wire-log", str(wire)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
-        time.sleep(2)
-        assert run.poll() is None, "the run should be waiting for the VM"
+        wait_for(lambda: _watching_while_off(run, wire, vm), timeout=60, what="the run watching lin-02 off")
         restarted = beachhead("lab", "restart-vcenter", "--down-seconds", "2", timeout=120)
         assert restarted.returncode == 0, restarted.stderr
-        stdout, stderr = run.communicate(timeout=120)
+        stdout, _ = run.communicate(timeout=120)
     finally:
         run.kill()
-    assert run.returncode == 0, stderr[-3000:]
+    stderr_text = log.read_text()
+    assert run.returncode == 0, stderr_text[-3000:]
     [result] = [json.loads(line) for line in stdout.splitlines()]
     assert result["steps"][-1]["stdout"] == "lin-02\n"
-    assert '"event": "watcher.reconnect"' in stderr
+    assert '"event": "watcher.reconnect"' in stderr_text
 
 
 def test_the_wire_log_shows_the_run_without_secrets(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from urllib.parse import quote
 import pytest
 from pyVmomi import vim
 
-from tests.conftest import BEACHHEAD, beachhead, write_plan
+from tests.conftest import BEACHHEAD, beachhead, held_connection, wait_until, write_plan
 from tests.lab.conftest import Vc
 from tests.metadata.conftest import SYSTEM_PYTHON, MetadataServer, cloudinit, free_port
 
@@ -146,12 +145,13 @@ def test_userdata_step_on_a_vm_publishes_by_mac_and_waits_for_the_fetch(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while guest_get("lin-03", server.url + "/meta-data")[0] != 200:
-            assert time.monotonic() < deadline and run.poll() is None, "not published"
-            time.sleep(0.2)
-        time.sleep(0.5)
-        assert run.poll() is None, "the run should wait for the guest's fetch"
+
+        def published() -> bool:
+            assert run.poll() is None, "the run ended without publishing"
+            return guest_get("lin-03", server.url + "/meta-data")[0] == 200
+
+        wait_until(published, timeout=60, what="published", interval=0.2)
+        held_connection(run, server.port, what="the run should wait for the guest's fetch")  # its long-poll
         seeded = cloudinit("nocloud", server.url + "/", netns="bhlab-lin-03")
         stdout, stderr = run.communicate(timeout=60)
     finally:

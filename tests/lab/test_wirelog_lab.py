@@ -19,7 +19,8 @@ import pyVim.connect as pyvim_connect
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import SoapStubAdapter, vim
 
-from beachhead.agent.vsphere.wirelog import WireLog, connect_logged, instrument_stub, uninstrument_stub
+from beachhead.agent.vsphere.wire_capture import connect_logged, instrument_stub, uninstrument_stub
+from beachhead.agent.vsphere.wirelog import WireLog
 from tests.lab.conftest import Vc, wait_for
 
 Spec = vim.vm.guest.ProcessManager.ProgramSpec

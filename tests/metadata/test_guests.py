@@ -6,12 +6,14 @@ proxy; a dnsmasq lease file maps addresses to published MACs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
+from tests.conftest import await_until, tcp_connections
 from tests.metadata.conftest import MetadataServer
 
 TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
@@ -76,8 +78,11 @@ async def test_imdsv2_tokens_are_bound_to_the_address_and_checked(server: Metada
         assert r.status == 403
     async with two.put(server.url + "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "1"}) as r:
         short = await r.text()
-    await asyncio.sleep(2.1)
-    status, text = await _get(two, url, headers={TOKEN: short})
+    deadline = time.monotonic() + 5  # a 1s token is expired within about a second
+    while (answer := await _get(two, url, headers={TOKEN: short})) == (200, "i-two"):
+        assert time.monotonic() < deadline, "a 1s token still accepted after 5s"
+        await asyncio.sleep(0.05)
+    status, text = answer
     assert (status, text.strip()) == (401, "token expired")
     # Without --require-token, IMDSv1 (no token) is still served.
     assert await _get(two, url) == (200, "i-two")
@@ -108,8 +113,14 @@ async def test_fetch_and_phone_home_are_recorded_and_waited_for(server: Metadata
     assert (await wait("fetched", 0))["happened"] is False
     fetch_waiter = asyncio.create_task(wait("fetched", 20))
     phone_waiter = asyncio.create_task(wait("phoned_home", 20))
-    await asyncio.sleep(0.3)
-    assert not fetch_waiter.done()
+    # Both long-polls are in the server (connected, and a later request answered) and
+    # still unanswered before the guest fetches.
+    await await_until(
+        lambda: sum(remote == server.port for _, remote in tcp_connections(os.getpid()).values()) >= 2,
+        what="the two waits connected",
+    )
+    assert (await wait("fetched", 0))["happened"] is False
+    assert not fetch_waiter.done() and not phone_waiter.done()
     two = guest("127.0.0.2")
     before = time.time()
     assert (await _get(two, server.url + "/user-data"))[0] == 200

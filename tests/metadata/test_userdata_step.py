@@ -11,7 +11,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import BEACHHEAD, beachhead, write_plan
+from tests.conftest import BEACHHEAD, beachhead, held_connection, write_plan
 from tests.metadata.conftest import MetadataServer, cloudinit
 
 PLAN = """
@@ -72,12 +72,11 @@ def test_publish_then_wait_for_the_fetch_and_the_phone_home(
     run = _run(server, write_plan(tmp_path, PLAN), runs_dir)
     try:
         _wait_published(server, "i-plan")
-        time.sleep(0.5)
-        assert run.poll() is None, "the run should wait for the guest to fetch"
+        # Each wait step is one long-poll the run holds open on the server.
+        fetch_wait = held_connection(run, server.port, what="the run should wait for the guest to fetch")
         got = cloudinit("nocloud", server.url + "/")  # the guest at 127.0.0.1 boots
         assert got["meta_data"]["instance-id"] == "i-plan" and got["meta_data"]["role"] == "web"
-        time.sleep(0.5)
-        assert run.poll() is None, "the run should wait for the phone home"
+        held_connection(run, server.port, exclude=fetch_wait, what="the run should wait for the phone home")
         form = urllib.parse.urlencode({"instance_id": "i-plan", "hostname": "i-plan"}).encode()
         with urllib.request.urlopen(server.url + "/phone-home/i-plan", data=form, timeout=10) as response:
             assert response.status == 200

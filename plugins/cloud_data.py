@@ -10,12 +10,12 @@ import gzip
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from beachhead.agent.errors import InputError
-from beachhead.agent.plans import UserDataStep
 
 GUESTINFO_ENCODING = "gzip+base64"
 INVALID_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._:-]+")
@@ -40,30 +40,33 @@ class CloudData:
         return yaml.safe_dump(self.meta_data).encode() if self.meta_data else None
 
 
-def read_cloud_data(step: UserDataStep, source: str) -> CloudData:
-    """Read the step's files; a meta-data file must hold a YAML mapping."""
+def read_cloud_data(
+    user_data: Path,
+    meta_data: Path | None,
+    vendor_data: Path | None,
+    network_config: Path | None,
+    *,
+    source: str,
+    where: str,
+) -> CloudData:
+    """Read a ``userdata`` step's files; a meta-data file must hold a YAML mapping."""
     meta: dict[str, Any] = {}
-    if step.meta_data is not None:
-        parsed = yaml.safe_load(step.meta_data.read_bytes() or b"{}")
+    if meta_data is not None:
+        parsed = yaml.safe_load(meta_data.read_bytes() or b"{}")
         if not isinstance(parsed, dict):
-            raise InputError(source, f"{step.describe()}: meta_data", f"{step.meta_data} must hold a YAML mapping")
+            raise InputError(source, f"{where}: meta_data", f"{meta_data} must hold a YAML mapping")
         meta = parsed
     return CloudData(
-        user_data=step.user_data.read_bytes(),
+        user_data=user_data.read_bytes(),
         meta_data=meta,
-        vendor_data=step.vendor_data.read_bytes() if step.vendor_data else None,
-        network_config=step.network_config.read_bytes() if step.network_config else None,
+        vendor_data=vendor_data.read_bytes() if vendor_data else None,
+        network_config=network_config.read_bytes() if network_config else None,
     )
 
 
 def default_instance_id(target_name: str) -> str:
     """A target's instance id when its plan names none: its name, made into one."""
     return INVALID_ID_CHARACTERS.sub("-", target_name).strip("-.:")[:128] or "instance"
-
-
-def instance_id_for(step: UserDataStep, target_name: str) -> str:
-    """The step's instance id, else the target's default one."""
-    return step.instance_id or default_instance_id(target_name)
 
 
 def _packed(data: bytes) -> str:
