@@ -30,11 +30,12 @@ class RunReport:
     run_id: str
     run_dir: Path
     results: list[TargetResult]
+    journal_error: str | None = None  # the run stopped because its journal could not be written
 
     @property
     def ok(self) -> bool:
-        """True when every target succeeded."""
-        return all(result.ok for result in self.results)
+        """True when every target succeeded and every write was journaled."""
+        return self.journal_error is None and all(result.ok for result in self.results)
 
 
 def _as_plan(plan: str | Path | Plan, plugins: Plugins) -> Plan:
@@ -81,7 +82,8 @@ async def run_plan(
         results = await engine.run(plan, resolved)
     finally:
         journal.close()
-    return RunReport(run_dir.run_id, run_dir.path, results)
+    broken = str(journal.broken) if journal.broken is not None else None
+    return RunReport(run_dir.run_id, run_dir.path, results, broken)
 
 
 async def customize(

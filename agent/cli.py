@@ -320,6 +320,8 @@ def run(
             raise
         if not json_output:
             _summary(report)
+        if report.journal_error:
+            click.echo(f"beachhead: failed: the run stopped: {report.journal_error}", err=True)
         sys.exit(0 if report.ok else 1)
 
 

@@ -114,8 +114,16 @@ class Engine:
         context = RunContext(self.plugins, self.settings, self.run_dir, self.journal)
 
         async def one(target: Target) -> TargetResult:
-            async with limit:
-                return await TargetWorkflow(self, TargetContext(context, plan, target)).execute()
+            workflow = TargetWorkflow(self, TargetContext(context, plan, target))
+            try:
+                await limit.acquire()
+            except asyncio.CancelledError:
+                workflow.report(interrupted="interrupted before it started")
+                raise
+            try:
+                return await workflow.execute()
+            finally:
+                limit.release()
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -141,6 +149,9 @@ class TargetWorkflow:
         self.plan = context.plan
         self.target = context.target
         self.log = context.log
+        self.result = TargetResult(self.target.name, self.target.uri, engine.run_dir.run_id)
+        self.steps = self._steps()
+        self.result.steps = [step_result for _, step_result in self.steps]
 
     def _steps(self) -> list[tuple[Step, StepResult]]:
         steps: list[tuple[Step, StepResult]] = [
@@ -151,15 +162,20 @@ class TargetWorkflow:
         return steps
 
     async def execute(self) -> TargetResult:
-        """Run every step until one fails; the rest are reported as skipped."""
-        result = TargetResult(self.target.name, self.target.uri, self.engine.run_dir.run_id)
-        steps = self._steps()
-        result.steps = [step_result for _, step_result in steps]
+        """Run every step until one fails; the rest are reported as skipped. Interrupted
+        (Ctrl-C, SIGTERM), the target's result so far is still reported."""
+        result = self.result
         started = time.monotonic()
-        self.engine.progress.target_started(self.target, len(steps))
-        self.log.info("target.start", uri=self.target.uri, os=str(self.context.os), steps=len(steps))
+        self.engine.progress.target_started(self.target, len(self.steps))
+        self.log.info("target.start", uri=self.target.uri, os=str(self.context.os), steps=len(self.steps))
+        current: StepResult | None = None
         try:
-            for step, step_result in steps:
+            for step, step_result in self.steps:
+                current = step_result
+                broken = self.engine.journal.broken
+                if broken is not None:  # stop before the next write: it could not be recorded
+                    result.error = f"{_step_label(step_result)}: not run: {broken}"
+                    break
                 self.engine.progress.step_started(self.target, step_result)
                 await self.run_step(step, step_result)
                 if step_result.channel and result.channel is None:
@@ -169,16 +185,32 @@ class TargetWorkflow:
                     break
             else:
                 result.status = OK
+        except asyncio.CancelledError:
+            result.duration_s = time.monotonic() - started
+            self.report(interrupted=f"{_step_label(current)}: interrupted" if current else "interrupted")
+            raise
         except Exception as exc:  # a bug must not take the other targets down with it
             self.log.exception("target.internal_error")
             result.error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             await self.context.selector.close()
             result.duration_s = time.monotonic() - started
-        self.engine.run_dir.record_result(result.to_json())
+        self.report()
+        return result
+
+    def report(self, *, interrupted: str | None = None) -> None:
+        """Record the target's result in the run directory and hand it to the progress
+        display (and ``--json``); ``interrupted`` marks a run cut short."""
+        result = self.result
+        if interrupted is not None:
+            result.status = FAILED
+            result.error = result.error or interrupted
+        try:
+            self.engine.run_dir.record_result(result.to_json())
+        except BeachheadError as exc:
+            self.log.error("target.result_unwritable", error=str(exc))
         self.log.info("target.finish", status=result.status, error=result.error, duration_s=round(result.duration_s, 3))
         self.engine.progress.target_finished(result)
-        return result
 
     async def run_step(self, step: Step, result: StepResult) -> None:
         """Run one step within its timeout and fill in ``result``."""

@@ -76,4 +76,8 @@ class VerificationFailed(StepFailed):
 
 
 class JournalError(BeachheadError):
-    """A run directory or journal is missing, unreadable or inconsistent."""
+    """A run directory or journal is missing, unreadable, unwritable or inconsistent."""
+
+
+class RunBusy(BeachheadError):
+    """Another process is working on the same run (an undo holds its lock)."""

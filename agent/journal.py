@@ -11,6 +11,8 @@ mid-write: undo treats it as possibly done.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -22,7 +24,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from beachhead.agent.errors import JournalError
+from beachhead.agent.errors import JournalError, RunBusy
 from beachhead.agent.secrets import REDACTOR
 
 log = structlog.get_logger("beachhead.journal")
@@ -41,6 +43,11 @@ def default_runs_dir() -> Path:
     if os.environ.get(RUNS_DIR_ENV):
         return Path(os.environ[RUNS_DIR_ENV]).expanduser()
     return state_dir() / "runs"
+
+
+def unwritable(directory: Path, exc: OSError) -> JournalError:
+    """The one-line error for a run directory that cannot be written."""
+    return JournalError(f"cannot write in {directory}: {exc.strerror or exc}")
 
 
 def now_iso() -> str:
@@ -90,15 +97,18 @@ class RunDirectory:
 
     @classmethod
     def create(cls, runs_dir: Path, metadata: dict[str, Any]) -> RunDirectory:
-        """Make a new run directory (private to the user) and write its ``run.json``."""
-        runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Make a new run directory (private to the user) and write its ``run.json``;
+        a runs directory that cannot be written is a :class:`JournalError`."""
         path = runs_dir / new_run_id()
-        path.mkdir(mode=0o700)
-        (path / "backups").mkdir(mode=0o700)
-        run_dir = cls(path)
-        record = {"run_id": run_dir.run_id, "started": now_iso(), **metadata}
-        (path / "run.json").write_text(json.dumps(REDACTOR.redact(record), indent=2) + "\n")
-        return run_dir
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.mkdir(mode=0o700)
+            (path / "backups").mkdir(mode=0o700)
+            record = {"run_id": path.name, "started": now_iso(), **metadata}
+            (path / "run.json").write_text(json.dumps(REDACTOR.redact(record), indent=2) + "\n")
+        except OSError as exc:
+            raise unwritable(runs_dir, exc) from None
+        return cls(path)
 
     @classmethod
     def open(cls, runs_dir: Path, run_id: str) -> RunDirectory:
@@ -122,8 +132,25 @@ class RunDirectory:
 
     def record_result(self, record: dict[str, Any]) -> None:
         """Append a finished target's result (already redacted by its producer)."""
-        with self.results_path.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(REDACTOR.redact(record)) + "\n")
+        try:
+            with self.results_path.open("a", encoding="utf-8") as stream:
+                stream.write(json.dumps(REDACTOR.redact(record)) + "\n")
+        except OSError as exc:
+            raise unwritable(self.path, exc) from None
+
+    @contextlib.contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold the run's lock while ``what`` (an undo) works on it; another process
+        holding it already is a :class:`RunBusy` (no waiting, no second writer)."""
+        descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusy(f"run {self.run_id} is busy: another process holds it ({what} refused)") from None
+            yield
+        finally:
+            os.close(descriptor)
 
     def backup_path(self, seq: int) -> Path:
         """Where the content replaced by entry ``seq`` is kept."""
@@ -177,19 +204,34 @@ class RunDirectory:
 
 
 class Journal:
-    """Appends redacted entries to a run's journal, flushed line by line."""
+    """Appends redacted entries to a run's journal, flushed line by line.
+
+    Once a line cannot be written (a full or read-only file system), the journal is
+    ``broken``: that write and every later one raise the same :class:`JournalError`, so
+    nothing else is done without a record of it."""
 
     def __init__(self, run_dir: RunDirectory) -> None:
         self.run_dir = run_dir
-        self._stream: TextIO = run_dir.journal_path.open("a", encoding="utf-8")
-        if self._stream.tell() and not run_dir.journal_path.read_bytes().endswith(b"\n"):
-            self._stream.write("\n")  # end a line torn by a crash so the next entry stands alone
+        self.broken: JournalError | None = None
+        try:
+            self._stream: TextIO = run_dir.journal_path.open("a", encoding="utf-8")
+            if self._stream.tell() and not run_dir.journal_path.read_bytes().endswith(b"\n"):
+                self._stream.write("\n")  # end a line torn by a crash so the next entry stands alone
+        except OSError as exc:
+            raise unwritable(run_dir.path, exc) from None
         self._next_seq = 1 + max((entry.seq for entry in run_dir.entries()), default=0)
 
     def _write(self, record: dict[str, Any]) -> None:
+        if self.broken is not None:
+            raise self.broken
         record = REDACTOR.redact({**record, "time": now_iso()})
-        self._stream.write(json.dumps(record, sort_keys=False) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(json.dumps(record, sort_keys=False) + "\n")
+            self._stream.flush()
+        except OSError as exc:
+            self.broken = unwritable(self.run_dir.path, exc)
+            log.error("journal.unwritable", path=str(self.run_dir.path), error=exc.strerror or str(exc))
+            raise self.broken from None
 
     def reserve(self) -> int:
         """Allocate the sequence number of the next operation (its backup is named by it)."""
@@ -207,7 +249,14 @@ class Journal:
         self._write({"seq": seq, "phase": phase, **details})
 
     def close(self) -> None:
-        """Flush and close the journal file."""
-        if not self._stream.closed:
+        """Flush and close the journal file (what a full disk kept from it is lost)."""
+        if self._stream.closed:
+            return
+        try:
+            self._stream.flush()
             os.fsync(self._stream.fileno())
-            self._stream.close()
+        except OSError as exc:
+            self.broken = self.broken or unwritable(self.run_dir.path, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                self._stream.close()

@@ -137,18 +137,21 @@ class Undoer:
         self.force = force
 
     async def undo(self) -> UndoReport:
-        """Revert every entry not yet undone, newest first."""
+        """Revert every entry not yet undone, newest first, holding the run's lock (a
+        second undo of the same run is refused, not interleaved). A journal that cannot
+        be written stops it with :class:`JournalError`."""
         report = UndoReport()
-        journal = Journal(self.run_dir)
-        run = RunContext(self.plugins, self.settings, self.run_dir, journal)
-        context = UndoContext(run, force=self.force)
-        try:
-            await self._undo_entries(journal, context, report)
-        finally:
-            with contextlib.suppress(Exception):
-                await context.close()
-            await run.close()
-            journal.close()
+        with self.run_dir.exclusive("undo"):
+            journal = Journal(self.run_dir)
+            run = RunContext(self.plugins, self.settings, self.run_dir, journal)
+            context = UndoContext(run, force=self.force)
+            try:
+                await self._undo_entries(journal, context, report)
+            finally:
+                with contextlib.suppress(Exception):
+                    await context.close()
+                await run.close()
+                journal.close()
         return report
 
     async def _undo_entries(self, journal: Journal, context: UndoContext, report: UndoReport) -> None:
