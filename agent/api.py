@@ -14,13 +14,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from beachhead.agent.context import RunContext
 from beachhead.agent.engine import Engine, Progress, check_run_input
+from beachhead.agent.errors import InputError
 from beachhead.agent.journal import Journal, RunDirectory, default_runs_dir
 from beachhead.agent.plans import Plan, load_plan
 from beachhead.agent.registry import Plugins, default_plugins
 from beachhead.agent.results import TargetResult
+from beachhead.agent.resume import next_attempt, resume_points
 from beachhead.agent.settings import RunSettings
 from beachhead.agent.targets import Target, check_unique_names, parse_target
+from beachhead.agent.undo import UndoContext
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class RunReport:
     run_dir: Path
     results: list[TargetResult]
     journal_error: str | None = None  # the run stopped because its journal could not be written
+    left_alone: tuple[str, ...] = ()  # resumed: targets that had finished in an earlier attempt
 
     @property
     def ok(self) -> bool:
@@ -84,6 +89,56 @@ async def run_plan(
         journal.close()
     broken = str(journal.broken) if journal.broken is not None else None
     return RunReport(run_dir.run_id, run_dir.path, results, broken)
+
+
+async def resume_run(
+    run_id: str,
+    *,
+    plan: str | Path | Plan | None = None,
+    settings: RunSettings | None = None,
+    runs_dir: Path | None = None,
+    plugins: Plugins | None = None,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Continue run ``run_id`` that failed or was interrupted, as its next attempt (see
+    :mod:`beachhead.agent.resume`): the plan and targets are the run's (a plan built in
+    Python must be passed again), finished targets are left alone. Holds the run's lock,
+    so an undo of the same run cannot interleave."""
+    plugins = plugins or default_plugins()
+    settings = settings or RunSettings()
+    run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
+    recorded = run_dir.metadata()
+    if plan is None:
+        if not recorded.get("plan_file"):
+            raise InputError("--resume", run_id, "the run's plan was not read from a file: give it again")
+        plan = recorded["plan_file"]
+    plan = _as_plan(plan, plugins)
+    source = str(run_dir.path / "run.json")
+    targets = [
+        parse_target(entry["uri"], source=source, where=f"target {entry['name']}") for entry in recorded["targets"]
+    ]
+    with run_dir.exclusive("resume"):
+        journal = Journal(run_dir)
+        try:
+            attempt = next_attempt(run_dir)
+            checking = RunContext(plugins, settings, run_dir, journal)
+            rechecks = UndoContext(checking, force=False)
+            try:
+                points = await resume_points(run_dir, plan, targets, journal, rechecks)
+            finally:
+                await rechecks.close()
+                await checking.close()
+            results: list[TargetResult] = []
+            if points:
+                engine = Engine(plugins, run_dir, journal, settings, progress)
+                done = {point.target.name: point.done_in for point in points}
+                results = await engine.run(plan, [point.target for point in points], attempt=attempt, done_before=done)
+        finally:
+            journal.close()
+    pending = {point.target.name for point in points}
+    left_alone = tuple(target.name for target in targets if target.name not in pending)
+    broken = str(journal.broken) if journal.broken is not None else None
+    return RunReport(run_dir.run_id, run_dir.path, results, broken, left_alone)
 
 
 async def customize(

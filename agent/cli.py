@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from beachhead import __version__
-from beachhead.agent.api import RunReport, run_plan
+from beachhead.agent.api import RunReport, resume_run, run_plan
 from beachhead.agent.errors import BeachheadError, InputError
 from beachhead.agent.exits import errors_exit
 from beachhead.agent.explain import CAPABILITY_ORDER, Explanation, explain_channels
@@ -186,7 +186,7 @@ def _summary(report: RunReport) -> None:
 
 
 @main.command()
-@click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("plan", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option(
     "--target",
     "-t",
@@ -245,9 +245,17 @@ def _summary(report: RunReport) -> None:
     default=None,
     help="File with the metadata server's admin token.",
 )
+@click.option(
+    "--resume",
+    "resume_id",
+    metavar="RUN_ID",
+    default=None,
+    help="Continue a failed or interrupted run: finished targets are left alone, the others restart "
+    "at the step that did not complete (same run id, next attempt). Takes the run's plan and targets.",
+)
 @runs_dir_option
 def run(
-    plan: Path,
+    plan: Path | None,
     target_uris: tuple[str, ...],
     targets_file: Path | None,
     concurrency: int,
@@ -258,9 +266,10 @@ def run(
     wire_log: Path | None,
     metadata_server: str | None,
     metadata_token_file: Path | None,
+    resume_id: str | None,
     runs_dir: Path | None,
 ) -> None:
-    """Run PLAN on every target.
+    """Run PLAN on every target (or continue a run with --resume RUN_ID).
 
     \b
     Target URIs:
@@ -284,7 +293,11 @@ def run(
     Exit status: 0 all targets ok, 1 some failed, 2 bad input (nothing ran).
     """
     with errors_exit():
-        loaded = load_plan(plan)
+        if resume_id is not None and (target_uris or targets_file):
+            raise InputError("--resume", None, "a resumed run keeps its targets: give no --target or --targets")
+        if resume_id is None and plan is None:
+            raise InputError("PLAN", None, "missing: give the plan file (or --resume RUN_ID)")
+        loaded = load_plan(plan) if plan is not None else None
         targets = [parse_target(uri) for uri in target_uris]
         if targets_file is not None:
             targets.extend(load_targets_file(targets_file))
@@ -297,11 +310,15 @@ def run(
             metadata_server=metadata_server,
             metadata_token_file=metadata_token_file,
         )
-        live = RichProgress(len(targets)) if sys.stderr.isatty() else None
+        live = RichProgress(len(targets)) if sys.stderr.isatty() and resume_id is None else None
         progress = _ResultPrinter(live) if json_output else live
         run_ids: list[str] = []
 
         async def go() -> RunReport:
+            if resume_id is not None:
+                run_ids.append(resume_id)
+                return await resume_run(resume_id, plan=loaded, settings=settings, runs_dir=runs_dir, progress=progress)
+            assert loaded is not None
             with live or contextlib.nullcontext():
                 return await run_plan(
                     loaded,
@@ -318,6 +335,8 @@ def run(
             if run_ids:
                 click.echo(f"run {run_ids[0]} interrupted: see beachhead journal {run_ids[0]}", err=True)
             raise
+        if report.left_alone:
+            click.echo(f"left alone (finished in an earlier attempt): {', '.join(report.left_alone)}", err=True)
         if not json_output:
             _summary(report)
         if report.journal_error:

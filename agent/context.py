@@ -64,6 +64,7 @@ class RunContext:
         self.settings = settings
         self._run_dir = run_dir
         self._journal = journal
+        self.attempt = 1  # which attempt of the run this is (beachhead run --resume)
         self.wire_log: WireLog | None = None
         if settings.wire_log is not None:
             from beachhead.agent.vsphere.wirelog import WireLog
@@ -277,7 +278,8 @@ class StepContext:
         the yielded dict collects what the outcome entry says (``phase`` overrides
         ``done``)."""
         journal = self.run.journal
-        journal.intent(seq, self.target.name, self.target.uri, op, **details)
+        where = {"step": self.result.number, "attempt": self.run.attempt}
+        journal.intent(seq, self.target.name, self.target.uri, op, **where, **details)
         after: dict[str, Any] = {}
         try:
             yield after

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import structlog
@@ -106,15 +106,26 @@ class Engine:
         self.settings = settings or RunSettings()
         self.progress = progress or NoProgress()
 
-    async def run(self, plan: Plan, targets: Sequence[Target]) -> list[TargetResult]:
-        """Run ``plan`` on every target, at most ``concurrency`` at a time."""
+    async def run(
+        self,
+        plan: Plan,
+        targets: Sequence[Target],
+        *,
+        attempt: int = 1,
+        done_before: Mapping[str, Mapping[int, int]] | None = None,
+    ) -> list[TargetResult]:
+        """Run ``plan`` on every target, at most ``concurrency`` at a time. A resumed
+        run is a later ``attempt``; ``done_before`` maps a target's name to the steps it
+        completed in earlier attempts (step number -> attempt), which are not run again."""
         check_run_input(plan, targets, self.plugins, self.settings)
         limit = asyncio.Semaphore(self.settings.concurrency)
-        log.info("run.start", run_id=self.run_dir.run_id, plan=plan.name, targets=len(targets))
+        log.info("run.start", run_id=self.run_dir.run_id, plan=plan.name, targets=len(targets), attempt=attempt)
         context = RunContext(self.plugins, self.settings, self.run_dir, self.journal)
+        context.attempt = attempt
 
         async def one(target: Target) -> TargetResult:
-            workflow = TargetWorkflow(self, TargetContext(context, plan, target))
+            done = (done_before or {}).get(target.name, {})
+            workflow = TargetWorkflow(self, TargetContext(context, plan, target), done)
             try:
                 await limit.acquire()
             except asyncio.CancelledError:
@@ -143,15 +154,20 @@ class Engine:
 class TargetWorkflow:
     """One plan on one target: its steps, in order, until one fails."""
 
-    def __init__(self, engine: Engine, context: TargetContext) -> None:
+    def __init__(self, engine: Engine, context: TargetContext, done_before: Mapping[int, int] | None = None) -> None:
         self.engine = engine
         self.context = context
         self.plan = context.plan
         self.target = context.target
         self.log = context.log
         self.result = TargetResult(self.target.name, self.target.uri, engine.run_dir.run_id)
+        self.result.attempt = context.run.attempt
         self.steps = self._steps()
         self.result.steps = [step_result for _, step_result in self.steps]
+        for _, step_result in self.steps:
+            if step_result.number is not None and step_result.number in (done_before or {}):
+                step_result.status = OK
+                step_result.done_in_attempt = (done_before or {})[step_result.number]
 
     def _steps(self) -> list[tuple[Step, StepResult]]:
         steps: list[tuple[Step, StepResult]] = [
@@ -171,6 +187,8 @@ class TargetWorkflow:
         current: StepResult | None = None
         try:
             for step, step_result in self.steps:
+                if step_result.done_in_attempt is not None:
+                    continue  # done in an earlier attempt of this run
                 current = step_result
                 broken = self.engine.journal.broken
                 if broken is not None:  # stop before the next write: it could not be recorded

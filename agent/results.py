@@ -30,6 +30,8 @@ class StepResult:
     # being used, unmet (a prerequisite does not hold), failed (could not connect) or
     # skipped (could not connect shortly before).
     channels_tried: list[dict[str, str]] = field(default_factory=list)
+    # Set when the step succeeded in an earlier attempt of a resumed run (not run again).
+    done_in_attempt: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The step as it appears in ``--json`` output."""
@@ -45,6 +47,7 @@ class StepResult:
             "duration_s": round(self.duration_s, 3),
             "error": self.error,
             "channels_tried": self.channels_tried,
+            "done_in_attempt": self.done_in_attempt,
         }
 
 
@@ -60,6 +63,7 @@ class TargetResult:
     steps: list[StepResult] = field(default_factory=list)
     error: str | None = None
     duration_s: float = 0.0
+    attempt: int = 1  # which attempt of the run (beachhead run --resume) this result is from
 
     @property
     def ok(self) -> bool:
@@ -79,6 +83,7 @@ class TargetResult:
             "status": self.status,
             "channel": self.channel,
             "run_id": self.run_id,
+            "attempt": self.attempt,
             "steps": [step.to_json() for step in self.steps],
             "error": self.error,
             "duration_s": round(self.duration_s, 3),

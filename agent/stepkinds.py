@@ -58,13 +58,18 @@ class Condition(Protocol):
 @dataclass(frozen=True)
 class Operation:
     """A journal operation a step kind writes (``op`` in the journal), how the journal
-    table describes an entry of it, and how undo reverts one (``revert`` is None for
-    what cannot be undone, such as a command; ``kept`` then says what stays)."""
+    table describes an entry of it, how undo reverts one (``revert`` is None for what
+    cannot be undone, such as a command; ``kept`` then says what stays), and how a
+    resumed run tells whether an interrupted one happened (``recheck``)."""
 
     name: str
     describe: Callable[[JournalEntry], str]
     revert: Callable[[JournalEntry, UndoContext], Awaitable[str]] | None = None
     kept: Callable[[JournalEntry], str] | None = None
+    #: For ``beachhead run --resume``: whether an entry recorded as intent only (the
+    #: process died mid-write) is in place in the guest (True), is not (False), or
+    #: cannot be told (None).
+    recheck: Callable[[JournalEntry, UndoContext], Awaitable[bool | None]] | None = None
 
     @property
     def undoable(self) -> bool:

@@ -165,6 +165,7 @@ class PullSession:
             instance_id=instance,
             ip=ip,
             mac=mac,
+            intended_sha256=data.user_data_sha256,
             replaces=replaces,
         ) as after:
             await client.publish(
@@ -229,10 +230,22 @@ async def _unpublish(entry: JournalEntry, undo: UndoContext) -> str:
     return f"revoked instance {instance}"
 
 
+async def _recheck_published(entry: JournalEntry, undo: UndoContext) -> bool | None:
+    from beachhead.metadata_server.client import MetadataClient, read_token_file
+
+    intent = entry.intent
+    if intent.get("intended_sha256") is None:
+        return None
+    token_file = os.environ.get("BEACHHEAD_METADATA_TOKEN_FILE") or intent["token_file"]
+    current = await MetadataClient(intent["server"], read_token_file(Path(token_file))).data(intent["instance_id"])
+    return bool(value_digest_of_base64(current["user_data"] if current else None) == intent["intended_sha256"])
+
+
 PUBLISH_USERDATA = Operation(
     "publish_userdata",
     describe=lambda entry: f"user-data of instance {entry.intent.get('instance_id')} on {entry.intent.get('server')}",
     revert=_unpublish,
+    recheck=_recheck_published,
 )
 
 

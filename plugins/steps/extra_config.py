@@ -50,7 +50,10 @@ async def apply_extra_config(ctx: StepContext, values: Mapping[str, str | None],
     before = await read_extra_config(vcenter, vm, values)
     seq = ctx.reserve()
     backup = ctx.run_dir.save_json_backup(seq, before)
-    with ctx.journaled(seq, "extra_config", channel="vsphere", keys=list(values), replaces={"backup": backup}) as after:
+    intended = {key: value_digest(value) for key, value in values.items()}
+    with ctx.journaled(
+        seq, "extra_config", channel="vsphere", keys=list(values), intended=intended, replaces={"backup": backup}
+    ) as after:
         await write_extra_config(vcenter, vm, values, description)
         after["sha256"] = {key: value_digest(value) for key, value in values.items()}
 
@@ -77,8 +80,22 @@ async def _restore(entry: JournalEntry, undo: UndoContext) -> str:
     return f"restored {', '.join(restore)}"
 
 
+async def _recheck(entry: JournalEntry, undo: UndoContext) -> bool | None:
+    from beachhead.agent.vsphere.vmconfig import read_extra_config
+
+    intended: dict[str, str | None] | None = entry.intent.get("intended")
+    if intended is None:
+        return None
+    vcenter, vm = await undo.vm(entry.intent)
+    current = await read_extra_config(vcenter, vm, intended)
+    return all(value_digest(current[key]) == digest for key, digest in intended.items())
+
+
 EXTRA_CONFIG = Operation(
-    "extra_config", describe=lambda entry: f"extraConfig {', '.join(entry.intent.get('keys', []))}", revert=_restore
+    "extra_config",
+    describe=lambda entry: f"extraConfig {', '.join(entry.intent.get('keys', []))}",
+    revert=_restore,
+    recheck=_recheck,
 )
 
 

@@ -38,6 +38,14 @@ async def _remote_sha256(session: Any, path: str) -> str | None:
     return str(info.sha256)
 
 
+async def _recheck_put_file(entry: JournalEntry, undo: UndoContext) -> bool | None:
+    intended: str | None = entry.intent.get("intended_sha256")
+    if intended is None:
+        return None
+    session = await undo.session(entry.intent)
+    return await _remote_sha256(session, entry.intent["path"]) == intended
+
+
 async def _revert_put_file(entry: JournalEntry, undo: UndoContext) -> str:
     intent = entry.intent
     replaces = intent.get("replaces", {})
@@ -108,6 +116,7 @@ PUT_FILE = Operation(
     "put_file",
     describe=lambda entry: f"file {entry.intent.get('path')} ({_replaced(entry)})",
     revert=_revert_put_file,
+    recheck=_recheck_put_file,
 )
 GET_FILE = Operation(
     "get_file",

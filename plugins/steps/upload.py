@@ -8,11 +8,13 @@ the write itself is journaled as ``put_file`` and verified by the channel.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar
 
 from beachhead.agent.channel import Capability
+from beachhead.agent.checksums import sha256_of
 from beachhead.agent.context import StepContext
 from beachhead.agent.errors import StepFailed
 from beachhead.agent.hookspecs import hookimpl
@@ -79,8 +81,15 @@ async def _upload(session: Any, step: UploadStep, ctx: StepContext) -> None:
     if before.exists:
         saved = await session.get_file(dest, ctx.run_dir.backup_path(seq))
         replaces.update(size=saved.size, mode=before.mode, sha256=saved.sha256, backup=f"backups/{seq}")
+    intended = await asyncio.to_thread(sha256_of, step.src)
     with ctx.journaled(
-        seq, "put_file", channel=session.channel, path=dest, src=str(step.src), replaces=replaces
+        seq,
+        "put_file",
+        channel=session.channel,
+        path=dest,
+        src=str(step.src),
+        intended_sha256=intended,
+        replaces=replaces,
     ) as after:
         written = await session.put_file(step.src, dest, step.mode)
         after.update(size=written.size, sha256=written.sha256, mode=written.mode)
