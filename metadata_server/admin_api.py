@@ -22,6 +22,7 @@ from aiohttp import web
 
 from beachhead.metadata_server.errors import BadRequest, NotFound, Unauthorized
 from beachhead.metadata_server.events import GuestEvent, StatusEvents
+from beachhead.metadata_server.limits import BODY_TIMEOUT_S, read_body
 from beachhead.metadata_server.records import (
     Instance,
     check_hostname,
@@ -42,10 +43,13 @@ MAX_WAIT_S = 300.0
 class AdminApi:
     """The admin handlers."""
 
-    def __init__(self, store: Store, events: StatusEvents, token: bytes) -> None:
+    def __init__(
+        self, store: Store, events: StatusEvents, token: bytes, *, body_timeout_s: float = BODY_TIMEOUT_S
+    ) -> None:
         self.store = store
         self.events = events
         self._token = token
+        self.body_timeout_s = body_timeout_s
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """The admin routes."""
@@ -61,7 +65,9 @@ class AdminApi:
     def authorize(self, request: web.Request) -> None:
         """401 unless the request carries the admin token."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+        # Header values may carry undecodable bytes (as surrogates): compare them as sent.
+        given_bytes = given.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self._token):
             raise Unauthorized("Authorization", "a valid admin bearer token is required")
 
     def _existing(self, request: web.Request) -> Instance:
@@ -99,39 +105,11 @@ class AdminApi:
         """Create or replace an instance: 201 when created, 200 when replaced."""
         self.authorize(request)
         instance_id = check_instance_id(request.match_info["instance_id"])
-        body = await request.read()
-        try:
-            document = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
-            raise BadRequest("body", "not JSON") from None
-        if not isinstance(document, dict):
-            raise BadRequest("body", "must be a JSON object")
-        unknown = set(document) - {"ip", "mac", "hostname", *DATA_FIELDS}
-        if unknown:
-            raise BadRequest(sorted(unknown)[0][:64], "unknown field")
-        data = {name: _decoded(document, name) for name in DATA_FIELDS}
-        if data["user_data"] is None:
-            raise BadRequest("user_data", "missing")
-        ip, mac = check_ip(document.get("ip")), check_mac(document.get("mac"))
-        if ip is None and mac is None:
-            raise BadRequest("ip", "give ip or mac: the server recognises guests by them")
-        now = time.time()
-        previous = self.store.get(instance_id)
-        instance = Instance(
-            instance_id=instance_id,
-            ip=ip,
-            mac=mac,
-            hostname=check_hostname(document.get("hostname"), instance_id),
-            user_data=data["user_data"],
-            meta_data=parse_meta_data(data["meta_data"]),
-            vendor_data=data["vendor_data"],
-            network_config=check_network_config(data["network_config"]),
-            created=previous.created if previous else now,
-            updated=now,
-        )
+        body = await read_body(request, ADMIN_BODY_LIMIT, self.body_timeout_s)
+        instance = instance_from_body(instance_id, body, self.store.get(instance_id), time.time())
         created = await self.store.put(instance)
         await self.events.changed()
-        log.info("metadata.published", instance=instance_id, ip=ip, mac=mac, created=created)
+        log.info("metadata.published", instance=instance_id, ip=instance.ip, mac=instance.mac, created=created)
         return web.json_response(instance.summary(), status=201 if created else 200)
 
     async def revoke(self, request: web.Request) -> web.Response:
@@ -153,9 +131,50 @@ class AdminApi:
             event = GuestEvent(request.query.get("event", ""))
         except ValueError:
             raise BadRequest("event", "must be fetched or phoned_home") from None
-        timeout = _timeout(request.query.get("timeout", "60"))
+        timeout = wait_timeout(request.query.get("timeout", "60"))
         at = await self.events.wait(lambda: self.store.get(instance.instance_id), event, timeout)
         return web.json_response({"event": str(event), "happened": at is not None, "at": at})
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object from a request body; 400 for anything else (not UTF-8, not JSON,
+    nested too deeply for the parser, not an object)."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("body", "not JSON") from None
+    except RecursionError:
+        raise BadRequest("body", "nested too deeply") from None
+    if not isinstance(document, dict):
+        raise BadRequest("body", "must be a JSON object")
+    return document
+
+
+def instance_from_body(instance_id: str, body: bytes, previous: Instance | None, now: float) -> Instance:
+    """The instance a ``PUT /admin/instances/ID`` body describes, every field checked
+    (400 naming the first bad one); ``previous`` is the record it replaces."""
+    document = parse_json_object(body)
+    unknown = set(document) - {"ip", "mac", "hostname", *DATA_FIELDS}
+    if unknown:
+        raise BadRequest(sorted(unknown)[0][:64], "unknown field")
+    data = {name: _decoded(document, name) for name in DATA_FIELDS}
+    if data["user_data"] is None:
+        raise BadRequest("user_data", "missing")
+    ip, mac = check_ip(document.get("ip")), check_mac(document.get("mac"))
+    if ip is None and mac is None:
+        raise BadRequest("ip", "give ip or mac: the server recognises guests by them")
+    return Instance(
+        instance_id=instance_id,
+        ip=ip,
+        mac=mac,
+        hostname=check_hostname(document.get("hostname"), instance_id),
+        user_data=data["user_data"],
+        meta_data=parse_meta_data(data["meta_data"]),
+        vendor_data=data["vendor_data"],
+        network_config=check_network_config(data["network_config"]),
+        created=previous.created if previous else now,
+        updated=now,
+    )
 
 
 def _decoded(document: dict[str, Any], name: str) -> bytes | None:
@@ -170,11 +189,12 @@ def _decoded(document: dict[str, Any], name: str) -> bytes | None:
         raise BadRequest(name, "not valid base64") from None
 
 
-def _timeout(text: str) -> float:
+def wait_timeout(text: str) -> float:
+    """A long-poll's ``timeout`` query: seconds from 0 to ``MAX_WAIT_S``, in ASCII."""
     try:
         value = float(text)
     except ValueError:
         raise BadRequest("timeout", "must be a number of seconds") from None
-    if not 0 <= value <= MAX_WAIT_S:
+    if not text.isascii() or not 0 <= value <= MAX_WAIT_S:
         raise BadRequest("timeout", f"must be between 0 and {MAX_WAIT_S:g} seconds")
     return value

@@ -2,7 +2,9 @@
 
 Bad input never gets a 5xx: refusals are 4xx with a one-line reason (JSON under
 ``/admin/``, text elsewhere), nothing of another instance and no stack trace. A bug is
-logged and answered with a bare 500.
+logged and answered with a bare 500. Abuse is bounded by :mod:`limits`: connections
+are capped overall and per source, requests must arrive in time, and repeated errors
+are logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from beachhead.metadata_server.admin_api import ADMIN_BODY_LIMIT, AdminApi
 from beachhead.metadata_server.errors import RequestRefused, ServerError
 from beachhead.metadata_server.events import StatusEvents
 from beachhead.metadata_server.guest_api import GuestApi
-from beachhead.metadata_server.identify import Identifier, LeaseFile, MacLookup
+from beachhead.metadata_server.identify import Identifier, LeaseFile, MacLookup, in_networks
+from beachhead.metadata_server.limits import (
+    ConnectionLimiter,
+    LibraryLogHandler,
+    Limits,
+    Listener,
+    ThrottledLog,
+    fit_fd_limit,
+    listen,
+)
 from beachhead.metadata_server.store import SqliteStore, Store
 from beachhead.metadata_server.tokens import TokenIssuer
 from beachhead.metadata_server.vsphere_lookup import VSphereLookup
@@ -45,6 +56,7 @@ class ServerConfig:
     trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
     leases: Path | None = None
     vcenter: Target | None = field(default=None, repr=False)  # recognise guests through vSphere
+    limits: Limits = field(default_factory=Limits)
 
 
 def read_admin_token(path: Path) -> bytes:
@@ -65,9 +77,19 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         return await handler(request)
     except RequestRefused as refused:
-        if admin:
-            return web.json_response({"error": refused.reason, "field": refused.field}, status=refused.status)
-        return web.Response(text=f"{refused.reason}\n", status=refused.status, content_type="text/plain")
+        response = (
+            web.json_response({"error": refused.reason, "field": refused.field}, status=refused.status)
+            if admin
+            else web.Response(text=f"{refused.reason}\n", status=refused.status, content_type="text/plain")
+        )
+        if refused.close:  # answer, then close without reading (lingering on) the rest of the request
+            response.force_close()
+            with contextlib.suppress(ConnectionError):
+                await response.prepare(request)
+                await response.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+        return response
     except web.HTTPException:
         raise
     except Exception:
@@ -85,8 +107,12 @@ def create_app(store: Store, config: ServerConfig, lookup: MacLookup | None = No
         lookup=lookup,
     )
     app = web.Application(middlewares=[refusals], client_max_size=ADMIN_BODY_LIMIT)
-    app.add_routes(AdminApi(store, events, config.admin_token).routes())
-    app.add_routes(GuestApi(store, identifier, TokenIssuer(), events, require_token=config.require_token).routes())
+    body_timeout_s = config.limits.body_timeout_s
+    app.add_routes(AdminApi(store, events, config.admin_token, body_timeout_s=body_timeout_s).routes())
+    guest_api = GuestApi(
+        store, identifier, TokenIssuer(), events, require_token=config.require_token, body_timeout_s=body_timeout_s
+    )
+    app.add_routes(guest_api.routes())
     return app
 
 
@@ -109,20 +135,51 @@ async def serve(config: ServerConfig) -> None:
 
 
 async def _serve(store: SqliteStore, config: ServerConfig, lookup: MacLookup | None) -> None:
-    runner = web.AppRunner(create_app(store, config, lookup), access_log=None, handle_signals=False)
-    await runner.setup()
+    limits = config.limits
+    loop = asyncio.get_running_loop()
+    throttle = ThrottledLog(loop, limits.log_interval_s)
+    uninstall = LibraryLogHandler(throttle).install()
+    max_connections = fit_fd_limit(limits.max_connections)
+    if max_connections < limits.max_connections:
+        log.warning("metadata.fd_limit", max_connections=max_connections, wanted=limits.max_connections)
+    limiter = ConnectionLimiter(
+        max_connections,
+        limits.max_connections_per_source,
+        throttle,
+        exempt=lambda source: in_networks(source, config.trusted_proxies),
+    )
+    # aiohttp's keep-alive timeout runs from a connection's start, and from each
+    # response, until a whole request head has arrived: it is the header timeout.
+    runner = web.AppRunner(
+        create_app(store, config, lookup),
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=limits.header_timeout_s,
+    )
+    listener: Listener | None = None
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
+        await runner.setup()
+        assert runner.server is not None
         try:
-            await site.start()
+            sock = listen(config.host, config.port)
         except OSError as exc:
             raise ServerError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+        listener = Listener(sock, runner.server, limiter, throttle)
+        listener.start()
         address = f"http://{config.host}:{config.port}/"
         if ":" in config.host:
             address = f"http://[{config.host}]:{config.port}/"
-        log.info("metadata.serving", url=address, db=str(config.db), instances=len(store.all()))
+        log.info(
+            "metadata.serving",
+            url=address,
+            db=str(config.db),
+            instances=len(store.all()),
+            header_timeout_s=limits.header_timeout_s,
+            body_timeout_s=limits.body_timeout_s,
+            max_connections=max_connections,
+            max_connections_per_source=limits.max_connections_per_source,
+        )
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
@@ -132,4 +189,8 @@ async def _serve(store: SqliteStore, config: ServerConfig, lookup: MacLookup | N
                 loop.remove_signal_handler(signum)
         log.info("metadata.stopping")
     finally:
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
+        uninstall()
+        throttle.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -18,6 +19,7 @@ from beachhead.agent.exits import errors_exit
 from beachhead.agent.journal import state_dir
 from beachhead.agent.targets import Target, parse_target
 from beachhead.metadata_server.client import MetadataClient, read_optional, read_token_file
+from beachhead.metadata_server.limits import Limits
 
 DEFAULT_DB = state_dir() / "metadata.sqlite"
 
@@ -45,6 +47,13 @@ def parse_proxies(values: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipadd
         except ValueError:
             raise InputError("--trusted-proxy", None, f"not a network: {value!r}") from None
     return networks
+
+
+def _seconds(context: click.Context, parameter: click.Parameter, value: float) -> float:
+    """A time limit: a finite number of seconds above 0."""
+    if not (math.isfinite(value) and 0 < value <= 86400):
+        raise click.BadParameter(f"must be a number of seconds above 0 (at most 86400), got {value:g}")
+    return value
 
 
 def ensure_admin_token(path: Path) -> bool:
@@ -94,6 +103,57 @@ def ensure_admin_token(path: Path) -> bool:
     help="vsphere://USER@VCENTER/?password_env=VAR[&ca_file=PATH]: recognise guests by the VM vCenter "
     "reports at their address (its NICs' MACs).",
 )
+@click.option(
+    "--header-timeout",
+    "header_timeout_s",
+    type=float,
+    default=Limits.header_timeout_s,
+    show_default=True,
+    callback=_seconds,
+    metavar="SECONDS",
+    help="Close a connection whose request head has not fully arrived this long after it opened "
+    "(or after the previous answer on it: idle keep-alive connections too).",
+)
+@click.option(
+    "--body-timeout",
+    "body_timeout_s",
+    type=float,
+    default=Limits.body_timeout_s,
+    show_default=True,
+    callback=_seconds,
+    metavar="SECONDS",
+    help="Answer 408 and close when a request body (a publish, a phone home) has not fully arrived "
+    "this long after its head.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=Limits.max_connections,
+    show_default=True,
+    metavar="N",
+    help="Connections held at once; past it a new one is answered 503 and closed without being read. "
+    "Lowered to fit the file-descriptor limit (raised to its hard limit as needed).",
+)
+@click.option(
+    "--max-connections-per-source",
+    type=click.IntRange(min=1),
+    default=Limits.max_connections_per_source,
+    show_default=True,
+    metavar="N",
+    help="Connections held at once from one source address (--trusted-proxy networks excepted); "
+    "past it, as past --max-connections.",
+)
+@click.option(
+    "--error-log-interval",
+    "log_interval_s",
+    type=float,
+    default=Limits.log_interval_s,
+    show_default=True,
+    callback=_seconds,
+    metavar="SECONDS",
+    help="Log a repeated error (a refused connection, a malformed request, accept() failing) once per "
+    "interval, with the count of the ones held back.",
+)
 def metadata_server(
     listen: str,
     db: Path,
@@ -102,6 +162,11 @@ def metadata_server(
     trusted_proxies: tuple[str, ...],
     leases: Path | None,
     vcenter_uri: str | None,
+    header_timeout_s: float,
+    body_timeout_s: float,
+    max_connections: int,
+    max_connections_per_source: int,
+    log_interval_s: float,
 ) -> None:
     """Serve cloud-init / cloudbase-init data per instance: NoCloud-net at the root
     (seedfrom=http://ADDR:PORT/), the EC2 metadata service (IMDS v1 and v2) under
@@ -123,6 +188,9 @@ def metadata_server(
             trusted_proxies=parse_proxies(trusted_proxies),
             leases=leases,
             vcenter=_vcenter(vcenter_uri),
+            limits=Limits(
+                header_timeout_s, body_timeout_s, max_connections, max_connections_per_source, log_interval_s
+            ),
         )
         asyncio.run(serve(config))
 

@@ -13,6 +13,7 @@ class RequestRefused(Exception):
     """A request answered with ``status`` and a short reason, nothing more."""
 
     status = 400
+    close = False  # whether the connection is closed after the answer
 
     def __init__(self, field: str, reason: str) -> None:
         self.field = field
@@ -40,6 +41,13 @@ class NotFound(RequestRefused):
     """No such path, or nothing for this guest: 404."""
 
     status = 404
+
+
+class RequestTimeout(RequestRefused):
+    """The request's body did not arrive in time: 408, and the connection is closed."""
+
+    status = 408
+    close = True
 
 
 class Conflict(RequestRefused):

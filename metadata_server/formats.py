@@ -102,7 +102,7 @@ def openstack_network_data(instance: Instance) -> bytes:
     if instance.network_config:
         try:
             parsed = json.loads(instance.network_config)
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         if isinstance(parsed, dict) and "links" in parsed:
             return json.dumps(parsed).encode()

@@ -17,6 +17,7 @@ from beachhead.metadata_server import formats
 from beachhead.metadata_server.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from beachhead.metadata_server.events import StatusEvents
 from beachhead.metadata_server.identify import FORWARDED_FOR, Identifier, Requester
+from beachhead.metadata_server.limits import BODY_TIMEOUT_S, read_body
 from beachhead.metadata_server.records import Instance, Status
 from beachhead.metadata_server.store import Store
 from beachhead.metadata_server.tokens import TOKEN_HEADER, TTL_HEADER, TokenIssuer
@@ -38,12 +39,14 @@ class GuestApi:
         events: StatusEvents,
         *,
         require_token: bool = False,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.store = store
         self.identifier = identifier
         self.tokens = tokens
         self.events = events
         self.require_token = require_token
+        self.body_timeout_s = body_timeout_s
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """The guest routes."""
@@ -213,8 +216,8 @@ class GuestApi:
         claimed = request.match_info.get("instance_id")
         if claimed is not None and claimed != instance.instance_id:
             raise NotFound("instance", "not this guest's instance")
-        body = await _read_limited(request, GUEST_BODY_LIMIT)
-        fields = _form_fields(body)
+        body = await read_body(request, GUEST_BODY_LIMIT, self.body_timeout_s)
+        fields = form_fields(body)
         status = Status(instance.status.fetched_at, time.time(), fields)
         await self.store.set_status(instance.instance_id, status)
         await self.events.changed()
@@ -222,17 +225,9 @@ class GuestApi:
         return web.Response(text="ok\n", content_type=TEXT)
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing (413) one longer than ``limit``."""
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-    return body
-
-
-def _form_fields(body: bytes) -> dict[str, str]:
+def form_fields(body: bytes) -> dict[str, str]:
+    """A phone-home body's form fields (at most 32; keys cut at 64 characters, values
+    at 4096; pairs holding NUL dropped); 400 when it is not UTF-8 form data."""
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=PHONE_HOME_FIELDS)
     except (UnicodeDecodeError, ValueError):

@@ -85,7 +85,7 @@ class Identifier:
     def requester(self, peer: str, forwarded_for: str | None) -> Requester:
         """The guest's address: the peer's, or the last hop a trusted proxy forwarded."""
         peer = _plain(peer)
-        if forwarded_for is None or not self._trusted(peer):
+        if forwarded_for is None or not in_networks(peer, self.trusted_proxies):
             return Requester(peer, peer, False)
         hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
         try:
@@ -93,13 +93,6 @@ class Identifier:
         except (ValueError, IndexError):
             raise BadRequest(FORWARDED_FOR, "not an address") from None
         return Requester(address, peer, True)
-
-    def _trusted(self, peer: str) -> bool:
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_proxies)
 
     async def instance(self, requester: Requester) -> Instance | None:
         """The requester's instance, or None."""
@@ -122,6 +115,17 @@ class Identifier:
         if self.lookup is not None:
             return [mac.lower() for mac in await self.lookup(address)]
         return []
+
+
+def in_networks(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether ``address`` (an IP address as text) is in one of ``networks``."""
+    if not networks:
+        return False
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
 
 
 def _plain(address: str) -> str:

@@ -3,7 +3,9 @@ passes before it is stored."""
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,6 +17,37 @@ from beachhead.metadata_server.errors import BadRequest
 INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# Published YAML (meta-data, network config) is small: bounded so that a document
+# cannot exhaust the parser's stack, or expand through its aliases, when it is used.
+MAX_YAML_DEPTH = 32
+MAX_YAML_ALIASES = 100
+MAX_META_DATA_VALUES = 10_000
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A published YAML document past one of the bounds."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents nested more than ``MAX_YAML_DEPTH``
+    deep or holding more than ``MAX_YAML_ALIASES`` aliases."""
+
+    depth = 0
+    aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose as PyYAML does, counting depth and aliases."""
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise YamlTooLarge(f"more than {MAX_YAML_ALIASES} aliases")
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise YamlTooLarge(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 @dataclass(frozen=True)
@@ -48,13 +81,11 @@ class Instance:
 
     @property
     def public_keys(self) -> list[str]:
-        """SSH public keys from the meta-data's ``public-keys`` (a list or a mapping)."""
+        """SSH public keys from the meta-data's ``public-keys`` (a list, a mapping or one key)."""
         keys = self.meta_data.get("public-keys") or self.meta_data.get("public_keys") or []
-        if isinstance(keys, str):
-            return [keys]
         if isinstance(keys, dict):
-            return [str(value) for value in keys.values()]
-        return [str(key) for key in keys]
+            keys = list(keys.values())
+        return [str(key) for key in (keys if isinstance(keys, list) else [keys])]
 
     def summary(self) -> dict[str, Any]:
         """The record without its data, as the admin API lists it."""
@@ -73,30 +104,38 @@ class Instance:
         }
 
 
+def _shown(value: Any) -> str:
+    """``value`` for an error message: a string's first 64 characters, else its type
+    (never a rendering of a structure, which may be deep or large)."""
+    return repr(value[:64]) if isinstance(value, str) else f"a JSON {type(value).__name__}"
+
+
 def check_instance_id(value: Any) -> str:
     """A valid instance id (letters, digits, ``._:-``; at most 128)."""
-    if not isinstance(value, str) or not INSTANCE_ID.match(value):
+    if not isinstance(value, str) or not INSTANCE_ID.fullmatch(value):
         raise BadRequest("instance_id", "must be 1-128 letters, digits or . _ : - (starting with a letter or digit)")
     return value
 
 
 def check_ip(value: Any) -> str | None:
     """A normalised IP address, or None."""
-    if value in (None, ""):
+    if value is None or value == "":
         return None
     try:
-        return str(ipaddress.ip_address(str(value)))
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return str(ipaddress.ip_address(value))
     except ValueError:
-        raise BadRequest("ip", f"not an IP address: {str(value)[:64]!r}") from None
+        raise BadRequest("ip", f"not an IP address: {_shown(value)}") from None
 
 
 def check_mac(value: Any) -> str | None:
     """A MAC address in lower case with colons, or None."""
-    if value in (None, ""):
+    if value is None or value == "":
         return None
-    text = str(value).strip().lower().replace("-", ":")
-    if not MAC.match(text):
-        raise BadRequest("mac", f"not a MAC address: {str(value)[:64]!r}")
+    text = value.strip().lower().replace("-", ":") if isinstance(value, str) else ""
+    if not MAC.fullmatch(text):
+        raise BadRequest("mac", f"not a MAC address: {_shown(value)}")
     return text
 
 
@@ -107,36 +146,71 @@ def default_hostname(instance_id: str) -> str:
 
 def check_hostname(value: Any, instance_id: str) -> str:
     """A valid host name; the instance id's first label when none is given."""
-    if value in (None, ""):
+    if value is None or value == "":
         value = default_hostname(instance_id)
-    if not isinstance(value, str) or not HOSTNAME.match(value):
-        raise BadRequest("hostname", f"not a host name: {str(value)[:64]!r}")
+    if not isinstance(value, str) or not HOSTNAME.fullmatch(value):
+        raise BadRequest("hostname", f"not a host name: {_shown(value)}")
     return value
 
 
+def load_yaml(data: bytes, field: str) -> Any:
+    """One YAML (or JSON) document, within the bounds above; 400 naming ``field``."""
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader
+    except YamlTooLarge as exc:
+        raise BadRequest(field, str(exc)) from None
+    except (ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8, an int past 4300 digits, ...
+        raise BadRequest(field, f"not YAML: {str(exc).splitlines()[0][:120] if str(exc) else 'invalid'}") from None
+
+
+def _plain(value: Any, budget: list[int]) -> Any:
+    """``value`` as JSON carries it (dates as ISO text), its aliases expanded while the
+    budget of values lasts; 400 for a value JSON cannot carry."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BadRequest("meta_data", f"more than {MAX_META_DATA_VALUES} values (with aliases expanded)")
+    if isinstance(value, dict):
+        return {_plain_key(key): _plain(item, budget) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item, budget) for item in value]
+    if isinstance(value, datetime.date):  # datetimes too
+        return value.isoformat()
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        raise BadRequest("meta_data", "an integer past 64 bits (quote it to keep it as text)")
+    if value is None or isinstance(value, str | int | float):
+        return value
+    kind = type(value).__name__
+    raise BadRequest("meta_data", f"holds a {kind}: only text, numbers, booleans, null, lists and mappings")
+
+
+def _plain_key(key: Any) -> str:
+    """A mapping key as JSON text (``1`` -> ``"1"``, ``null`` -> ``"null"``)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, datetime.date):
+        return key.isoformat()
+    if key is None or isinstance(key, bool | float) or (isinstance(key, int) and key.bit_length() <= 64):
+        return json.dumps(key)
+    raise BadRequest("meta_data", f"a {type(key).__name__} as a key: keys must be text or numbers")
+
+
 def parse_meta_data(data: bytes | None) -> dict[str, Any]:
-    """Extra meta-data: a YAML (or JSON) mapping."""
+    """Extra meta-data: a YAML (or JSON) mapping, as JSON would carry it."""
     if not data:
         return {}
-    try:
-        parsed = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise BadRequest("meta_data", f"not YAML: {str(exc).splitlines()[0][:120]}") from None
+    parsed = load_yaml(data, "meta_data")
     if parsed is None:
         return {}
     if not isinstance(parsed, dict):
         raise BadRequest("meta_data", "must be a YAML mapping")
-    return parsed
+    plain: dict[str, Any] = _plain(parsed, [MAX_META_DATA_VALUES])
+    return plain
 
 
 def check_network_config(data: bytes | None) -> bytes | None:
     """Network configuration (cloud-init v1/v2 YAML, or JSON): must parse as a mapping."""
     if not data:
         return None
-    try:
-        parsed = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
-        raise BadRequest("network_config", "not YAML or JSON") from None
-    if not isinstance(parsed, dict):
+    if not isinstance(load_yaml(data, "network_config"), dict):
         raise BadRequest("network_config", "must be a mapping")
     return data

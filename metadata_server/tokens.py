@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 
@@ -19,6 +20,8 @@ TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 MAX_TTL_S = 21600
 MAX_TOKEN_LENGTH = 512
+# ASCII digits only: str.isdigit() also takes superscripts (which int() refuses) and full-width digits.
+TTL = re.compile(r"[ \t]*0*([0-9]{1,5})[ \t]*")
 
 
 def _b64(data: bytes) -> str:
@@ -37,12 +40,13 @@ class TokenIssuer:
 
     @staticmethod
     def ttl_from(header: str | None) -> int:
-        """The requested lifetime; 400 when missing or outside 1..21600."""
+        """The requested lifetime, in ASCII digits; 400 when missing or outside 1..21600."""
         if header is None:
             raise BadRequest(TTL_HEADER, "missing")
-        if not header.strip().isdigit() or not 1 <= int(header) <= MAX_TTL_S:
+        match = TTL.fullmatch(header)
+        if match is None or not 1 <= int(match[1]) <= MAX_TTL_S:
             raise BadRequest(TTL_HEADER, f"must be a whole number of seconds from 1 to {MAX_TTL_S}")
-        return int(header)
+        return int(match[1])
 
     def _signature(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
@@ -62,6 +66,8 @@ class TokenIssuer:
             payload, given = _unb64(encoded), _unb64(signature)
         except (ValueError, TypeError):
             raise Unauthorized(TOKEN_HEADER, "malformed token") from None
+        if _b64(payload) != encoded or _b64(given) != signature:  # base64 has other spellings of the same bytes
+            raise Unauthorized(TOKEN_HEADER, "malformed token")
         if not hmac.compare_digest(given, self._signature(payload)):
             raise Unauthorized(TOKEN_HEADER, "invalid token")
         expiry_text, bound, _ = payload.decode().split("|", 2)

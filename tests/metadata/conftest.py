@@ -4,6 +4,7 @@ from chosen loopback addresses (each one a different "guest")."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -115,8 +116,17 @@ class MetadataServer:
         return summary
 
     def internal_errors(self) -> list[str]:
-        """Lines of the server log that report a bug (a 5xx)."""
-        return [line for line in self.log.read_text().splitlines() if "internal_error" in line]
+        """Lines of the server log that report a bug (a 5xx) or hold a traceback."""
+        return [line for line in self.log.read_text().splitlines() if "internal_error" in line or "Traceback" in line]
+
+    def log_lines(self, event: str) -> list[dict[str, Any]]:
+        """The server log's JSON lines for ``event``."""
+        lines = []
+        for line in self.log.read_text().splitlines():
+            if f'"{event}"' in line:
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(line))
+        return [line for line in lines if line.get("event") == event]
 
 
 @pytest.fixture
@@ -156,6 +166,33 @@ async def guest() -> AsyncIterator[Callable[[str], aiohttp.ClientSession]]:
     yield session
     for made in sessions:
         await made.close()
+
+
+def raw_request(server: MetadataServer, data: bytes, source: str = "127.0.0.1", timeout: float = 10.0) -> bytes:
+    """Send ``data`` as it is from ``source`` and return what the server answers until it
+    closes the connection (``Connection: close`` in ``data``), within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect((server.host, server.port))
+        sock.sendall(data)
+        answer = b""
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def status_of(answer: bytes) -> int:
+    """The status code of a raw HTTP answer (0 when there is none)."""
+    parts = answer.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() else 0
 
 
 def cloudinit(kind: str, url: str, token: str | None = None, netns: str | None = None) -> dict[str, Any]:

@@ -188,5 +188,20 @@ def test_cli_bad_input_exits_2_naming_what(server: MetadataServer, tmp_path: Pat
         "--trusted-proxy",
         "--leases",
         "--vcenter",
+        "--header-timeout",
+        "--body-timeout",
+        "--max-connections",
+        "--max-connections-per-source",
+        "--error-log-interval",
     ):
         assert option in help_text
+    for option, value in (
+        ("--header-timeout", "0"),
+        ("--header-timeout", "nan"),
+        ("--body-timeout", "inf"),
+        ("--max-connections", "0"),
+        ("--max-connections-per-source", "-1"),
+        ("--error-log-interval", "-5"),
+    ):
+        bad_limit = beachhead("metadata-server", "--listen", "127.0.0.1:1", "--admin-token-file", token, option, value)
+        assert bad_limit.returncode == 2 and option in bad_limit.stderr, (option, value, bad_limit.stderr)
