@@ -13,6 +13,11 @@ from beachhead.agent.targets import OsFamily
 
 if TYPE_CHECKING:
     from beachhead.agent.context import TargetContext
+    from beachhead.agent.output import OutputSink
+
+
+# How a command ended when its channel lost the connection before the exit status came.
+LOST_WHILE_RUNNING = "connection lost while running; exit status unknown"
 
 
 class Capability(StrEnum):
@@ -76,7 +81,11 @@ class ChannelInfo:
 
 @dataclass(frozen=True)
 class CommandRequest:
-    """A command line rendered for the guest, ready for a channel to execute."""
+    """A command line rendered for the guest, ready for a channel to execute.
+
+    ``stdin`` goes to the command's standard input in full, then end of file. On Linux
+    guests it starts with the command's environment values (see
+    :mod:`beachhead.agent.render`), which therefore never appear on a command line."""
 
     command: str
     description: str
@@ -87,7 +96,12 @@ class CommandRequest:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a command did: exit status, output and timing (like tox's Outcome)."""
+    """What a command did: exit status, output and timing (like tox's Outcome).
+
+    ``stdout`` and ``stderr`` are the head and tail the channel's
+    :class:`~beachhead.agent.output.OutputSink` kept (the whole streams are in its files).
+    ``exit_status`` and ``signal`` are both None only when the channel cannot know how
+    the command ended."""
 
     command: str
     exit_status: int | None
@@ -142,9 +156,13 @@ class ChannelSession(Protocol):
 
     channel: str
 
-    async def run(self, request: CommandRequest) -> Outcome:
+    async def run(self, request: CommandRequest, output: OutputSink | None = None) -> Outcome:
         """Run a command to completion and return its outcome (a non-zero exit is not an
-        error here; the engine decides)."""
+        error here; the engine decides). Every block of stdout and stderr goes to
+        ``output.stdout.write`` / ``output.stderr.write`` as it arrives, never collected
+        whole; ``output.finish()`` is called before returning (None: a sink of the
+        session's own, in memory). A connection lost before the exit status arrived is a
+        :class:`beachhead.agent.errors.ChannelError` saying so."""
         ...
 
     async def put_file(self, local: Path, remote: str, mode: int | None) -> FileInfo:

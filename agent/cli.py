@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
 from collections.abc import Coroutine
@@ -41,7 +42,20 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 INTERRUPTED = 130
 MAX_FAILURES_SHOWN = 10
-SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+class _Seconds(click.FloatRange):
+    """A positive, finite number of seconds (click's range lets ``nan`` and ``inf`` through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The number, or a usage error (exit 2) naming the option."""
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds.", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds(min=0, min_open=True)
 
 connect_timeout_option = click.option(
     "--connect-timeout",

@@ -24,6 +24,7 @@ import structlog
 from beachhead.agent.channel import Capability
 from beachhead.agent.errors import BeachheadError, ChannelError, InputError
 from beachhead.agent.journal import Journal, RunDirectory
+from beachhead.agent.output import OutputSink
 from beachhead.agent.plans import Plan
 from beachhead.agent.registry import Plugins
 from beachhead.agent.results import StepResult
@@ -266,6 +267,13 @@ class StepContext:
                 self.log.warning("step.retry", reason=exc.reason, attempt=attempt + 1)
                 await asyncio.sleep(selector.backoff(attempt))
         raise AssertionError("unreachable")
+
+    def output(self) -> OutputSink:
+        """A sink for the output of a command this step runs: head and tail in memory,
+        all of it in the run directory's ``output/TARGET/STEP.stdout`` and ``.stderr``."""
+        if self.run.run_id is None:  # a context that only looks has no run directory
+            return OutputSink()
+        return OutputSink.for_step(self.run.run_dir.path, self.target.name, self.result.number, self.run.attempt)
 
     # -- the journal ----------------------------------------------------------------------------
     def reserve(self) -> int:

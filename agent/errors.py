@@ -7,7 +7,78 @@ every other :class:`BeachheadError` to exit status 1 (something ran and failed).
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Iterable
 from pathlib import Path
+
+#: The most characters of a value an error message quotes (see :func:`brief`).
+BRIEF_LIMIT = 80
+#: How many levels of a nested value :func:`brief` opens before it writes ``...``.
+BRIEF_DEPTH = 3
+
+
+def brief(value: object, limit: int = BRIEF_LIMIT) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, for error messages.
+
+    Only what is shown is visited: at most ``limit`` characters' worth of elements and
+    :data:`BRIEF_DEPTH` levels, so a value built by a YAML alias bomb (a billion strings
+    behind a few shared lists) or a list that contains itself renders at once.
+    """
+    out: list[str] = []
+    _render(value, out, [limit + 1], 0)
+    text = "".join(out)
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def brief_names(names: Iterable[object], limit: int = BRIEF_LIMIT) -> str:
+    """``a, b, c``: the names (such as a mapping's keys) joined for a message and cut to at
+    most ``limit`` characters; only as many names as are shown are read."""
+    text = ""
+    for name in names:
+        text += (", " if text else "") + (name if isinstance(name, str) else brief(name))[: limit + 1]
+        if len(text) > limit:
+            return text[: max(limit - 3, 0)] + "..."
+    return text
+
+
+def _render(value: object, out: list[str], room: list[int], depth: int) -> None:
+    """Append pieces of ``value``'s repr to ``out`` while ``room[0]`` characters remain."""
+
+    def emit(text: str) -> None:
+        out.append(text[: max(room[0], 0)])
+        room[0] -= len(text)
+
+    if isinstance(value, list | tuple | set | frozenset | dict):
+        if isinstance(value, set | frozenset) and not value:
+            emit(f"{type(value).__name__}()")
+            return
+        opening, closing = "[]" if isinstance(value, list) else "()" if isinstance(value, tuple) else "{}"
+        emit(opening)
+        if depth >= BRIEF_DEPTH and value:
+            emit("...")
+        else:
+            for index, item in enumerate(value.items() if isinstance(value, dict) else value):
+                if room[0] <= 0:
+                    return
+                if index:
+                    emit(", ")
+                if isinstance(value, dict):
+                    _render(item[0], out, room, depth + 1)
+                    emit(": ")
+                    item = item[1]
+                _render(item, out, room, depth + 1)
+            if isinstance(value, tuple) and len(value) == 1:
+                emit(",")
+        emit(closing)
+    elif isinstance(value, str | bytes):
+        emit(repr(value[: max(room[0], 0) + 1]))
+    elif value is None or isinstance(value, bool | int | float | datetime.date):
+        try:
+            emit(repr(value))
+        except ValueError:  # an int too long to print
+            emit(f"<an integer of {int(value).bit_length()} bits>")  # type: ignore[arg-type]
+    else:
+        emit(f"<{type(value).__name__}>")
 
 
 class BeachheadError(Exception):

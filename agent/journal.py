@@ -2,8 +2,9 @@
 
 Each run has a directory ``RUNS_DIR/RUN_ID/`` holding ``run.json`` (what was run on
 what), ``journal.jsonl`` (append-only, one JSON object per line), ``results.jsonl``
-(each target's steps with their output) and ``backups/`` (the content a write replaced,
-so ``beachhead undo`` can put it back). An entry's ``phase``
+(each target's steps with the head and tail of their output), ``output/`` (every
+command's whole output, see :mod:`beachhead.agent.output`) and ``backups/`` (the
+content a write replaced, so ``beachhead undo`` can put it back). An entry's ``phase``
 is ``intent`` before the operation, then ``done``, ``failed`` or ``interrupted``; undo
 appends ``undone`` or ``undo_failed``. An intent with no outcome means the process died
 mid-write: undo treats it as possibly done.
@@ -15,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,12 +26,16 @@ from typing import Any, TextIO
 
 import structlog
 
-from beachhead.agent.errors import JournalError, RunBusy
+from beachhead.agent.errors import InputError, JournalError, RunBusy, brief
 from beachhead.agent.secrets import REDACTOR
 
 log = structlog.get_logger("beachhead.journal")
 
 RUNS_DIR_ENV = "BEACHHEAD_RUNS_DIR"
+#: What a run id may look like: :func:`new_run_id` makes ``20250101T120000Z-0a1b2c``; any
+#: name of letters, digits, ``.``, ``_`` and ``-`` (not starting with ``.``) up to 100
+#: characters is looked up, nothing longer or stranger is turned into a path.
+RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 def state_dir() -> Path:
@@ -112,11 +118,17 @@ class RunDirectory:
 
     @classmethod
     def open(cls, runs_dir: Path, run_id: str) -> RunDirectory:
-        """Find an existing run by id; an unknown id is a :class:`JournalError`."""
-        if not run_id or "/" in run_id or run_id.startswith("."):
-            raise JournalError(f"not a run id: {run_id!r}")
+        """Find an existing run by id; an id that is not one (see :data:`RUN_ID`) is an
+        :class:`InputError`, an unknown or unreadable one a :class:`JournalError`."""
+        if not RUN_ID.fullmatch(run_id):
+            example = "20250101T120000Z-0a1b2c"
+            raise InputError(None, "RUN_ID", f"not a run id: {brief(run_id)} (run ids look like {example})")
         path = runs_dir / run_id
-        if not (path / "journal.jsonl").is_file() and not (path / "run.json").is_file():
+        try:
+            found = (path / "journal.jsonl").is_file() or (path / "run.json").is_file()
+        except OSError as exc:
+            raise JournalError(f"cannot read run {run_id} in {runs_dir}: {exc.strerror or exc}") from None
+        if not found:
             raise JournalError(f"no run {run_id} in {runs_dir}")
         return cls(path)
 

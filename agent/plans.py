@@ -9,12 +9,13 @@ named.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from beachhead.agent.errors import InputError
+from beachhead.agent.errors import InputError, brief, brief_names
 from beachhead.agent.stepkinds import Step
 from beachhead.agent.targets import OsFamily
 from beachhead.agent.yamlio import LineDict, SourceInt, at_line, load_yaml
@@ -90,12 +91,15 @@ class PlanReader:
         return path.resolve()
 
     def seconds(self, value: Any, where: str, mapping: Any, key: str) -> float | None:
-        """An optional positive number of seconds."""
+        """An optional positive, finite number of seconds (not ``.nan`` nor ``.inf``)."""
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self.error(where, f"must be a positive number of seconds, got {value!r}", mapping, key)
-        return float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise self.error(where, f"must be a positive number of seconds, got {brief(value)}", mapping, key)
+        try:
+            return float(value)
+        except OverflowError:
+            raise self.error(where, f"too large a number of seconds: {brief(value)}", mapping, key) from None
 
     def mode(self, value: Any, where: str, body: Any) -> int | None:
         """An optional octal file mode (``0644`` or ``"0644"``)."""
@@ -103,10 +107,10 @@ class PlanReader:
             return None
         text = value.text if isinstance(value, SourceInt) else str(value) if isinstance(value, str) else None
         if text is None:
-            raise self.error(where, f"must be an octal mode such as 0644, got {value!r}", body, "mode")
+            raise self.error(where, f"must be an octal mode such as 0644, got {brief(value)}", body, "mode")
         digits = text[2:] if text.lower().startswith("0o") else text
         if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o7777:
-            raise self.error(where, f"must be an octal mode such as 0644, got {text!r}", body, "mode")
+            raise self.error(where, f"must be an octal mode such as 0644, got {brief(text)}", body, "mode")
         return int(digits, 8)
 
     # -- the plan -------------------------------------------------------------------------
@@ -125,14 +129,16 @@ class PlanReader:
             try:
                 os_family = OsFamily(data["os"])
             except ValueError:
-                raise self.error("os", f"unknown OS family {data['os']!r} (linux or windows)", data, "os") from None
+                raise self.error(
+                    "os", f"unknown OS family {brief(data['os'])} (linux or windows)", data, "os"
+                ) from None
         channels = data.get("channels") or []
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise self.error("channels", "must be a list of channel names", data, "channels")
         for channel in channels:
             if channel not in self.plugins.channels:
                 known = ", ".join(sorted(self.plugins.channels))
-                raise self.error("channels", f"unknown channel {channel!r} (known: {known})", data, "channels")
+                raise self.error("channels", f"unknown channel {brief(channel)} (known: {known})", data, "channels")
         wait = data.get("wait") or []
         if not isinstance(wait, list):
             raise self.error("wait", "must be a list of conditions", data, "wait")
@@ -156,11 +162,11 @@ class PlanReader:
         """Step ``number``: a mapping of one registered kind to its body."""
         known = ", ".join(sorted(self.plugins.steps))
         if not isinstance(item, dict) or len(item) != 1:
-            keys = f" (keys: {', '.join(item)})" if isinstance(item, dict) else ""
+            keys = f" (keys: {brief_names(item)})" if isinstance(item, dict) else ""
             raise self.error(f"step {number}", f"must be a mapping with exactly one of {known}{keys}", item)
         kind, body = next(iter(item.items()))
         if kind not in self.plugins.steps:
-            raise self.error(f"step {number}", f"unknown step {kind!r} (known: {known})", item, kind)
+            raise self.error(f"step {number}", f"unknown step {brief(kind)} (known: {known})", item, kind)
         return self.parse_step(kind, body, f"step {number} ({kind})", item)
 
     def parse_step(self, kind: str, body: Any, where: str, parent: Any) -> Step:

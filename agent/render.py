@@ -1,9 +1,17 @@
 """Renders a plan's run step into the command line a guest's OS expects.
 
 Scripts are data: the same :class:`RunSpec` becomes a POSIX shell invocation on Linux
-and a PowerShell or cmd invocation on Windows. Environment values are passed inside the
-command (not through the channel) so they reach the guest whatever its server accepts;
-only their names are ever journaled.
+and a PowerShell or cmd invocation on Windows. Environment values travel with the
+command, not through the channel's own environment support, so they reach the guest
+whatever its server accepts; only their names are ever journaled.
+
+On Linux the values never appear on a command line (where any user of the guest could
+read them in its process list, and sudo would log them): they lead the command's stdin,
+one base64 line per variable, which a ``sh -c`` preamble reads with the ``read``
+builtin (it never reads past a newline from a pipe), decodes with ``base64 -d`` and
+exports before it ``exec``s the command's shell on the rest of stdin (a script, or
+nothing). Over ``sudo -S`` the password line comes first and sudo consumes it. On
+Windows (PowerShell, cmd) they are still part of the command for now.
 """
 
 from __future__ import annotations
@@ -19,6 +27,17 @@ from beachhead.agent.errors import InputError
 from beachhead.agent.targets import OsFamily
 
 POSIX_SHELLS = ("sh", "bash")
+ENV_READ_FAILED = 125  # the exit status when the environment lines could not be read
+# Reads one base64 line per variable named after ``for``; ``printf x`` keeps the
+# trailing newlines of a value that command substitution would strip.
+_READ_ENV = (
+    "for __beachhead_name in {names}; do"
+    " IFS= read -r __beachhead_value"
+    ' && __beachhead_value=$(printf %s "$__beachhead_value" | base64 -d && printf x)'
+    ' || {{ echo "beachhead: cannot read the environment from stdin" >&2; exit {status}; }};'
+    ' export "$__beachhead_name=${{__beachhead_value%x}}";'
+    " done; unset __beachhead_name __beachhead_value; "
+)
 WINDOWS_SHELLS = ("powershell", "cmd")
 SHELLS = (*POSIX_SHELLS, *WINDOWS_SHELLS)
 
@@ -54,15 +73,21 @@ def _render_posix(spec: RunSpec, body: str) -> CommandRequest:
     shell = spec.shell or "sh"
     if shell not in POSIX_SHELLS:
         raise InputError(None, "run.shell", f"{shell} is not available on Linux guests (use sh or bash)")
-    env = " ".join(f"{name}={shlex.quote(value)}" for name, value in spec.env.items())
-    prefix = f"env {env} " if env else ""
+    for name in spec.env:
+        if not name.isidentifier() or not name.isascii():
+            raise InputError(None, f"run.env.{name}", "names must be identifiers")
     if spec.script is not None:
         # The script travels on stdin: nothing is left behind in the guest.
-        command = f"{prefix}{shell} -s"
+        command = f"{shell} -s"
         stdin: bytes | None = body.encode()
     else:
-        command = f"{prefix}{shell} -c {shlex.quote(body)}"
+        command = f"{shell} -c {shlex.quote(body)}"
         stdin = None
+    if spec.env:
+        lines = b"".join(base64.b64encode(value.encode()) + b"\n" for value in spec.env.values())
+        preamble = _READ_ENV.format(names=" ".join(spec.env), status=ENV_READ_FAILED)
+        command = f"sh -c {shlex.quote(preamble + 'exec ' + command)}"
+        stdin = lines + (stdin or b"")
     return CommandRequest(
         command=command,
         description=spec.describe(),

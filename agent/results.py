@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beachhead.agent.secrets import REDACTOR
+
+if TYPE_CHECKING:
+    from beachhead.agent.output import OutputSink, StreamCapture
 
 OK = "ok"
 FAILED = "failed"
@@ -22,8 +25,16 @@ class StepResult:
     status: str = SKIPPED
     channel: str | None = None
     exit_code: int | None = None
-    stdout: str = ""
+    stdout: str = ""  # head and tail only (see beachhead.agent.output.KEPT_BYTES)
     stderr: str = ""
+    # What the command wrote in all, whether stdout/stderr leave some of it out, and the
+    # run directory's file that holds all of it (None when the stream was empty).
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    stdout_file: str | None = None
+    stderr_file: str | None = None
     duration_s: float = 0.0
     error: str | None = None
     # Every channel considered for the step, in order: {channel, result, reason}, result
@@ -32,6 +43,11 @@ class StepResult:
     channels_tried: list[dict[str, str]] = field(default_factory=list)
     # Set when the step succeeded in an earlier attempt of a resumed run (not run again).
     done_in_attempt: int | None = None
+
+    def take_output(self, output: OutputSink) -> None:
+        """Fill stdout and stderr (text, sizes, truncation, files) from a command's sink."""
+        self.stdout, self.stdout_bytes, self.stdout_truncated, self.stdout_file = _stream(output.stdout)
+        self.stderr, self.stderr_bytes, self.stderr_truncated, self.stderr_file = _stream(output.stderr)
 
     def to_json(self) -> dict[str, Any]:
         """The step as it appears in ``--json`` output."""
@@ -44,11 +60,22 @@ class StepResult:
             "exit_code": self.exit_code,
             "stdout": self.stdout,
             "stderr": self.stderr,
+            "stdout_bytes": self.stdout_bytes,
+            "stderr_bytes": self.stderr_bytes,
+            "stdout_truncated": self.stdout_truncated,
+            "stderr_truncated": self.stderr_truncated,
+            "stdout_file": self.stdout_file,
+            "stderr_file": self.stderr_file,
             "duration_s": round(self.duration_s, 3),
             "error": self.error,
             "channels_tried": self.channels_tried,
             "done_in_attempt": self.done_in_attempt,
         }
+
+
+def _stream(capture: StreamCapture) -> tuple[str, int, bool, str | None]:
+    file = capture.file
+    return capture.text(), capture.total, capture.truncated, str(file) if file is not None else None
 
 
 @dataclass

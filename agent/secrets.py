@@ -9,7 +9,7 @@ masked.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***"
@@ -20,6 +20,7 @@ class Redactor:
 
     def __init__(self) -> None:
         self._values: set[str] = set()
+        self._substrings: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def register(self, value: str) -> None:
@@ -27,7 +28,27 @@ class Redactor:
         masked too, but only as whole strings, to avoid mangling ordinary text)."""
         if value:
             with self._lock:
-                self._values.add(value)
+                if value not in self._values:
+                    self._values.add(value)
+                    self._substrings = _long_ones_first(self._values)
+
+    def registered(self) -> frozenset[str]:
+        """Every value masked now."""
+        with self._lock:
+            return frozenset(self._values)
+
+    def forget(self, values: Iterable[str]) -> None:
+        """Stop masking ``values`` (for a process that outlives what registered them,
+        such as a test session)."""
+        with self._lock:
+            self._values.difference_update(values)
+            self._substrings = _long_ones_first(self._values)
+
+    def substrings(self) -> tuple[str, ...]:
+        """The values masked wherever they occur inside a text (4 characters or more),
+        longest first: what a stream masks block by block (see :mod:`beachhead.agent.output`).
+        The same tuple is returned until another value is registered."""
+        return self._substrings
 
     def redact(self, data: Any) -> Any:
         """Return ``data`` with every registered secret masked; containers are copied."""
@@ -42,14 +63,16 @@ class Redactor:
         return data
 
     def _redact_text(self, text: str) -> str:
-        with self._lock:
-            values = sorted(self._values, key=len, reverse=True)
-        for value in values:
-            if len(value) >= 4:
+        if text in self._values:
+            return MASK
+        for value in self._substrings:
+            if value in text:
                 text = text.replace(value, MASK)
-            elif text == value:
-                return MASK
         return text
+
+
+def _long_ones_first(values: set[str]) -> tuple[str, ...]:
+    return tuple(sorted((value for value in values if len(value) >= 4), key=len, reverse=True))
 
 
 REDACTOR = Redactor()

@@ -34,6 +34,7 @@ environment variable that holds it, a key by its file.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -41,9 +42,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
-from beachhead.agent.errors import InputError
+from beachhead.agent.errors import InputError, brief
 from beachhead.agent.secrets import Secret
 from beachhead.agent.yamlio import LineDict, at_line, load_yaml
 
@@ -224,12 +225,12 @@ def parse_target(
         return InputError(source, location, reason)
 
     if not isinstance(uri, str) or "://" not in uri:
-        raise bad(None, f"not a target URI: {uri!r} (expected e.g. ssh://user@host:22)")
-    parts = urlsplit(uri)
+        raise bad(None, f"not a target URI: {brief(uri)} (expected e.g. ssh://user@host:22)")
+    parts = _split(uri, bad, "host")
     scheme = parts.scheme.lower()
     if scheme not in SCHEME_PARAMETERS:
         known = ", ".join(sorted(SCHEME_PARAMETERS))
-        raise bad("scheme", f"unknown scheme {scheme!r} (known: {known})")
+        raise bad("scheme", f"unknown scheme {brief(scheme)} (known: {known})")
     if parts.password is not None:
         raise bad(
             "password",
@@ -238,33 +239,33 @@ def parse_target(
         )
     host = parts.hostname
     if not host:
-        raise bad("host", f"no host in {uri!r}")
+        raise bad("host", f"no host in {brief(uri)}")
     vm = unquote(parts.path[1:]) if scheme == "vsphere" else None
     if scheme == "vsphere" and not vm and require_vm:
-        raise bad("path", f"no VM in {uri!r} (expected vsphere://user@vcenter/VM-NAME-OR-UUID)")
+        raise bad("path", f"no VM in {brief(uri)} (expected vsphere://user@vcenter/VM-NAME-OR-UUID)")
     if scheme != "vsphere" and parts.path not in ("", "/"):
-        raise bad("path", f"{scheme}:// targets take no path, got {parts.path!r}")
+        raise bad("path", f"{scheme}:// targets take no path, got {brief(parts.path)}")
 
     params: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
         if key not in SCHEME_PARAMETERS[scheme]:
             allowed = ", ".join(sorted(SCHEME_PARAMETERS[scheme]))
-            raise bad(key, f"unknown parameter {key!r} (allowed: {allowed})")
+            raise bad(key, f"unknown parameter {brief(key)} (allowed: {allowed})")
         if key in params:
-            raise bad(key, f"parameter {key!r} given twice")
+            raise bad(key, f"parameter {brief(key)} given twice")
         params[key] = value
 
     http = _http_scheme(params, bad)
     try:
         uri_port = parts.port
     except ValueError:
-        raise bad("port", f"invalid port in {uri!r}") from None
+        raise bad("port", f"invalid port in {brief(uri)}") from None
     if uri_port == 0:
-        raise bad("port", f"invalid port in {uri!r} (must be 1-{MAX_PORT})")
+        raise bad("port", f"invalid port in {brief(uri)} (must be 1-{MAX_PORT})")
     port = uri_port or (HTTP_PORT if http else DEFAULT_PORTS[scheme])
     user = unquote(parts.username) if parts.username else None
     if scheme == "vsphere" and not user:
-        raise bad("user", f"no vCenter user in {uri!r} (expected vsphere://user@vcenter/VM)")
+        raise bad("user", f"no vCenter user in {brief(uri)} (expected vsphere://user@vcenter/VM)")
     if scheme == "ssh" and params.get("known_hosts") == HostKeyPolicy.VSPHERE:
         raise bad(
             "known_hosts",
@@ -285,15 +286,17 @@ def parse_target(
         try:
             os_family = OsFamily(params["os"])
         except ValueError:
-            raise bad("os", f"unknown OS family {params['os']!r} (linux or windows)") from None
+            raise bad("os", f"unknown OS family {brief(params['os'])} (linux or windows)") from None
     connect_timeout = None
     if "connect_timeout" in params:
         try:
             connect_timeout = float(params["connect_timeout"])
         except ValueError:
             raise bad("connect_timeout", "must be a number of seconds") from None
-        if connect_timeout <= 0:
-            raise bad("connect_timeout", "must be positive")
+        if not 0 < connect_timeout < math.inf:  # nan and inf as well
+            raise bad(
+                "connect_timeout", f"must be a positive number of seconds, got {brief(params['connect_timeout'])}"
+            )
 
     guest_user = params.get("guest_user") or None
     if scheme == "ssh":
@@ -339,6 +342,14 @@ def parse_target(
         console=console,
         address=address,
     )
+
+
+def _split(uri: str, bad: Any, field_name: str) -> SplitResult:
+    """``urlsplit(uri)``; a URI it cannot split (an unclosed ``[``) is bad input."""
+    try:
+        return urlsplit(uri)
+    except ValueError as exc:
+        raise bad(field_name, f"not a valid URI ({exc}): {brief(uri)}") from None
 
 
 def _chained_ssh_route(
@@ -431,8 +442,8 @@ def _host_key_check(value: str | None, bad: Any) -> tuple[HostKeyPolicy | None, 
 def _port(value: str | None, default: int, bad: Any, field_name: str) -> int:
     if value is None:
         return default
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PORT:
-        raise bad(field_name, f"must be a port number 1-{MAX_PORT}, got {value!r}")
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(MAX_PORT)) or not 1 <= int(value) <= MAX_PORT:
+        raise bad(field_name, f"must be a port number 1-{MAX_PORT}, got {brief(value)}")
     return int(value)
 
 
@@ -446,7 +457,7 @@ def _choice(value: str | None, kind: type[Choice], bad: Any, field_name: str) ->
         return kind(value)
     except ValueError:
         allowed = ", ".join(member.value for member in kind)
-        raise bad(field_name, f"unknown value {value!r} (allowed: {allowed})") from None
+        raise bad(field_name, f"unknown value {brief(value)} (allowed: {allowed})") from None
 
 
 def _address(value: str, bad: Any) -> str:
@@ -456,7 +467,7 @@ def _address(value: str, bad: Any) -> str:
         pass
     if _is_host_name(value):
         return value
-    raise bad("address", f"neither an IP address nor a host name: {value!r}")
+    raise bad("address", f"neither an IP address nor a host name: {brief(value)}")
 
 
 def _is_host_name(name: str) -> bool:
@@ -473,7 +484,7 @@ def _is_host_name(name: str) -> bool:
 def _http_scheme(params: dict[str, str], bad: Any) -> bool:
     value = params.get("scheme", "https")
     if value not in ("http", "https"):
-        raise bad("scheme", f"must be http or https, got {value!r}")
+        raise bad("scheme", f"must be http or https, got {brief(value)}")
     return value == "http"
 
 
@@ -484,7 +495,7 @@ def _flag(value: str | None, bad: Any, field_name: str) -> bool:
         return True
     if value.lower() in FALSE_WORDS:
         return False
-    raise bad(field_name, f"must be 1 or 0, got {value!r}")
+    raise bad(field_name, f"must be 1 or 0, got {brief(value)}")
 
 
 def _existing_file(value: str, bad: Any, field_name: str) -> Path:
@@ -584,6 +595,9 @@ def _mapping_to_uri(entry: dict[str, Any], bad: Any) -> tuple[str, dict[str, str
     unknown = sorted(set(entry) - set(MAPPING_FIELDS))
     if unknown:
         raise bad(unknown[0], f"unknown field (allowed: {', '.join(MAPPING_FIELDS)})")
+    for key, value in entry.items():
+        if key not in NESTED_FIELDS:
+            _check_scalar(value, bad, key)
     entry, nested = _flatten_channels(entry, bad)
     if "uri" in entry:
         uri = entry["uri"]
@@ -592,7 +606,7 @@ def _mapping_to_uri(entry: dict[str, Any], bad: Any) -> tuple[str, dict[str, str
         extra = {k: v for k, v in entry.items() if k != "uri"}
         if not extra:
             return uri, nested
-        parts = urlsplit(uri)
+        parts = _split(uri, bad, "uri")
         if {"scheme", "user", "host", "port", "vm"} & set(extra):
             raise bad("uri", "give either uri or scheme/user/host/port/vm, not both")
         query = "&".join(filter(None, [parts.query, _query(extra)]))
@@ -616,7 +630,7 @@ def _flatten_channels(entry: dict[str, Any], bad: Any) -> tuple[dict[str, Any], 
     if not present:
         return entry, {}
     uri = entry.get("uri")
-    scheme = urlsplit(uri).scheme.lower() if isinstance(uri, str) else str(entry.get("scheme", "ssh")).lower()
+    scheme = _split(uri, bad, "uri").scheme.lower() if isinstance(uri, str) else str(entry.get("scheme", "ssh")).lower()
     if scheme != "vsphere":
         raise bad(
             present[0],
@@ -635,9 +649,17 @@ def _flatten_channels(entry: dict[str, Any], bad: Any) -> tuple[dict[str, Any], 
                 raise bad(dotted, f"unknown field (allowed: {', '.join(fields)})")
             if fields[key] in flat:
                 raise bad(dotted, f"given both as {dotted} and as {fields[key]}; keep one")
+            _check_scalar(value, bad, dotted)
             flat[fields[key]] = value
             nested[fields[key]] = dotted
     return flat, nested
+
+
+def _check_scalar(value: Any, bad: Any, field_name: str) -> None:
+    """A field of a mapping entry is written into a URI: it must be a string or a number
+    (a list would be written out in full, however large its aliases make it)."""
+    if isinstance(value, list | dict | set):
+        raise bad(field_name, f"must be a string or a number, got {brief(value)}")
 
 
 def _query(params: dict[str, Any]) -> str:
@@ -691,6 +713,6 @@ def check_unique_names(targets: list[Target], source: str) -> None:
     for target in targets:
         if target.name in seen:
             raise InputError(
-                source, "name", f"target name {target.name!r} appears twice; set ?name= to tell them apart"
+                source, "name", f"target name {brief(target.name)} appears twice; set ?name= to tell them apart"
             )
         seen.add(target.name)

@@ -3,11 +3,13 @@ vSphere API alone, with no guest network (kept apart from :mod:`beachhead.plugin
 so that loading the plugin does not load pyVmomi).
 
 A command runs through ``StartProgramInGuest`` with its stdout and stderr redirected to
-guest temporary files (and a script's stdin read from one); completion is awaited with
-``ListProcessesInGuest`` at a short, growing interval; the output files are fetched
-through transfer URLs and deleted. Uploads and downloads use the same transfer URLs
-(their ``*`` host replaced by the vCenter's) and are verified: size from the API,
-sha256 computed in the guest (Linux) or over a second download (Windows).
+guest temporary files (and its stdin, a script or environment values, read from a
+0600 one that a Linux guest's shell deletes before the command starts); completion is
+awaited with ``ListProcessesInGuest`` at a short, growing interval; the output files
+are streamed through transfer URLs into the step's output sink, then deleted. Uploads
+and downloads use the same transfer URLs (their ``*`` host replaced by the vCenter's)
+and are verified: size from the API, sha256 computed in the guest (Linux) or over a
+second download (Windows).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pyVmomi import vim, vmodl
 from beachhead.agent.channel import ChannelSession, CommandRequest, FileInfo, Outcome, RemoteStat
 from beachhead.agent.checksums import sha256_of
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
+from beachhead.agent.output import OutputSink, StreamCapture
 from beachhead.agent.targets import OsFamily, Target
 from beachhead.agent.vsphere.connection import VCenter
 from beachhead.agent.vsphere.states import VmState, os_family_of
@@ -116,8 +119,10 @@ class GuestopsSession:
         return str(pure.parent), pure.name
 
     # -- commands -------------------------------------------------------------------------
-    async def run(self, request: CommandRequest) -> Outcome:
-        """Run a command; stdout and stderr come back through guest temporary files."""
+    async def run(self, request: CommandRequest, output: OutputSink | None = None) -> Outcome:
+        """Run a command; stdout and stderr come back through guest temporary files,
+        streamed into ``output``."""
+        output = output if output is not None else OutputSink()
         started = datetime.now(UTC)
         made: list[str] = []
         pid: int | None = None
@@ -133,18 +138,27 @@ class GuestopsSession:
             pid = started_pid = await self._guest(request.description, self.processes.StartProgramInGuest, spec)
             exit_code = await self._wait_for_exit(pid)
             pid = None
-            stdout = (await self._get_bytes(out)).decode("utf-8", errors="replace")
-            stderr = (await self._get_bytes(err)).decode("utf-8", errors="replace")
+            await self._stream_into(out, output.stdout)
+            await self._stream_into(err, output.stderr)
         except asyncio.CancelledError:
             if pid is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._guest("terminate", self.processes.TerminateProcessInGuest, pid))
             raise
         finally:
+            output.finish()
             for path in made:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._guest(f"delete {path}", self.files.DeleteFileInGuest, path))
-        return Outcome(request.command, exit_code, stdout, stderr, started, datetime.now(UTC), pid=started_pid)
+        return Outcome(
+            request.command,
+            exit_code,
+            output.stdout.text(),
+            output.stderr.text(),
+            started,
+            datetime.now(UTC),
+            pid=started_pid,
+        )
 
     def _program(self, request: CommandRequest, stdin: str | None, out: str, err: str) -> Any:
         if self.windows:
@@ -155,6 +169,10 @@ class GuestopsSession:
         if request.become and self.target.guest_user != "root":
             # No terminal to type a password at: guest operations need passwordless sudo.
             command = f"sudo -n -- sh -c {shlex.quote(command)}"
+        if stdin:
+            # Once the shell has it open as stdin, nobody else needs the file (it may hold
+            # environment values): gone before the command starts.
+            command = f"rm -f -- {shlex.quote(stdin)}; {command}"
         source = shlex.quote(stdin) if stdin else "/dev/null"
         arguments = f"-c {shlex.quote(command)} <{source} >{shlex.quote(out)} 2>{shlex.quote(err)}"
         return vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/sh", arguments=arguments)
@@ -213,6 +231,18 @@ class GuestopsSession:
                     raise StepFailed(f"upload to {remote}", f"transfer refused: HTTP {response.status}")
         except aiohttp.ClientError as exc:
             raise self._transfer_failed("to", exc) from None
+
+    async def _stream_into(self, remote: str, capture: StreamCapture) -> None:
+        """Download ``remote`` block by block into ``capture``, never whole in memory."""
+        url, _ = await self._from_guest(remote)
+        try:
+            async with self._client().get(self._transfer_url(url)) as response:
+                if response.status >= 300:
+                    raise StepFailed(f"download {remote}", f"transfer refused: HTTP {response.status}")
+                async for block in response.content.iter_chunked(CHUNK):
+                    capture.write(block)
+        except aiohttp.ClientError as exc:
+            raise self._transfer_failed("from", exc) from None
 
     async def _get_bytes(self, remote: str) -> bytes:
         url, _ = await self._from_guest(remote)

@@ -12,6 +12,10 @@ Publishing to the server is journaled as ``publish_userdata`` (what it replaced 
 in the run's backups) and read back by sha256; undo republishes what was there or
 revokes the instance. ``guestinfo`` is journaled as ``extra_config``. The conditions
 ``userdata_fetched`` and ``phoned_home`` resolve from the server's long-poll.
+
+The server's admin token and the gzip+base64 values written to guestinfo (which decode
+to the user-data, and so to any password in it) are secrets of the run: masked
+wherever they would be logged, the wire log included.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from beachhead.agent.channel import (
 )
 from beachhead.agent.checksums import value_digest_of_base64
 from beachhead.agent.context import StepContext, TargetContext
-from beachhead.agent.errors import StepFailed
+from beachhead.agent.errors import StepFailed, brief
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.journal import JournalEntry
 from beachhead.agent.plans import PlanReader
+from beachhead.agent.secrets import REDACTOR
 from beachhead.agent.settings import RunSettings
 from beachhead.agent.stepkinds import CheckContext, ConditionKind, Operation, StepKind
 from beachhead.agent.targets import OsFamily, Target
@@ -99,7 +104,9 @@ def metadata_client(settings: RunSettings) -> MetadataClient:
     from beachhead.metadata_server.client import MetadataClient, read_token_file
 
     assert settings.metadata_server and settings.metadata_token_file
-    return MetadataClient(settings.metadata_server, read_token_file(settings.metadata_token_file))
+    token = read_token_file(settings.metadata_token_file)
+    REDACTOR.register(token)
+    return MetadataClient(settings.metadata_server, token)
 
 
 def instance_id(ctx: StepContext) -> str:
@@ -147,6 +154,9 @@ class PullSession:
         ctx.notes[INSTANCE_NOTE] = instance
         if step.via is Via.GUESTINFO:
             values = guestinfo_values(data, instance, default_hostname(instance))
+            for key, value in values.items():
+                if value is not None and not key.endswith(".encoding"):
+                    REDACTOR.register(value)
             await apply_extra_config(ctx, values, step.describe())
             return
         client = metadata_client(ctx.settings)
@@ -210,7 +220,9 @@ async def _unpublish(entry: JournalEntry, undo: UndoContext) -> str:
 
     intent = entry.intent
     token_file = os.environ.get("BEACHHEAD_METADATA_TOKEN_FILE") or intent["token_file"]
-    client = MetadataClient(intent["server"], read_token_file(Path(token_file)))
+    token = read_token_file(Path(token_file))
+    REDACTOR.register(token)
+    client = MetadataClient(intent["server"], token)
     instance = intent["instance_id"]
     written = entry.outcome.get("sha256") if entry.outcome and entry.state == "done" else None
     backup = intent["replaces"].get("backup")
@@ -268,7 +280,7 @@ class UserData(StepKind):
         }
         via = body.get("via", "metadata")
         if via not in Via.__members__.values():
-            raise reader.error(f"{where}.via", f"must be metadata or guestinfo, got {via!r}", body, "via")
+            raise reader.error(f"{where}.via", f"must be metadata or guestinfo, got {brief(via)}", body, "via")
         return UserDataStep(
             user_data=reader.local_file(body, "user_data", where),
             via=Via(via),

@@ -1,9 +1,11 @@
 """The ``ssh`` channel: commands, uploads and downloads over OpenSSH (asyncssh).
 
-One connection per target is reused across steps; SFTP is opened on it lazily. Uploads
-land in a temporary file beside the destination and are renamed into place, so a
-failed transfer never leaves a half-written file. Every transfer is verified: the
-guest's size and sha256 must match the local file's.
+One connection per target is reused across steps; SFTP is opened on it lazily. A
+command's stdout and stderr are read block by block as they arrive and handed to the
+step's output sink, never collected whole. Uploads land in a temporary file beside the
+destination and are renamed into place, so a failed transfer never leaves a
+half-written file. Every transfer is verified: the guest's size and sha256 must match
+the local file's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from beachhead.agent.channel import (
+    LOST_WHILE_RUNNING,
     Capability,
     ChannelInfo,
     ChannelSession,
@@ -37,6 +40,7 @@ from beachhead.agent.channel import (
 from beachhead.agent.checksums import sha256_of
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
 from beachhead.agent.hookspecs import hookimpl
+from beachhead.agent.output import OutputSink, StreamCapture
 from beachhead.agent.targets import HostKeyPolicy, OsFamily, SshRoute
 
 if TYPE_CHECKING:
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 
 NAME = "ssh"
 KEEPALIVE_INTERVAL_S = 30
+READ_BLOCK = 256 * 1024  # at most this much of a command's output is read at once
 
 INFO = ChannelInfo(
     name=NAME,
@@ -79,18 +84,25 @@ class SshSession:
     def _lost(self, exc: BaseException) -> ChannelError:
         return ChannelError(NAME, self.target_name, f"connection lost: {exc}", retryable=True)
 
+    def _lost_while_running(self, exc: BaseException | None = None) -> ChannelError:
+        detail = f" ({type(exc).__name__}: {exc})" if exc is not None and str(exc) else ""
+        return ChannelError(NAME, self.target_name, LOST_WHILE_RUNNING + detail, retryable=True)
+
     def _refused(self, action: str, exc: asyncssh.SFTPError) -> StepFailed:
         return StepFailed(action, f"{action}: {exc.reason or type(exc).__name__}")
 
     # -- commands -----------------------------------------------------------------------
-    async def run(self, request: CommandRequest) -> Outcome:
-        """Run ``request`` to completion. On cancellation (timeout, Ctrl-C) every process
-        the command started in the guest is killed before the channel closes."""
+    async def run(self, request: CommandRequest, output: OutputSink | None = None) -> Outcome:
+        """Run ``request`` to completion, its output streamed into ``output`` as it
+        arrives. On cancellation (timeout, Ctrl-C) every process the command started in
+        the guest is killed before the channel closes. A connection that ends before the
+        exit status arrives is a :class:`ChannelError` ("connection lost while running")."""
+        output = output if output is not None else OutputSink()
         marker = f"beachhead-task-{secrets.token_hex(8)}"
         tagged = f"BEACHHEAD_TASK={marker}; export BEACHHEAD_TASK; {request.command}"
-        command, stdin = await self._with_become(request, tagged)
         started = datetime.now(UTC)
         try:
+            command, stdin = await self._with_become(request, tagged)
             process = await self.connection.create_process(command, encoding=None)
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from exc
@@ -98,22 +110,26 @@ class SshSession:
             if stdin:
                 process.stdin.write(stdin)
             process.stdin.write_eof()
-            completed = await process.wait()
+            await _pump_both(process, output)
+            await process.wait_closed()
         except asyncio.CancelledError:
             await asyncio.shield(self._kill_remote(marker, request.become))
             process.close()
             raise
         except (asyncssh.Error, OSError) as exc:
-            raise self._lost(exc) from exc
-        signal = completed.exit_signal[0] if completed.exit_signal else None
+            raise self._lost_while_running(exc) from exc
+        finally:
+            output.finish()
+        if process.exit_status is None and process.exit_signal is None:
+            raise self._lost_while_running()
         return Outcome(
             command=request.description,
-            exit_status=completed.exit_status,
-            stdout=_text(completed.stdout),
-            stderr=_text(completed.stderr),
+            exit_status=process.exit_status,
+            stdout=output.stdout.text(),
+            stderr=output.stderr.text(),
             started=started,
             ended=datetime.now(UTC),
-            signal=signal,
+            signal=process.exit_signal[0] if process.exit_signal else None,
         )
 
     async def _kill_remote(self, marker: str, become: bool) -> None:
@@ -315,12 +331,24 @@ class SshSession:
             await asyncio.wait_for(self.connection.wait_closed(), timeout=5)
 
 
-def _text(data: Any) -> str:
-    if data is None:
-        return ""
-    if isinstance(data, bytes):
-        return data.decode("utf-8", errors="replace")
-    return str(data)
+async def _pump(reader: asyncssh.SSHReader[bytes], capture: StreamCapture) -> None:
+    while block := await reader.read(READ_BLOCK):
+        capture.write(block)
+
+
+async def _pump_both(process: asyncssh.SSHClientProcess[bytes], output: OutputSink) -> None:
+    """Read stdout and stderr at once until both end: asyncssh stops reading the channel
+    while either's buffer is full, so one must not wait for the other."""
+    pumps = [
+        asyncio.ensure_future(_pump(process.stdout, output.stdout)),
+        asyncio.ensure_future(_pump(process.stderr, output.stderr)),
+    ]
+    try:
+        await asyncio.gather(*pumps)
+    finally:
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.wait(pumps)
 
 
 def _endpoint(host: str, port: int) -> str:

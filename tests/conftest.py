@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import pytest
 
+from beachhead.agent.secrets import REDACTOR
 from beachhead.bootstrap.local_sshd import LocalSshd
 
 BEACHHEAD = Path(sys.executable).with_name("beachhead")
@@ -134,6 +135,16 @@ def held_connection(
         return min(kept) if kept else None
 
     return wait_until(held, timeout, what or f"a connection to port {port} held open", interval=0.1)
+
+
+@pytest.fixture(autouse=True)
+def forget_secrets() -> Iterator[None]:
+    """Secret values a test registers in this process (a target's password, a run's env
+    values) are forgotten after it, so that a test taking $HOME as a password does not
+    mask "/root" in every later test's output."""
+    before = REDACTOR.registered()
+    yield
+    REDACTOR.forget(REDACTOR.registered() - before)
 
 
 @pytest.fixture(scope="session")

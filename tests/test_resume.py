@@ -58,11 +58,8 @@ def test_resume_restarts_where_each_target_stopped(
         ("first", "put_file", 3, 2),
     ]
     assert all(i[0] == "first" for i in intents if i[3] == 2)
-    assert [(r["target"], r["attempt"]) for r in _lines(runs_dir / run_id / "results.jsonl")] == [
-        ("first", 1),
-        ("second", 1),
-        ("first", 2),
-    ]
+    recorded = [(r["target"], r["attempt"]) for r in _lines(runs_dir / run_id / "results.jsonl")]
+    assert sorted(recorded[:2]) == [("first", 1), ("second", 1)] and recorded[2:] == [("first", 2)]
     # Nothing left to do: a second resume leaves everything alone.
     again = beachhead("run", "--resume", run_id, "--json")
     assert again.returncode == 0 and again.stdout == ""

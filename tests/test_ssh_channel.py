@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
+import secrets
+import signal
 import stat
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from beachhead.agent.channel import CommandRequest
+from beachhead.agent.channel import CommandRequest, Outcome
 from beachhead.agent.context import RunContext, TargetContext
 from beachhead.agent.errors import ChannelUnavailable, StepFailed
 from beachhead.agent.plans import Plan
@@ -21,7 +26,8 @@ from beachhead.agent.settings import RunSettings
 from beachhead.agent.targets import OsFamily, parse_target
 from beachhead.bootstrap.local_sshd import LocalSshd
 from beachhead.plugins.ssh import SshSession, open_session
-from tests.conftest import await_until, needs_root, processes_mentioning
+from tests.conftest import BEACHHEAD, await_until, beachhead, needs_root, processes_mentioning, wait_until, write_plan
+from tests.secret_search import ProcessSampler
 
 
 async def connect(uri: str) -> SshSession:
@@ -206,3 +212,81 @@ async def test_verification_catches_a_file_that_differs(session: SshSession, gue
     with pytest.raises(VerificationFailed) as caught:
         await session._verify(str(remote), sha256_of(local), local.stat().st_size, None)
     assert sha256_of(local) in caught.value.reason and sha256_of(remote) in caught.value.reason
+
+
+async def _run_sampling(session: SshSession, request: CommandRequest) -> tuple[Outcome, ProcessSampler]:
+    """Run ``request`` while sampling the process table (the guest is this machine)."""
+    with ProcessSampler() as sampler:
+        outcome = await session.run(request)
+    return outcome, sampler
+
+
+@pytest.mark.parametrize("become", [False, True])
+async def test_env_values_never_show_in_the_guests_process_list(session: SshSession, become: bool) -> None:
+    secret = f"env-secret-{secrets.token_hex(8)}"
+    token = f"cmd-{secrets.token_hex(4)}"
+    request = command(f': {token}; sleep 1; printf %s "$MYSECRET" | sha256sum', env={"MYSECRET": secret}, become=become)
+    outcome, sampler = await _run_sampling(session, request)
+    assert outcome.ok, outcome.stderr
+    assert outcome.stdout.split()[0] == hashlib.sha256(secret.encode()).hexdigest()  # it was delivered
+    assert sampler.saw(token), "the command was never seen running"
+    assert sampler.hits({"MYSECRET": secret}) == []
+
+
+@needs_root
+async def test_env_values_and_the_sudo_password_stay_off_command_lines_with_sudo_s(
+    sshd: LocalSshd, password_env: str, tmp_path: Path
+) -> None:
+    account = sshd.sudo_account
+    assert account is not None and account.password is not None
+    session = await connect(sshd.uri(account, password_env=password_env))
+    secret = f"env-secret-{secrets.token_hex(8)}\n"  # a trailing newline survives too
+    script = tmp_path / "s.sh"
+    script.write_text(': cmd-script; sleep 1; printf "%s|%s" "$(id -u)" "$MYSECRET" | sha256sum; cat\n')
+    try:
+        outcome, sampler = await _run_sampling(
+            session, render(RunSpec(script=script, become=True, env={"MYSECRET": secret}), OsFamily.LINUX)
+        )
+    finally:
+        await session.close()
+    assert outcome.ok, outcome.stderr
+    assert outcome.stdout.split()[0] == hashlib.sha256(f"0|{secret}".encode()).hexdigest()
+    assert sampler.saw("sudo -S") and sampler.saw("SUDO_COMMAND=")
+    assert sampler.hits({"MYSECRET": secret.strip(), "sudo password": account.password}) == []
+
+
+def _ancestor_sshd(pid: int) -> int:
+    """The sshd process serving the connection that started ``pid``."""
+    while pid > 1:
+        if (Path(f"/proc/{pid}/cmdline").read_bytes()).startswith(b"sshd:"):
+            return pid
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    raise AssertionError("no sshd among the command's ancestors")
+
+
+def test_a_command_whose_connection_died_says_so(sshd: LocalSshd, runs_dir: Path, tmp_path: Path) -> None:
+    token = f"lost-{secrets.token_hex(4)}"
+    plan = write_plan(tmp_path, f"name: lost\nsteps:\n  - run: 'echo started; : {token}; sleep 30'\n")
+    run = subprocess.Popen(
+        [str(BEACHHEAD), "run", str(plan), "--target", sshd.uri(), "--json", "--retries", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        [pid] = wait_until(lambda: processes_mentioning(token), timeout=60, what="the command runs in the guest")
+        os.kill(_ancestor_sshd(pid), signal.SIGKILL)  # the connection dies, the command does not
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        for orphan in processes_mentioning(token):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGKILL)
+    assert run.returncode == 1, stderr[-2000:]
+    result = json.loads(next(line for line in stdout.splitlines() if line.startswith("{")))
+    [step] = result["steps"]
+    assert "connection lost while running; exit status unknown" in step["error"], step["error"]
+    assert "None" not in step["error"] and step["exit_code"] is None and step["status"] == "failed"
+    undo = beachhead("undo", result["run_id"])  # lists the command as not undoable, and how it ended
+    assert "exit status unknown" in undo.stdout + undo.stderr and "exit status None" not in undo.stdout + undo.stderr

@@ -4,6 +4,7 @@ hooks where no vCenter is needed (the lab tests cover the rest)."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -295,6 +296,20 @@ def test_an_option_key_does_not_look_like_a_session_key(wire: WireLog) -> None:
     assert "<key>guestinfo.hostname</key>" in record["response"] and ">web-01</value>" in record["response"]
     assert "<key>guestinfo.admin.password</key>" in record["response"]
     assert SECRET not in wire.path.read_text()
+
+
+def test_cloud_init_data_in_guestinfo_is_masked_wherever_it_appears(wire: WireLog) -> None:
+    packed = base64.b64encode(gzip.compress(f"#cloud-config\npassword: {SECRET}\n".encode(), mtime=0)).decode()
+    options = "".join(
+        f'<extraConfig><key>{key}</key><value xsi:type="xsd:string">{value}</value></extraConfig>'
+        for key, value in (("guestinfo.userdata", packed), ("guestinfo.userdata.encoding", "gzip+base64"))
+    )
+    record = exchange(wire, f'<ReconfigVM_Task xmlns="urn:vim25"><spec>{options}</spec></ReconfigVM_Task>')
+    assert '<key>guestinfo.userdata</key><value xsi:type="xsd:string">***</value>' in record["request"]
+    assert ">gzip+base64</value>" in record["request"]  # the encoding is no secret
+    # Read back later (a property read, or any text): masked there too.
+    exchange(wire, "<RetrievePropertiesEx/>", f"<RetrievePropertiesExResponse>{packed}</RetrievePropertiesExResponse>")
+    assert packed not in wire.path.read_text()
 
 
 def test_session_is_active_and_terminate_session_requests(wire: WireLog) -> None:

@@ -11,7 +11,9 @@ What is masked:
   ticket, session id or private key (any namespace prefix, any case); the ``key`` of a
   ``UserSession`` and of a ``Login*`` result; the results of ``*Ticket`` operations;
   WS-Security headers; the values (not the names) of guest ``envVariables``; an option's
-  ``value`` when its ``key`` names a secret. A body expat cannot parse (truncated, not XML,
+  ``value`` when its ``key`` names a secret or is one of cloud-init's guestinfo data keys
+  (``guestinfo.userdata``, ``guestinfo.metadata``, ``guestinfo.vendordata``: gzip+base64
+  decodes to what may hold passwords). A body expat cannot parse (truncated, not XML,
   or with a DTD) goes through a tag scanner that masks a secret element's content up to
   its end tag, or to the end of the text when there is none;
 - URLs anywhere (record URLs, XML text, error messages): the password of the user info and
@@ -43,6 +45,8 @@ _SECRET_NAMES = frozenset({"pwd", "sessionid", "session_id", "privatekey", "priv
 _SECRET_ELEMENTS = frozenset({"Security", "Assertion"})
 # Guest environment settings (``NAME=value``): values masked, names kept, as in the journal.
 _ENVIRONMENT = "envVariables"
+# extraConfig keys whose values are cloud-init's data for the VMware datasource.
+_DATA_OPTIONS = frozenset({"guestinfo.userdata", "guestinfo.metadata", "guestinfo.vendordata"})
 # Children of a ticket operation's result that carry the ticket itself.
 _TICKET_FIELDS = frozenset({"id", "key", "sessionid", "ticket"})
 # Query parameters that carry tickets, tokens or session ids.
@@ -84,6 +88,11 @@ def is_secret_name(name: str) -> bool:
     return (
         lowered in _SECRET_NAMES or any(word in lowered for word in _SECRET_WORDS) or lowered.endswith(_SECRET_SUFFIXES)
     )
+
+
+def is_secret_option(key: str) -> bool:
+    """Whether the value of the option (extraConfig key) ``key`` is to be masked."""
+    return is_secret_name(key) or key.lower() in _DATA_OPTIONS
 
 
 def _is_login(operation: str) -> bool:
@@ -249,7 +258,7 @@ class _XmlScrubber:
             "UserSession" in (parent.xsi_type, parent.name) or (parent.name == "returnval" and login)
         ):
             return "mask"
-        if name == "value" and parent.option_key and is_secret_name(parent.option_key):
+        if name == "value" and parent.option_key and is_secret_option(parent.option_key):
             return "mask"
         if name == _ENVIRONMENT:
             return "environment"

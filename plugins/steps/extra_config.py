@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from beachhead.agent.checksums import value_digest
 from beachhead.agent.context import StepContext
+from beachhead.agent.errors import brief
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.journal import JournalEntry
 from beachhead.agent.plans import PlanReader
@@ -114,7 +115,9 @@ class ExtraConfig(StepKind):
             if not isinstance(key, str) or not EXTRA_CONFIG_KEY.match(key):
                 raise reader.error(f"{where}.{key}", "not an extraConfig key (letters, digits, . _ : -)", body, key)
             if value is not None and not isinstance(value, str):
-                raise reader.error(f"{where}.{key}", f"must be a string (quote it) or null, got {value!r}", body, key)
+                raise reader.error(
+                    f"{where}.{key}", f"must be a string (quote it) or null, got {brief(value)}", body, key
+                )
             if value is not None and "\x00" in value:
                 raise reader.error(f"{where}.{key}", "contains a NUL byte", body, key)
             values[key] = value or None

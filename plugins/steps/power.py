@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from beachhead.agent.context import StepContext
+from beachhead.agent.errors import brief
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.journal import JournalEntry
 from beachhead.agent.plans import PlanReader
@@ -49,7 +50,7 @@ class Power(StepKind):
         """``on`` or ``off``."""
         if isinstance(body, str | bool) and body in POWER_STATES:
             return PowerStep(POWER_STATES[body])
-        raise reader.error(where, f"must be on or off, got {body!r}", parent, "power")
+        raise reader.error(where, f"must be on or off, got {brief(body)}", parent, "power")
 
     def check(self, step: PowerStep, target: Target, context: CheckContext) -> str | None:
         """vsphere:// targets only."""

@@ -5,7 +5,12 @@
 Journaled as ``run`` (the command or script name, whether it became root, the names of
 its environment variables, never their values; the exit status and guest pid); a
 command cannot be undone, so undo lists it. A command is not retried when its
-connection drops: it may already have run.
+connection drops: it may already have run, and its exit status is unknown.
+
+Environment values are secrets from the step on (for as long as the process runs):
+masked (``***``) wherever they would be logged, recorded or printed. The output streams into the run directory
+(``output/TARGET/STEP.stdout`` and ``.stderr``) while the step keeps their head and tail
+(see :mod:`beachhead.agent.output`).
 """
 
 from __future__ import annotations
@@ -13,16 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from beachhead.agent.channel import Capability
+from beachhead.agent.channel import LOST_WHILE_RUNNING, Capability
 from beachhead.agent.context import StepContext, resolve_os
-from beachhead.agent.errors import InputError
+from beachhead.agent.errors import InputError, brief
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.journal import JournalEntry
 from beachhead.agent.plans import PlanReader
 from beachhead.agent.render import SHELLS, RunSpec, render
 from beachhead.agent.results import FAILED
+from beachhead.agent.secrets import REDACTOR
 from beachhead.agent.stepkinds import CheckContext, Operation, StepKind
-from beachhead.agent.targets import Target
+from beachhead.agent.targets import OsFamily, Target
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,13 @@ class RunStep:
 
 
 def _exit_status(entry: JournalEntry) -> str:
-    state = entry.outcome.get("exit_status") if entry.outcome else entry.state
-    return f"exit status {state}"
+    if entry.outcome is None:
+        return "exit status unknown (no outcome recorded)"
+    if entry.outcome.get("exit_status") is not None:
+        return f"exit status {entry.outcome['exit_status']}"
+    if entry.outcome.get("signal"):
+        return f"killed by signal {entry.outcome['signal']}"
+    return str(entry.outcome.get("error") or "exit status unknown")  # e.g. the connection was lost
 
 
 RUN = Operation(
@@ -66,13 +77,17 @@ class Run(StepKind):
         if isinstance(body, str):
             if not body.strip():
                 raise reader.error(where, "empty command", parent)
+            if "\x00" in body:
+                raise reader.error(where, "the command contains a NUL byte", parent)
             return RunStep(RunSpec(command=body))
         body = reader.fields(body, where, parent, set(), {"command", "script", "shell", "become", "timeout", "env"})
         if ("command" in body) == ("script" in body):
             raise reader.error(where, "give exactly one of command or script", body)
         shell = body.get("shell")
         if shell is not None and shell not in SHELLS:
-            raise reader.error(f"{where}.shell", f"unknown shell {shell!r} (known: {', '.join(SHELLS)})", body, "shell")
+            raise reader.error(
+                f"{where}.shell", f"unknown shell {brief(shell)} (known: {', '.join(SHELLS)})", body, "shell"
+            )
         become = body.get("become", False)
         if not isinstance(become, bool):
             raise reader.error(f"{where}.become", "must be true or false", body, "become")
@@ -82,6 +97,8 @@ class Run(StepKind):
         for key, value in env.items():
             if not key.isidentifier() or not isinstance(value, str | int | float) or isinstance(value, bool):
                 raise reader.error(f"{where}.env.{key}", "names must be identifiers and values strings", env, key)
+            if isinstance(value, str) and "\x00" in value:
+                raise reader.error(f"{where}.env.{key}", "contains a NUL byte", env, key)
         return RunStep(
             RunSpec(
                 command=reader.string(body, "command", where) if "command" in body else None,
@@ -103,27 +120,44 @@ class Run(StepKind):
 
     async def execute(self, step: RunStep, ctx: StepContext) -> None:
         """Run the command once over the selected channel; a non-zero exit fails the step."""
-        session = await ctx.session(Capability.RUN)
         spec = step.spec
+        for value in spec.env.values():
+            REDACTOR.register(value)
+        session = await ctx.session(Capability.RUN)
         request = render(spec, ctx.os)
+        # Windows renderings still carry env values (PowerShell's encoded, past masking).
+        shown = request.command if ctx.os is not OsFamily.WINDOWS or not spec.env else "(holds the env values)"
+        ctx.log.debug("run.command", command=shown, stdin_bytes=len(request.stdin or b""))
         what = {"command": spec.command} if spec.command else {"script": str(spec.script)}
         result = ctx.result
         seq = ctx.reserve()
         with ctx.journaled(
             seq, "run", channel=session.channel, **what, become=spec.become, env_names=list(spec.env)
         ) as after:
-            outcome = await session.run(request)
+            output = ctx.output()
+            try:
+                outcome = await session.run(request, output)
+                if output.stdout.total == output.stderr.total == 0 and (outcome.stdout or outcome.stderr):
+                    # A channel that returned its output instead of streaming it: bounded all the same.
+                    output = ctx.output()
+                    output.stdout.write(outcome.stdout.encode())
+                    output.stderr.write(outcome.stderr.encode())
+            finally:
+                output.finish()
+                result.take_output(output)  # what arrived, even when the command was cut short
             result.exit_code = outcome.exit_status
-            result.stdout, result.stderr = outcome.stdout, outcome.stderr
             after.update(exit_status=outcome.exit_status, signal=outcome.signal)
             if outcome.pid is not None:
                 after["pid"] = outcome.pid
             if not outcome.ok:
                 after["phase"] = "failed"
                 result.status = FAILED
-                result.error = (
-                    f"killed by signal {outcome.signal}" if outcome.signal else f"exit status {outcome.exit_status}"
-                )
+                if outcome.signal:
+                    result.error = f"killed by signal {outcome.signal}"
+                elif outcome.exit_status is None:
+                    result.error = LOST_WHILE_RUNNING
+                else:
+                    result.error = f"exit status {outcome.exit_status}"
 
 
 @hookimpl

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from beachhead.agent.context import StepContext
+from beachhead.agent.errors import brief, brief_names
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.plans import PlanReader
 from beachhead.agent.stepkinds import CheckContext, Condition, ConditionKind, StepKind
@@ -70,7 +71,7 @@ class Wait(StepKind):
             raise reader.error(where, f"must be a condition such as {{port: 22, timeout: 60}} or one of {known}")
         names = [key for key in body if key in conditions]
         if len(names) != 1:
-            keys = ", ".join(body) or "empty mapping"
+            keys = brief_names(body) or "empty mapping"
             raise reader.error(where, f"unknown condition (known: {known}) in {keys}", body)
         return WaitStep(conditions[names[0]].parse(names[0], body, reader, where), names[0])
 
@@ -108,7 +109,7 @@ class PortCondition(ConditionKind):
         body = reader.fields(body, where, None, {"port"}, {"timeout"})
         port = body["port"]
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise reader.error(f"{where}.port", f"must be a TCP port number, got {port!r}", body, "port")
+            raise reader.error(f"{where}.port", f"must be a TCP port number, got {brief(port)}", body, "port")
         return PortOpen(int(port), reader.seconds(body.get("timeout"), f"{where}.timeout", body, "timeout"))
 
     async def wait(self, condition: PortOpen, ctx: StepContext) -> None:

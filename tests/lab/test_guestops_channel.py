@@ -14,6 +14,7 @@ from typing import Any
 
 from pyVim.task import WaitForTask
 
+from beachhead.agent.output import KEPT_BYTES
 from tests.conftest import BEACHHEAD, beachhead, write_plan
 from tests.lab.conftest import FLEET, Vc, wait_for
 
@@ -283,3 +284,21 @@ def test_the_wire_log_shows_the_run_without_secrets(
     cookies = re.findall(r"vmware_soap_session=([^;\"]*)", text)
     assert cookies and set(cookies) == {"***"}  # the session cookie is logged, its value is not
     assert wire.stat().st_mode & 0o777 == 0o600
+
+
+def test_big_output_over_guest_operations_is_bounded_and_kept_whole(
+    tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]
+) -> None:
+    size = 3_000_000
+    plan = write_plan(tmp_path, f"name: big\nchannels: [guestops]\nsteps:\n  - run: 'yes | head -c {size}'\n")
+    done = beachhead("run", str(plan), "--target", vsphere_uri("lin-01") + "&name=big-gops", "--json", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(line) < 4 * KEPT_BYTES
+    result = json.loads(line)
+    [step] = result["steps"]
+    assert (step["channel"], step["stdout_bytes"], step["stdout_truncated"]) == ("guestops", size, True)
+    spill = Path(step["stdout_file"])
+    assert spill.parent == runs_dir / result["run_id"] / "output" / "big-gops"
+    assert spill.stat().st_size == size and spill.stat().st_mode & 0o777 == 0o600
+    assert not list((GUESTS / "lin-01/tmp").glob("beachhead-*")), "temporary files left in the guest"
