@@ -144,6 +144,15 @@ class RemoteStat:
     is_file: bool = True
 
 
+def partial_path(remote: str, tag: str) -> str:
+    """The temporary file an upload to ``remote`` is written through before it is renamed
+    into place: a hidden sibling named by ``tag`` (unique per write), so a transfer cut
+    short never leaves a half-written ``remote`` and the journal can name what to remove."""
+    separator = "\\" if "\\" in remote and "/" not in remote else "/"
+    folder, _, name = remote.rpartition(separator)
+    return f"{folder}{separator if folder or remote.startswith(separator) else ''}.{name}.beachhead-{tag}.part"
+
+
 @runtime_checkable
 class ChannelSession(Protocol):
     """An open way into one guest. One session per target and channel is reused across
@@ -165,8 +174,11 @@ class ChannelSession(Protocol):
         :class:`beachhead.agent.errors.ChannelError` saying so."""
         ...
 
-    async def put_file(self, local: Path, remote: str, mode: int | None) -> FileInfo:
-        """Write ``local`` to ``remote``, then verify it on the guest (size and sha256)."""
+    async def put_file(self, local: Path, remote: str, mode: int | None, partial: str | None = None) -> FileInfo:
+        """Write ``local`` to ``remote`` through the temporary file ``partial`` (a hidden
+        sibling of ``remote`` the caller journals, see :func:`partial_path`; the session
+        picks one when not given) renamed into place, then verify it on the guest (size
+        and sha256). A refused write removes ``partial``; a lost connection may leave it."""
         ...
 
     async def get_file(self, remote: str, local: Path) -> FileInfo:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import secrets
 import shlex
 import tempfile
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pyVmomi import vim, vmodl
 
-from beachhead.agent.channel import ChannelSession, CommandRequest, FileInfo, Outcome, RemoteStat
+from beachhead.agent.channel import ChannelSession, CommandRequest, FileInfo, Outcome, RemoteStat, partial_path
 from beachhead.agent.checksums import sha256_of
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
 from beachhead.agent.output import OutputSink, StreamCapture
@@ -289,14 +290,22 @@ class GuestopsSession:
             raise StepFailed(f"verify {remote}", f"sha256sum failed: {outcome.stderr.strip()}")
         return outcome.stdout.split()[0]
 
-    async def put_file(self, local: Path, remote: str, mode: int | None) -> FileInfo:
-        """Upload through a transfer URL, keeping a replaced file's mode unless ``mode``
-        is given, then verify the guest's size, mode and sha256."""
+    async def put_file(self, local: Path, remote: str, mode: int | None, partial: str | None = None) -> FileInfo:
+        """Upload through a transfer URL into ``partial``, renamed into place, keeping a
+        replaced file's mode unless ``mode`` is given, then verify the guest's size,
+        mode and sha256."""
         path = await self.path(remote)
+        partial = await self.path(partial) if partial else partial_path(path, secrets.token_hex(4))
         if mode is None and not self.windows:
             before = await self.stat(path)
             mode = before.mode if before.exists else 0o644
-        await self._put_bytes(local, path, mode)
+        try:
+            await self._put_bytes(local, partial, mode)
+        except StepFailed:
+            with contextlib.suppress(BeachheadError):
+                await self._guest(f"delete {partial}", self.files.DeleteFileInGuest, partial)
+            raise
+        await self._guest(f"rename {partial}", self.files.MoveFileInGuest, partial, path, True)
         expected_size = (await asyncio.to_thread(local.stat)).st_size
         expected_sha = await asyncio.to_thread(sha256_of, local)
         written = await self.stat(path)

@@ -36,6 +36,7 @@ from beachhead.agent.channel import (
     Prerequisite,
     RemoteStat,
     Unmet,
+    partial_path,
 )
 from beachhead.agent.checksums import sha256_of
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
@@ -199,19 +200,19 @@ class SshSession:
             is_file=stat.S_ISREG(permissions),
         )
 
-    async def put_file(self, local: Path, remote: str, mode: int | None) -> FileInfo:
-        """Upload atomically (temporary file, then rename), keep the replaced file's mode
-        unless ``mode`` is given, and verify size and sha256 in the guest."""
+    async def put_file(self, local: Path, remote: str, mode: int | None, partial: str | None = None) -> FileInfo:
+        """Upload atomically (through ``partial``, then rename), keep the replaced file's
+        mode unless ``mode`` is given, and verify size and sha256 in the guest."""
         sftp = await self.sftp()
         path = _sftp_path(remote)
-        posix = PurePosixPath(path)
-        partial = str(posix.with_name(f".{posix.name}.beachhead-{secrets.token_hex(4)}.part"))
+        partial = _sftp_path(partial) if partial else partial_path(path, secrets.token_hex(4))
         expected_sha, size = await asyncio.to_thread(lambda: (sha256_of(local), local.stat().st_size))
         try:
             if mode is None:
                 before = await self.stat(remote)
                 mode = before.mode if before.exists else None
-            await sftp.put(str(local), partial)
+            # sparse=False: a sparse copy writes no trailing hole, so the guest file comes out short.
+            await sftp.put(str(local), partial, sparse=False)
             if mode is not None:
                 await sftp.chmod(partial, mode)
             await sftp.posix_rename(partial, path)

@@ -132,3 +132,52 @@ def test_a_second_undo_of_the_same_run_is_refused(
     allowed = beachhead("undo", run_id)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert not (guest_dir / "app.conf").exists()
+
+
+def _sshd_sessions(sshd: LocalSshd) -> list[int]:
+    """The per-connection processes of the test sshd (its listener's descendants)."""
+    listener = sshd._process
+    assert listener is not None
+    found, frontier = [], [listener.pid]
+    while frontier:
+        children = subprocess.run(["pgrep", "-P", str(frontier.pop())], capture_output=True, text=True, check=False)
+        pids = [int(pid) for pid in children.stdout.split()]
+        found += pids
+        frontier += pids
+    return found
+
+
+def test_an_upload_cut_short_leaves_no_temporary_file(
+    sshd: LocalSshd, guest_dir: Path, tmp_path: Path, runs_dir: Path
+) -> None:
+    big = tmp_path / "big.bin"
+    with big.open("wb") as stream:
+        stream.truncate(200 << 20)
+    plan = write_plan(tmp_path, f"name: big\nsteps:\n  - upload: {{src: big.bin, dest: {guest_dir}/big.bin}}\n")
+    process = subprocess.Popen(
+        [str(BEACHHEAD), "run", str(plan), "--target", sshd.uri(name="g"), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_until(lambda: list(guest_dir.glob(".big.bin.beachhead-*.part")), timeout=60, what="the transfer runs")
+        for pid in _sshd_sessions(sshd):  # the guest's sshd dies under the transfer
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr  # the transfer was retried on a new connection
+    assert (guest_dir / "big.bin").stat().st_size == 200 << 20
+    assert not list(guest_dir.glob("*.part"))  # the cut attempt's temporary file was removed
+    run_id = json.loads(stdout)["run_id"]
+    records = [json.loads(line) for line in (runs_dir / run_id / "journal.jsonl").read_text().splitlines()]
+    puts = [r for r in records if r.get("op") == "put_file"]
+    assert len(puts) == 2 and all(r["partial"].endswith(".part") for r in puts)
+    assert [r["phase"] for r in records if r["seq"] == puts[0]["seq"]] == ["intent", "failed"]
+    # Had it outlived the run (every retry cut short), undo removes it.
+    Path(puts[0]["partial"]).write_bytes(b"left behind")
+    undone = beachhead("undo", run_id)
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert not list(guest_dir.iterdir())

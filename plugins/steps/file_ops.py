@@ -50,6 +50,9 @@ async def _revert_put_file(entry: JournalEntry, undo: UndoContext) -> str:
     intent = entry.intent
     replaces = intent.get("replaces", {})
     session = await undo.session(intent)
+    partial = intent.get("partial")
+    if partial and (await session.stat(partial)).exists:  # a transfer cut short left it
+        await session.remove(partial)
     path = intent["path"]
     current = await _remote_sha256(session, path)
     undo.check_unchanged(path, current, _written_sha256(entry), replaces.get("sha256"))

@@ -3,25 +3,30 @@
 ``- upload: {src: files/app.conf, dest: /etc/app.conf, mode: "0644", timeout: 60}``;
 ``{target}`` in ``dest`` is the target's name. Missing parent directories are created
 (journaled as ``make_dirs``); a file it replaces is saved to the run's backups first;
-the write itself is journaled as ``put_file`` and verified by the channel.
+the write itself is journaled as ``put_file``, with the temporary file it goes through
+(removed by the next attempt when a lost connection left it, and by undo), and
+verified by the channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar
 
-from beachhead.agent.channel import Capability
+from beachhead.agent.channel import Capability, partial_path
 from beachhead.agent.checksums import sha256_of
 from beachhead.agent.context import StepContext
-from beachhead.agent.errors import StepFailed
+from beachhead.agent.errors import BeachheadError, ChannelError, StepFailed
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.plans import PlanReader, for_target
 from beachhead.agent.stepkinds import StepKind
 from beachhead.agent.targets import OsFamily
 from beachhead.plugins.steps.file_ops import MAKE_DIRS, PUT_FILE
+
+STALE_PARTIALS = "upload.stale_partials"  # temporary files a lost connection left behind
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,10 @@ class Upload(StepKind):
 
 
 async def _upload(session: Any, step: UploadStep, ctx: StepContext) -> None:
+    stale: list[str] = ctx.notes.setdefault(STALE_PARTIALS, [])
+    while stale:  # what an attempt cut short by a lost connection left in the guest
+        with contextlib.suppress(BeachheadError):
+            await session.remove(stale.pop())
     dest = step.remote_path(ctx.target.name)
     pure = PurePosixPath(dest) if ctx.os is OsFamily.LINUX else PureWindowsPath(dest)
     parent = str(pure.parent)
@@ -82,16 +91,22 @@ async def _upload(session: Any, step: UploadStep, ctx: StepContext) -> None:
         saved = await session.get_file(dest, ctx.run_dir.backup_path(seq))
         replaces.update(size=saved.size, mode=before.mode, sha256=saved.sha256, backup=f"backups/{seq}")
     intended = await asyncio.to_thread(sha256_of, step.src)
+    partial = partial_path(dest, f"{ctx.run_dir.run_id}-{seq}")
     with ctx.journaled(
         seq,
         "put_file",
         channel=session.channel,
         path=dest,
+        partial=partial,
         src=str(step.src),
         intended_sha256=intended,
         replaces=replaces,
     ) as after:
-        written = await session.put_file(step.src, dest, step.mode)
+        try:
+            written = await session.put_file(step.src, dest, step.mode, partial)
+        except ChannelError:
+            stale.append(partial)
+            raise
         after.update(size=written.size, sha256=written.sha256, mode=written.mode)
 
 
