@@ -6,7 +6,11 @@ A command runs through ``StartProgramInGuest`` with its stdout and stderr redire
 guest temporary files (and its stdin, a script or environment values, read from a
 0600 one that a Linux guest's shell deletes before the command starts); completion is
 awaited with ``ListProcessesInGuest`` at a short, growing interval; the output files
-are streamed through transfer URLs into the step's output sink, then deleted. Uploads
+are streamed through transfer URLs into the step's output sink, then deleted. While a
+command runs, a lost vCenter connection (a restart, a network blip) or a moment without
+guest operations is ridden out: the guest process goes on, and waiting and collecting
+resume once the vCenter answers again. A timeout or Ctrl-C ends the command's whole
+process tree in a Linux guest (:mod:`beachhead.agent.guest_tasks`). Uploads
 and downloads use the same transfer URLs (their ``*`` host replaced by the vCenter's)
 and are verified: size from the API, sha256 computed in the guest (Linux) or over a
 second download (Windows).
@@ -21,14 +25,18 @@ import re
 import secrets
 import shlex
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import structlog
 from pyVmomi import vim, vmodl
 
+from beachhead.agent import guest_tasks
 from beachhead.agent.channel import ChannelSession, CommandRequest, FileInfo, Outcome, RemoteStat, partial_path
 from beachhead.agent.checksums import sha256_of
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
@@ -47,6 +55,15 @@ POLL_GROWTH = 1.5
 TRANSFER_TIMEOUT_S = 3600
 WINDOWS_CMD = r"C:\Windows\System32\cmd.exe"
 CHUNK = 1 << 20
+# How long a running command's vCenter may stay unreachable before the step gives up
+# (a vCenter service restart takes minutes); the step's own timeout still bounds it.
+RIDE_OUT_S = 300.0
+RIDE_OUT_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
+# Ending a command after a timeout or Ctrl-C: the kill script, then TerminateProcessInGuest.
+END_PROGRAM_S = 15.0
+
+T = TypeVar("T")
+log = structlog.get_logger("beachhead.guestops")
 
 
 class GuestopsSession:
@@ -126,6 +143,7 @@ class GuestopsSession:
         output = output if output is not None else OutputSink()
         started = datetime.now(UTC)
         made: list[str] = []
+        marker = guest_tasks.new_marker()
         pid: int | None = None
         started_pid: int | None = None
         try:
@@ -135,16 +153,16 @@ class GuestopsSession:
             if request.stdin is not None:
                 stdin = await self._temp_file(".in", made)
                 await self._put_bytes(request.stdin, stdin, 0o600)
-            spec = self._program(request, stdin, out, err)
+            spec = self._program(request, marker, stdin, out, err)
             pid = started_pid = await self._guest(request.description, self.processes.StartProgramInGuest, spec)
-            exit_code = await self._wait_for_exit(pid)
+            exit_code = await self._wait_for_exit(pid, request.description)
             pid = None
             await self._stream_into(out, output.stdout)
             await self._stream_into(err, output.stderr)
         except asyncio.CancelledError:
             if pid is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._guest("terminate", self.processes.TerminateProcessInGuest, pid))
+                    await asyncio.shield(self._end_program(pid, marker, request.become))
             raise
         finally:
             output.finish()
@@ -161,15 +179,18 @@ class GuestopsSession:
             pid=started_pid,
         )
 
-    def _program(self, request: CommandRequest, stdin: str | None, out: str, err: str) -> Any:
+    def _sudo(self, become: bool, command: str) -> str:
+        if become and self.target.guest_user != "root":
+            # No terminal to type a password at: guest operations need passwordless sudo.
+            return f"sudo -n -- sh -c {shlex.quote(command)}"
+        return command
+
+    def _program(self, request: CommandRequest, marker: str, stdin: str | None, out: str, err: str) -> Any:
         if self.windows:
             redirect = f'<"{stdin}" ' if stdin else ""
             arguments = f'/d /s /c "{request.command} {redirect}>"{out}" 2>"{err}""'
             return vim.vm.guest.ProcessManager.ProgramSpec(programPath=WINDOWS_CMD, arguments=arguments)
-        command = request.command
-        if request.become and self.target.guest_user != "root":
-            # No terminal to type a password at: guest operations need passwordless sudo.
-            command = f"sudo -n -- sh -c {shlex.quote(command)}"
+        command = self._sudo(request.become, guest_tasks.tagged(marker, request.command))
         if stdin:
             # Once the shell has it open as stdin, nobody else needs the file (it may hold
             # environment values): gone before the command starts.
@@ -178,10 +199,60 @@ class GuestopsSession:
         arguments = f"-c {shlex.quote(command)} <{source} >{shlex.quote(out)} 2>{shlex.quote(err)}"
         return vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/sh", arguments=arguments)
 
-    async def _wait_for_exit(self, pid: int) -> int:
+    async def _end_program(self, pid: int, marker: str, become: bool) -> None:
+        """End a command cut short. In a Linux guest a kill script, itself a guest program,
+        ends the shell and every process tagged with the command's marker (including those
+        that left its session); ``TerminateProcessInGuest`` reaches ``pid`` alone, so it
+        is the fallback, and all Windows gets for now."""
+        async with asyncio.timeout(END_PROGRAM_S):
+            if not self.windows:
+                script = self._sudo(become, guest_tasks.kill_script(marker, pid))
+                spec = vim.vm.guest.ProcessManager.ProgramSpec(
+                    programPath="/bin/sh", arguments=f"-c {shlex.quote(script)} </dev/null >/dev/null 2>&1"
+                )
+                with contextlib.suppress(BeachheadError):
+                    killer = await self._guest("end the command", self.processes.StartProgramInGuest, spec)
+                    if await self._wait_for_exit(killer, "end the command") == 0:
+                        return
+            terminate = self.processes.TerminateProcessInGuest
+            await self._guest("end the command", terminate, pid, expected=(vim.fault.GuestProcessNotFound,))
+
+    async def _riding_out(self, action: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()``, tried again while it fails for a reason that passes (the vCenter
+        unreachable or restarting, guest operations briefly unavailable), for up to
+        :data:`RIDE_OUT_S` from the first failure; the VM is looked up again between tries
+        (a restarted vCenter may hand out a new reference)."""
+        lost_at: float | None = None
+        tries = 0
+        while True:
+            try:
+                result = await attempt()
+            except ChannelError as exc:
+                if not exc.retryable:
+                    raise
+                now = time.monotonic()
+                if lost_at is None:
+                    lost_at = now
+                    log.warning("guestops.ride_out", target=self.target.name, action=action, reason=exc.reason)
+                elif now - lost_at > RIDE_OUT_S:
+                    raise
+                await asyncio.sleep(RIDE_OUT_BACKOFF_S[min(tries, len(RIDE_OUT_BACKOFF_S) - 1)])
+                tries += 1
+                if self.target.vm:
+                    with contextlib.suppress(BeachheadError):
+                        self.vm = await self.vcenter.find_vm(self.target.vm)
+                continue
+            if lost_at is not None:
+                log.info("guestops.ridden_out", target=self.target.name, action=action, tries=tries)
+            return result
+
+    async def _wait_for_exit(self, pid: int, action: str) -> int:
+        """Poll the guest's process list until ``pid`` has an exit code, riding out
+        vCenter outages between polls."""
+        listing = self.processes.ListProcessesInGuest
         delay = POLL_FIRST_S
         while True:
-            listed = await self._guest("wait for the command", self.processes.ListProcessesInGuest, [pid])
+            listed = await self._riding_out(action, lambda: self._guest(action, listing, [pid]))
             info = next((process for process in listed or () if process.pid == pid), None)
             if info is None:
                 raise ChannelError(NAME, self.target.name, f"process {pid} vanished from the guest's list")
@@ -234,16 +305,29 @@ class GuestopsSession:
             raise self._transfer_failed("to", exc) from None
 
     async def _stream_into(self, remote: str, capture: StreamCapture) -> None:
-        """Download ``remote`` block by block into ``capture``, never whole in memory."""
-        url, _ = await self._from_guest(remote)
-        try:
-            async with self._client().get(self._transfer_url(url)) as response:
-                if response.status >= 300:
-                    raise StepFailed(f"download {remote}", f"transfer refused: HTTP {response.status}")
-                async for block in response.content.iter_chunked(CHUNK):
-                    capture.write(block)
-        except aiohttp.ClientError as exc:
-            raise self._transfer_failed("from", exc) from None
+        """Download ``remote`` block by block into ``capture``, never whole in memory; a
+        transfer cut short starts again and skips what already arrived."""
+        received = 0
+
+        async def attempt() -> None:
+            nonlocal received
+            url, _ = await self._from_guest(remote)
+            skip = received
+            try:
+                async with self._client().get(self._transfer_url(url)) as response:
+                    if response.status >= 300:
+                        raise StepFailed(f"download {remote}", f"transfer refused: HTTP {response.status}")
+                    async for block in response.content.iter_chunked(CHUNK):
+                        if skip >= len(block):
+                            skip -= len(block)
+                            continue
+                        block, skip = block[skip:], 0
+                        capture.write(block)
+                        received += len(block)
+            except aiohttp.ClientError as exc:
+                raise self._transfer_failed("from", exc) from None
+
+        await self._riding_out(f"read {remote}", attempt)
 
     async def _get_bytes(self, remote: str) -> bytes:
         url, _ = await self._from_guest(remote)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from beachhead.agent import guest_tasks
 from beachhead.agent.channel import (
     LOST_WHILE_RUNNING,
     Capability,
@@ -99,11 +100,10 @@ class SshSession:
         the guest is killed before the channel closes. A connection that ends before the
         exit status arrives is a :class:`ChannelError` ("connection lost while running")."""
         output = output if output is not None else OutputSink()
-        marker = f"beachhead-task-{secrets.token_hex(8)}"
-        tagged = f"BEACHHEAD_TASK={marker}; export BEACHHEAD_TASK; {request.command}"
+        marker = guest_tasks.new_marker()
         started = datetime.now(UTC)
         try:
-            command, stdin = await self._with_become(request, tagged)
+            command, stdin = await self._with_become(request, guest_tasks.tagged(marker, request.command))
             process = await self.connection.create_process(command, encoding=None)
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from exc
@@ -134,15 +134,9 @@ class SshSession:
         )
 
     async def _kill_remote(self, marker: str, become: bool) -> None:
-        """Kill every guest process the command started. The command exported ``marker``
-        in its environment, which survives exec and is inherited by its children; a signal
-        request alone would reach only the top process."""
-        script = (
-            "for p in /proc/[0-9]*; do "
-            f'grep -qs "BEACHHEAD_TASK={marker}" "$p/environ" && kill -KILL "${{p#/proc/}}"; '
-            "done; true"
-        )
-        request = CommandRequest(command=f"sh -c {shlex.quote(script)}", description="kill", become=become)
+        """Kill every guest process the command started (see :mod:`beachhead.agent.guest_tasks`):
+        a signal request alone would reach only the top process."""
+        request = CommandRequest(command=guest_tasks.kill_command(marker), description="kill", become=become)
         try:
             kill_command, stdin = await self._with_become(request, request.command)
             await asyncio.wait_for(self.connection.run(kill_command, input=stdin, encoding=None, check=False), 10)

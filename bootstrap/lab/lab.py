@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -232,12 +233,14 @@ def _start_guest(
     return public, runtime, client
 
 
-def _start_launcher(binary: Path, runtime: Path, directory: Path, state: LabState) -> dict[str, Any]:
+def _start_launcher(
+    binary: Path, runtime: Path, directory: Path, state: LabState, *, adopt: bool = False
+) -> dict[str, Any]:
     out, log = directory / "launcher.out", directory / "launcher.log"
     out.unlink(missing_ok=True)
     with out.open("wb") as stdout, log.open("ab") as stderr:
         process = subprocess.Popen(
-            [str(binary), "--config", str(runtime)],
+            [str(binary), "--config", str(runtime), *(["--adopt-guests"] if adopt else [])],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
@@ -261,9 +264,11 @@ def _start_launcher(binary: Path, runtime: Path, directory: Path, state: LabStat
 def restart_vcenter(down_s: float = 0.0, progress: Progress | None = None) -> LabState:
     """Stop the lab's vCenter, keep it down ``down_s`` seconds, start it again.
 
-    Like a vCenter service restart: sessions, property collector filters and tasks are
-    lost, the guests' networks stay. The VMs come back powered on (their guests boot
-    again) with the same managed object ids, which this checks."""
+    Like a vCenter service restart: sessions, property collector filters, tasks and
+    transfer URLs are lost; the guests run on (services, programs started through guest
+    operations, their exit codes) and the VMs come back in the power state they had,
+    with the same managed object ids, which this checks. Only the guests' consoles
+    start again."""
     say = progress or (lambda message: None)
     _require_root()
     state = status()
@@ -271,12 +276,12 @@ def restart_vcenter(down_s: float = 0.0, progress: Progress | None = None) -> La
         raise LabError("the lab is not running (beachhead lab up)")
     directory = lab_dir()
     runtime = directory / "launcher.json"
-    say(f"stopping vCenter (pid {state.data['launcher_pid']})")
-    system.stop_process(state.data["launcher_pid"], LAUNCHER_MARKER)
+    say(f"stopping vCenter (pid {state.data['launcher_pid']}); the guests keep running")
+    system.stop_process(state.data["launcher_pid"], LAUNCHER_MARKER, first=signal.SIGUSR1)
     time.sleep(max(down_s, 0.0))
     say("starting vCenter again")
     try:
-        ready = _start_launcher(launcher_binary(), runtime, directory, state)
+        ready = _start_launcher(launcher_binary(), runtime, directory, state, adopt=True)
     finally:
         state.save()
     before = {vm["name"]: vm["moref"] for vm in state.data["vms"]}

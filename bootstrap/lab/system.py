@@ -109,13 +109,16 @@ def alive(pid: int | None, marker: str | None = None) -> bool:
     return marker is None or marker.encode() in cmdline
 
 
-def stop_process(pid: int | None, marker: str | None = None, timeout: float = 10) -> None:
-    """SIGTERM ``pid``, then SIGKILL if it outlives ``timeout`` seconds."""
+def stop_process(
+    pid: int | None, marker: str | None = None, timeout: float = 10, first: signal.Signals = signal.SIGTERM
+) -> None:
+    """Send ``pid`` the ``first`` signal (SIGTERM), then SIGKILL if it outlives
+    ``timeout`` seconds."""
     if not alive(pid, marker):
         return
     assert pid is not None
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, first)
     deadline = time.monotonic() + timeout
     while alive(pid, marker) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -8,6 +8,7 @@ import os
 import ssl
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from pyVmomi import vim
@@ -78,6 +79,28 @@ def test_processes_are_listed_and_terminated(vc: Vc) -> None:
     assert info.exitCode == 128 + 15  # SIGTERM
     with pytest.raises(vim.fault.GuestProcessNotFound):
         vc.processes.TerminateProcessInGuest(vm, auth, os.getpid())  # a host process, not the guest's
+
+
+def test_terminate_ends_only_the_given_process_as_vmware_tools_does(vc: Vc) -> None:
+    """SIGTERM, SIGKILL when that is ignored, and the answer once the process is gone;
+    its children live on. The program leads no process group, as under vmtoolsd."""
+    vm = _ready(vc, "lin-01")
+    auth = vc.auth("lin-01")
+    script = 'trap "" TERM; sleep 600 & echo $! > /root/term-child; wait'
+    pid = vc.processes.StartProgramInGuest(vm, auth, Spec(programPath="/bin/sh", arguments=f"-c '{script}'"))
+    child_file = "/root/term-child"
+    wait_for(lambda: vc.files.ListFilesInGuest(vm, auth, "/root", matchPattern="term-child").files, what="child")
+    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # the lab shares the host's pids
+    assert int(stat[2]) != pid  # its process group is its waiter's
+    vc.processes.TerminateProcessInGuest(vm, auth, pid)
+    assert not os.path.exists(f"/proc/{pid}")  # gone when the call answers
+    assert _finished(vc, vm, "lin-01", pid).exitCode == 128 + 9  # TERM was ignored
+    transfer = vc.files.InitiateFileTransferFromGuest(vm, auth, child_file)
+    child = int(_get(vc, transfer.url))
+    try:
+        assert os.path.exists(f"/proc/{child}")  # only the given pid was signalled
+    finally:
+        os.kill(child, 9)
 
 
 def test_non_root_login_runs_as_that_user(vc: Vc) -> None:

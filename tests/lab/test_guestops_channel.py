@@ -7,15 +7,17 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pyVim.task import WaitForTask
 
 from beachhead.agent.output import KEPT_BYTES
-from tests.conftest import BEACHHEAD, beachhead, write_plan
+from tests.conftest import BEACHHEAD, beachhead, processes_mentioning, write_plan
 from tests.lab.conftest import FLEET, Vc, wait_for
 
 GUESTS = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "guests"
@@ -219,8 +221,8 @@ def test_one_plan_on_twenty_vms_at_once(tmp_path: Path, runs_dir: Path, vsphere_
 def test_a_wait_survives_a_vcenter_restart(
     tmp_path: Path, runs_dir: Path, vc: Vc, vsphere_uri: Callable[..., str]
 ) -> None:
-    """The watcher logs in again and rebuilds its filters; the lab's vCenter comes back
-    with its VMs powered on, which is what the run waits for."""
+    """The watcher logs in again and rebuilds its filters: a VM powered on through the
+    restarted vCenter is what the run was waiting for."""
     vm = vc.vm("lin-02")
     WaitForTask(vm.PowerOffVM_Task())
     plan = write_plan(
@@ -245,6 +247,9 @@ def test_a_wait_survives_a_vcenter_restart(
         wait_for(lambda: _watching_while_off(run, wire, vm), timeout=60, what="the run watching lin-02 off")
         restarted = beachhead("lab", "restart-vcenter", "--down-seconds", "2", timeout=120)
         assert restarted.returncode == 0, restarted.stderr
+        again = Vc(vc.connect(), vc.lab, vc.ssl_context).vm("lin-02")
+        assert again.runtime.powerState == "poweredOff"  # as it was before the restart
+        WaitForTask(again.PowerOnVM_Task())
         stdout, _ = run.communicate(timeout=120)
     finally:
         run.kill()
@@ -302,3 +307,80 @@ def test_big_output_over_guest_operations_is_bounded_and_kept_whole(
     assert spill.parent == runs_dir / result["run_id"] / "output" / "big-gops"
     assert spill.stat().st_size == size and spill.stat().st_mode & 0o777 == 0o600
     assert not list((GUESTS / "lin-01/tmp").glob("beachhead-*")), "temporary files left in the guest"
+
+
+def test_a_command_rides_out_a_vcenter_restart(tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]) -> None:
+    """The guest command goes on while its vCenter restarts; the run waits for the
+    vCenter, then collects the exit code and output of the command that kept running."""
+    token = f"ride-{os.getpid()}"
+    plan = write_plan(
+        tmp_path,
+        f"""
+        name: ride
+        channels: [guestops]
+        steps:
+          - run: "touch /tmp/{token}; sleep 6; echo done-$(hostname)"
+        """,
+    )
+    log = tmp_path / "stderr.jsonl"
+    with log.open("w") as stderr:
+        run = subprocess.Popen(
+            [str(BEACHHEAD), "run", str(plan), "--target", vsphere_uri("lin-01"), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        wait_for(lambda: (GUESTS / "lin-01/tmp" / token).exists(), timeout=60, what="the command runs")
+        restarted = beachhead("lab", "restart-vcenter", "--down-seconds", "2", timeout=120)
+        assert restarted.returncode == 0, restarted.stderr
+        stdout, _ = run.communicate(timeout=120)
+    finally:
+        run.kill()
+        (GUESTS / "lin-01/tmp" / token).unlink(missing_ok=True)
+    stderr_text = log.read_text()
+    assert run.returncode == 0, stderr_text[-3000:]
+    [result] = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert result["steps"][-1]["stdout"] == "done-lin-01\n"
+    assert '"event": "guestops.ride_out"' in stderr_text
+
+
+@pytest.mark.parametrize("cut", ["timeout", "ctrl-c"])
+def test_a_command_cut_short_leaves_none_of_its_processes(
+    cut: str, tmp_path: Path, runs_dir: Path, vsphere_uri: Callable[..., str]
+) -> None:
+    """A timeout or Ctrl-C ends the command's whole tree in the guest, a child that left
+    its session too (TerminateProcessInGuest alone would end only the shell)."""
+    token = f"tree-{cut}-{os.getpid()}"
+    command = f"sh -c 'sleep 300; : {token}' & setsid sh -c 'sleep 301; : {token}' & touch /tmp/{token}; wait"
+    timeout = ", timeout: 4" if cut == "timeout" else ""
+    plan = write_plan(
+        tmp_path,
+        f"""
+        name: tree
+        channels: [guestops]
+        steps:
+          - run: {{command: "{command}"{timeout}}}
+        """,
+    )
+    run = subprocess.Popen(
+        [str(BEACHHEAD), "run", str(plan), "--target", vsphere_uri("lin-01"), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (GUESTS / "lin-01/tmp" / token).exists(), timeout=60, what="the command runs")
+        if cut == "ctrl-c":
+            run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        (GUESTS / "lin-01/tmp" / token).unlink(missing_ok=True)
+    assert run.returncode == (130 if cut == "ctrl-c" else 1), stderr[-3000:]
+    try:
+        wait_for(lambda: not processes_mentioning(token), timeout=10, what="the command's processes are gone")
+    finally:
+        for pid in processes_mentioning(token):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

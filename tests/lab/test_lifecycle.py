@@ -63,9 +63,13 @@ def test_down_leaves_nothing_behind_and_up_restores(lab_session: Path) -> None:
 
 def test_restart_vcenter_drops_sessions_and_keeps_the_vms(vc: Vc) -> None:
     """As after a vCenter service restart: the old session is gone, a new login sees the
-    same VMs under the same ids, powered on, and their guests boot again."""
+    same VMs under the same ids, and their guests ran on meanwhile: a program started
+    before the restart is still listed, and its exit code is collected after it."""
     before = {vm["name"]: vm["moref"] for vm in vc.lab["vms"]}
     lin_01 = vc.vm("lin-01")
+    wait_for(lambda: lin_01.guest.guestOperationsReady, what="lin-01 guest operations ready")
+    spec = vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/sh", arguments="-c 'sleep 4; exit 7'")
+    pid = vc.processes.StartProgramInGuest(lin_01, vc.auth("lin-01"), spec)
     restarted = beachhead("lab", "restart-vcenter", "--down-seconds", "1", timeout=120)
     assert restarted.returncode == 0, restarted.stderr
     with contextlib.suppress(OSError):  # the old keep-alive connection died with it
@@ -76,7 +80,13 @@ def test_restart_vcenter_drops_sessions_and_keeps_the_vms(vc: Vc) -> None:
     assert {name: again.vm(name)._moId for name in before} == before
     vm = again.vm("lin-01")
     assert vm.runtime.powerState == "poweredOn"
-    wait_for(lambda: vm.guest.toolsRunningStatus == "guestToolsRunning", what="tools running after the restart")
+    assert vm.guest.toolsRunningStatus == "guestToolsRunning"  # no boot: the guest ran on
+
+    def ended() -> vim.vm.guest.ProcessManager.ProcessInfo | None:
+        (info,) = again.processes.ListProcessesInGuest(vm, vc.auth("lin-01"), [pid])
+        return info if info.endTime else None
+
+    assert wait_for(ended, what=f"pid {pid} ends after the restart").exitCode == 7
     status = beachhead("lab", "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["vms"][0]["moref"] == before["lin-01"]
 

@@ -35,7 +35,9 @@ type guest struct {
 	bootTime   time.Time
 	started    map[int64]*startedProcess
 	console    io.WriteCloser
+	consoleCmd *exec.Cmd
 	daemons    []*exec.Cmd
+	adopt      *powerRecord // what an earlier launcher left running, taken over at power-on
 }
 
 // startedProcess is a program started by StartProgramInGuest: vSphere reports its exit
@@ -62,6 +64,15 @@ func (g *guest) system(dir string, env []string, argv ...string) *exec.Cmd {
 }
 
 func (g *guest) enter(uid int, dir string, env []string, argv ...string) *exec.Cmd {
+	cmd := exec.Command("nsenter", g.enterArgs(uid, dir, argv...)...)
+	cmd.Env = append(g.baseEnv(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd
+}
+
+// enterArgs are nsenter's arguments to run argv in the guest as uid, in guest
+// directory dir. nsenter and setpriv exec, so argv runs under nsenter's pid.
+func (g *guest) enterArgs(uid int, dir string, argv ...string) []string {
 	args := []string{"--target", strconv.Itoa(g.cfg.HolderPid), "--mount", "--net", "--uts"}
 	if dir != "" {
 		// nsenter opens the directory before it enters the namespaces, so name it as
@@ -72,10 +83,7 @@ func (g *guest) enter(uid int, dir string, env []string, argv ...string) *exec.C
 		id := strconv.Itoa(uid)
 		argv = append([]string{"setpriv", "--reuid=" + id, "--regid=" + id, "--init-groups"}, argv...)
 	}
-	cmd := exec.Command("nsenter", append(append(args, "--"), argv...)...)
-	cmd.Env = append(g.baseEnv(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	return cmd
+	return append(append(args, "--"), argv...)
 }
 
 func (g *guest) baseEnv() []string {
@@ -145,21 +153,43 @@ func (g *guest) inGuest(pid int64) bool {
 }
 
 // powerOn boots the guest: services and console start now, VMware Tools report
-// running after the boot delay.
+// running after the boot delay. A guest an earlier launcher left running is taken
+// over instead: its services and programs go on, only the console starts again.
 func (g *guest) powerOn() {
 	g.mu.Lock()
 	g.generation++
 	generation := g.generation
 	g.poweredOn = true
-	g.bootTime = time.Now()
-	g.startDaemons()
+	adopted := g.adopt
+	g.adopt = nil
+	toolsIn := g.bootDelay
+	if adopted != nil {
+		g.bootTime, g.toolsUp, g.started = adopted.BootTime, adopted.ToolsUp, g.loadStarted()
+		if adopted.ConsolePid > 0 {
+			_ = syscall.Kill(adopted.ConsolePid, syscall.SIGKILL) // its input died with the old launcher
+		}
+		g.startConsole()
+		toolsIn = time.Until(adopted.BootTime.Add(g.bootDelay))
+	} else {
+		g.bootTime = time.Now()
+		g.forgetProcesses()
+		g.startDaemons()
+	}
+	g.savePower()
+	toolsUp := g.toolsUp
 	g.mu.Unlock()
-	g.logf("Guest: booting; tools expected in %s", g.bootDelay)
-	time.AfterFunc(g.bootDelay, func() {
+	if toolsUp {
+		g.publish(true)
+		g.logf("Guest: taken over running since %s; tools running", g.bootTime.Format(time.RFC3339))
+		return
+	}
+	g.logf("Guest: booting; tools expected in %s", toolsIn)
+	time.AfterFunc(toolsIn, func() {
 		g.mu.Lock()
 		current := g.generation == generation
 		if current {
 			g.toolsUp = true
+			g.savePower()
 		}
 		g.mu.Unlock()
 		if current {
@@ -202,7 +232,7 @@ func (g *guest) startConsole() {
 	if err := console.Start(); err != nil {
 		return
 	}
-	g.console = stdin
+	g.console, g.consoleCmd = stdin, console
 	g.daemons = append(g.daemons, console)
 	go func() { _ = console.Wait() }()
 }
@@ -242,6 +272,9 @@ func (g *guest) powerOff() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	g.started = map[int64]*startedProcess{}
+	g.consoleCmd = nil
+	g.forgetProcesses()
+	g.savePower()
 	g.logf("Guest: powered off; tools, console and guest processes stopped")
 }
 

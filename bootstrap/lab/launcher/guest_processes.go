@@ -1,10 +1,8 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"strings"
 	"syscall"
@@ -64,8 +62,8 @@ func guestOp[R any](
 	return op(g)
 }
 
-// StartProgramInGuest starts spec.ProgramPath with spec.Arguments in the guest and
-// returns its pid at once; the program's output goes nowhere, as in vSphere.
+// StartProgramInGuest starts spec.ProgramPath with spec.Arguments in the guest under a
+// waiter and returns its pid at once; the program's output goes nowhere, as in vSphere.
 func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soap.HasFault {
 	body := new(methods.StartProgramInGuestBody)
 	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.StartProgramInGuestResponse, *soap.Fault) {
@@ -80,40 +78,26 @@ func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soa
 				return nil, fileNotFound(spec.WorkingDirectory)
 			}
 		}
-		cmd := g.command(dir, spec.EnvVariables, argv...)
-		if err := cmd.Start(); err != nil {
+		nsenter := append([]string{"nsenter"}, g.enterArgs(g.cfg.GuestUID, dir, argv...)...)
+		pid, err := g.startUnderWaiter(nsenter, append(g.baseEnv(), spec.EnvVariables...))
+		if err != nil {
 			return nil, simulator.Fault(err.Error(), &types.GuestOperationsFault{})
 		}
-		pid := int64(cmd.Process.Pid)
 		process := &startedProcess{info: processInfo{
 			Name: spec.ProgramPath, Pid: pid, Owner: g.cfg.GuestUsername,
 			CmdLine: strings.TrimSpace(fmt.Sprintf("%q %s", spec.ProgramPath, spec.Arguments)), StartTime: time.Now(),
 		}}
 		g.mu.Lock()
 		g.started[pid] = process
+		g.saveStarted(process.info)
 		g.mu.Unlock()
 		g.logf("GuestOps: StartProgramInGuest %s as %s: pid %d", spec.ProgramPath, g.cfg.GuestUsername, pid)
-		go func() {
-			err := cmd.Wait()
-			code := int32(0)
-			var exit *exec.ExitError
-			if errors.As(err, &exit) {
-				code = int32(exit.ExitCode())
-				if status, ok := exit.Sys().(syscall.WaitStatus); ok && status.Signaled() {
-					code = 128 + int32(status.Signal())
-				}
-			}
-			ended := time.Now()
-			g.mu.Lock()
-			process.info.EndTime, process.info.ExitCode = &ended, &code
-			g.mu.Unlock()
-		}()
 		return &types.StartProgramInGuestResponse{Returnval: pid}, nil
 	})
 	return body
 }
 
-// programArgv is how the guest runs a program: on Linux through /bin/sh, as VMware
+// programArgv is how the guest runs a program: on Linux through a shell, as VMware
 // Tools does, so arguments may use the shell's syntax; on the Windows stand-in, only
 // cmd.exe's /c form is understood and its command goes to /bin/sh.
 func (g *guest) programArgv(program, arguments string) ([]string, error) {
@@ -121,7 +105,9 @@ func (g *guest) programArgv(program, arguments string) ([]string, error) {
 		if _, err := os.Stat(g.hostPath(program)); err != nil {
 			return nil, fmt.Errorf("%s: no such program in the guest", program)
 		}
-		return []string{"/bin/sh", "-c", shellQuote(program) + " " + arguments}, nil
+		// bash -c, which VMware Tools uses, execs a lone command; exec does it here, so
+		// the pid handed back is the program's.
+		return []string{"/bin/sh", "-c", "exec " + shellQuote(program) + " " + arguments}, nil
 	}
 	name := strings.ToLower(path.Base(strings.ReplaceAll(program, `\`, "/")))
 	command := strings.TrimSpace(arguments)
@@ -171,6 +157,7 @@ func (m *processManager) ListProcessesInGuest(req *types.ListProcessesInGuest) s
 		var processes []processInfo
 		for pid, p := range g.started {
 			if len(wanted) == 0 || wanted[pid] {
+				g.collectExit(p)
 				processes = append(processes, p.info)
 				listed[pid] = true
 			}
@@ -194,24 +181,46 @@ func (m *processManager) ListProcessesInGuest(req *types.ListProcessesInGuest) s
 	return body
 }
 
-// TerminateProcessInGuest sends SIGTERM, then SIGKILL if the process outlives 5 s.
+// TerminateProcessInGuest ends the one process it is given as VMware Tools does
+// (open-vm-tools' ProcMgr_KillByPid): SIGTERM, up to 5 s for it to end, then SIGKILL
+// and up to 15 s more, and only then answers. Its children are not signalled.
 func (m *processManager) TerminateProcessInGuest(req *types.TerminateProcessInGuest) soap.HasFault {
 	body := new(methods.TerminateProcessInGuestBody)
 	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.TerminateProcessInGuestResponse, *soap.Fault) {
 		if !g.inGuest(req.Pid) {
 			return nil, simulator.Fault("", &types.GuestProcessNotFound{Pid: req.Pid})
 		}
-		pid := int(req.Pid)
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		go func() {
-			time.Sleep(5 * time.Second)
-			if g.inGuest(req.Pid) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+		g.logf("GuestOps: TerminateProcessInGuest pid %d", req.Pid)
+		for _, step := range []struct {
+			signal syscall.Signal
+			wait   time.Duration
+		}{{syscall.SIGTERM, 5 * time.Second}, {syscall.SIGKILL, 15 * time.Second}} {
+			if err := syscall.Kill(int(req.Pid), step.signal); err != nil {
+				break // gone meanwhile
 			}
-		}()
+			if g.ended(req.Pid, step.wait) {
+				return new(types.TerminateProcessInGuestResponse), nil
+			}
+		}
+		if g.inGuest(req.Pid) {
+			return nil, simulator.Fault(fmt.Sprintf("process %d did not end", req.Pid), &types.GuestOperationsFault{})
+		}
 		return new(types.TerminateProcessInGuestResponse), nil
 	})
 	return body
+}
+
+// ended waits up to wait for pid to leave the guest's process table (reaped, not a
+// zombie), checking every 100 ms as VMware Tools does.
+func (g *guest) ended(pid int64, wait time.Duration) bool {
+	for deadline := time.Now().Add(wait); ; time.Sleep(100 * time.Millisecond) {
+		if !g.inGuest(pid) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
 }
 
 // ReadEnvironmentVariableInGuest returns NAME=VALUE pairs of the guest's environment

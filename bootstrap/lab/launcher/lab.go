@@ -19,18 +19,26 @@ type lab struct {
 	cfg     *labConfig
 	baseURL *url.URL
 
+	adopting bool // taking over from an earlier launcher: only guests that still run power on
+
 	mu      sync.Mutex
 	byName  map[string]*guest
 	byMoref map[types.ManagedObjectReference]*guest
 	transfers
 }
 
-func newLab(cfg *labConfig) *lab {
-	l := &lab{cfg: cfg, byName: map[string]*guest{}, byMoref: map[types.ManagedObjectReference]*guest{}}
+func newLab(cfg *labConfig, adopt bool) *lab {
+	l := &lab{cfg: cfg, adopting: adopt, byName: map[string]*guest{}, byMoref: map[types.ManagedObjectReference]*guest{}}
 	l.transfers.init()
 	for i := range cfg.VMs {
 		vm := cfg.VMs[i]
-		l.byName[vm.Name] = newGuest(vm, time.Duration(cfg.BootDelayS*float64(time.Second)))
+		g := newGuest(vm, time.Duration(cfg.BootDelayS*float64(time.Second)))
+		if adopt {
+			if record := g.loadPower(); record != nil && record.PoweredOn {
+				g.adopt = record
+			}
+		}
+		l.byName[vm.Name] = g
 	}
 	return l
 }
@@ -59,8 +67,9 @@ func (l *lab) guestOf(vm types.ManagedObjectReference) *guest {
 	return l.byMoref[vm]
 }
 
-// createVMs creates and powers on one simulator VM per lab VM, with the guest's MAC on
-// its network adapter, and returns their managed object ids by name.
+// createVMs creates one simulator VM per lab VM, with the guest's MAC on its network
+// adapter, powers it on (when taking over, only those whose guest still runs), and
+// returns their managed object ids by name.
 func (l *lab) createVMs(ctx context.Context, u *url.URL) (map[string]string, error) {
 	client, err := newClient(ctx, u)
 	if err != nil {
@@ -132,7 +141,15 @@ func (l *lab) createVMs(ctx context.Context, u *url.URL) (map[string]string, err
 		l.byName[cfg.Name].vmLog = logPath
 		l.mu.Unlock()
 		morefs[cfg.Name] = ref.Value
-		power, err := object.NewVirtualMachine(client.Client, ref).PowerOn(ctx)
+	}
+	// Power-ons only after every VM exists: tasks take managed object ids too, and the
+	// VMs' ids must not depend on which of them power on.
+	for _, cfg := range l.cfg.VMs {
+		g := l.byName[cfg.Name]
+		if l.adopting && g.adopt == nil {
+			continue // powered off when the earlier vCenter stopped
+		}
+		power, err := object.NewVirtualMachine(client.Client, g.moref).PowerOn(ctx)
 		if err != nil {
 			return nil, err
 		}

@@ -1,7 +1,10 @@
 // Command launcher runs the lab's vCenter: govmomi's simulator (VPX model) with the
 // lab's VMs, guest operations and keystrokes that act on the lab guests, and a guest
 // boot after power-on. It reads the runtime configuration the Python side writes,
-// prints one JSON line once it serves, and runs until SIGTERM or SIGINT.
+// prints one JSON line once it serves, and runs until a signal: SIGTERM or SIGINT
+// power the guests off first (the lab stops); SIGUSR1 leaves them running, as hosts
+// keep running their VMs while vCenter restarts, for a launcher started with
+// --adopt-guests to take over.
 package main
 
 import (
@@ -62,7 +65,11 @@ func readConfig(path string) (*labConfig, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == waiterCommand {
+		os.Exit(runWaiter(os.Args[2:]))
+	}
 	configPath := flag.String("config", "", "runtime configuration (JSON) written by bootstrap/lab")
+	adopt := flag.Bool("adopt-guests", false, "take over the guests an earlier launcher left running")
 	flag.Parse()
 	if *configPath == "" {
 		log.Fatal("--config is required")
@@ -71,12 +78,12 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := run(cfg); err != nil {
+	if err := run(cfg, *adopt); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(cfg *labConfig) error {
+func run(cfg *labConfig, adopt bool) error {
 	model := simulator.VPX()
 	model.Machine = 0 // the lab's own VMs are created below
 	model.Host = 0    // one cluster only, so the default resource pool is unambiguous
@@ -85,7 +92,7 @@ func run(cfg *labConfig) error {
 	}
 	defer model.Remove()
 
-	lab := newLab(cfg)
+	lab := newLab(cfg, adopt)
 	model.Service.Listen = &url.URL{Host: cfg.Listen, User: url.UserPassword(cfg.Username, cfg.Password)}
 	if !cfg.HTTP {
 		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
@@ -103,6 +110,8 @@ func run(cfg *labConfig) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	leave := make(chan os.Signal, 1)
+	signal.Notify(leave, syscall.SIGUSR1)
 	morefs, err := lab.createVMs(ctx, server.URL)
 	if err != nil {
 		lab.shutdown()
@@ -111,8 +120,12 @@ func run(cfg *labConfig) error {
 	ready, _ := json.Marshal(map[string]any{"url": server.URL.String(), "vms": morefs, "pid": os.Getpid()})
 	fmt.Println(string(ready))
 
-	<-ctx.Done()
-	lab.shutdown()
+	select {
+	case <-ctx.Done():
+		lab.shutdown()
+	case <-leave:
+		log.Print("vCenter stopping; the guests keep running")
+	}
 	return nil
 }
 
