@@ -180,7 +180,8 @@ func (g *guest) powerOn() {
 	g.mu.Unlock()
 	if toolsUp {
 		g.publish(true)
-		g.logf("Guest: taken over running since %s; tools running", g.bootTime.Format(time.RFC3339))
+		g.logf("Guest: taken over running since %s", g.bootTime.Format(time.RFC3339))
+		g.logToolsRunning()
 		return
 	}
 	g.logf("Guest: booting; tools expected in %s", toolsIn)
@@ -194,9 +195,15 @@ func (g *guest) powerOn() {
 		g.mu.Unlock()
 		if current {
 			g.publish(true)
-			g.logf("Tools: running; guest %s at %s (%s)", g.cfg.Hostname, g.cfg.IP, g.cfg.MAC)
+			g.logToolsRunning()
 		}
 	})
+}
+
+// logToolsRunning writes the vmware.log line that says tools run and where the guest is:
+// after a boot, and again in the fresh log a restarted launcher begins for an adopted guest.
+func (g *guest) logToolsRunning() {
+	g.logf("Tools: running; guest %s at %s (%s)", g.cfg.Hostname, g.cfg.IP, g.cfg.MAC)
 }
 
 func (g *guest) startDaemons() {
