@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -80,18 +80,35 @@ class ChannelInfo:
 
 
 @dataclass(frozen=True)
+class ShellScript:
+    """A Windows run step before rendering, for a channel that delivers scripts and
+    environment values its own way (the ``winrm`` channel sends the script over the
+    command's stdin and the values in its shell's environment, never on a command line).
+
+    ``shell`` is ``powershell`` or ``cmd``; ``text`` the command or the script's text;
+    ``is_script`` True for a plan's ``script:`` file."""
+
+    shell: str
+    text: str
+    is_script: bool = False
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
 class CommandRequest:
     """A command line rendered for the guest, ready for a channel to execute.
 
     ``stdin`` goes to the command's standard input in full, then end of file. On Linux
     guests it starts with the command's environment values (see
-    :mod:`beachhead.agent.render`), which therefore never appear on a command line."""
+    :mod:`beachhead.agent.render`), which therefore never appear on a command line.
+    ``script`` is the unrendered form of a Windows command (see :class:`ShellScript`)."""
 
     command: str
     description: str
     stdin: bytes | None = None
     become: bool = False
     env_names: tuple[str, ...] = ()
+    script: ShellScript | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,8 @@ def run(
     \b
     Target URIs:
       ssh://USER@HOST[:PORT]?key=PATH&known_hosts=PATH|ignore&password_env=VAR&name=LABEL
+      winrm://USER@HOST[:PORT]?password_env=VAR&transport=ntlm|basic|certificate&scheme=http|https
+               [&ca_file=PATH][&insecure=1][&cert_pem=PATH&cert_key_pem=PATH][&name=LABEL]
       vsphere://USER@VCENTER[:PORT]/VM?password_env=VAR&guest_user=NAME&guest_password_env=VAR
                  [&scheme=http|https][&insecure=1][&ca_file=PATH]   (VM: name or instance uuid)
                  [&ssh_user=NAME&ssh_key=PATH&ssh_password_env=VAR&ssh_port=N]

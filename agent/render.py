@@ -11,7 +11,10 @@ one base64 line per variable, which a ``sh -c`` preamble reads with the ``read``
 builtin (it never reads past a newline from a pipe), decodes with ``base64 -d`` and
 exports before it ``exec``s the command's shell on the rest of stdin (a script, or
 nothing). Over ``sudo -S`` the password line comes first and sudo consumes it. On
-Windows (PowerShell, cmd) they are still part of the command for now.
+Windows (PowerShell, cmd) they are still part of the rendered command line for now; the
+request also carries the step unrendered (:class:`~beachhead.agent.channel.ShellScript`),
+from which the ``winrm`` channel sends the script over stdin and the values in the
+shell's environment instead.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beachhead.agent.channel import CommandRequest
+from beachhead.agent.channel import CommandRequest, ShellScript
 from beachhead.agent.errors import InputError
 from beachhead.agent.targets import OsFamily
 
@@ -116,4 +119,9 @@ def _render_windows(spec: RunSpec, body: str) -> CommandRequest:
         env = "".join(f'set "{name}={value}"&& ' for name, value in spec.env.items())
         lines = [line for line in body.splitlines() if line.strip()]
         command = f"cmd.exe /d /c {env}" + " && ".join(lines)
-    return CommandRequest(command=command, description=spec.describe(), env_names=tuple(spec.env))
+    return CommandRequest(
+        command=command,
+        description=spec.describe(),
+        env_names=tuple(spec.env),
+        script=ShellScript(shell, body, is_script=spec.script is not None, env=dict(spec.env)),
+    )

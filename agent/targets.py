@@ -4,6 +4,12 @@
 ``key=PATH``, ``known_hosts=PATH|ignore``, ``password_env=VAR``, ``passphrase_env=VAR``,
 ``name=LABEL``, ``os=linux|windows``, ``connect_timeout=SECONDS``.
 
+``winrm://USER@HOST[:PORT]?PARAMETERS`` — a plain Windows host reached over WinRM:
+``password_env=VAR``, ``transport=ntlm|basic|certificate``, ``scheme=http|https``,
+``ca_file=PATH``, ``cert_pem=PATH``, ``cert_key_pem=PATH``, ``insecure=1``, ``name=LABEL``,
+``connect_timeout=SECONDS`` (the port defaults to 5985 for http, 5986 for https; the OS
+family is Windows).
+
 ``vsphere://USER@VCENTER[:PORT]/VM?PARAMETERS`` — a VM by name or instance uuid, with:
 
 - the vCenter: ``password_env=VAR`` (required), ``scheme=http|https``, ``insecure=1``,
@@ -12,7 +18,8 @@
 - SSH: ``ssh_user=NAME``, ``ssh_key=PATH``, ``ssh_password_env=VAR``,
   ``ssh_passphrase_env=VAR``, ``ssh_port=N``, ``known_hosts=PATH|ignore|vsphere``;
 - WinRM: ``winrm_user=NAME``, ``winrm_password_env=VAR``,
-  ``winrm_transport=ntlm|basic|certificate``, ``winrm_port=N``, ``winrm_scheme=http|https``;
+  ``winrm_transport=ntlm|basic|certificate``, ``winrm_port=N``, ``winrm_scheme=http|https``,
+  ``winrm_ca_file=PATH``, ``winrm_cert_pem=PATH``, ``winrm_cert_key_pem=PATH``, ``winrm_insecure=1``;
 - ``console=usb|vnc|rdp``, ``address=IP-OR-HOSTNAME`` (instead of the address VMware Tools
   reports), ``name=LABEL``, ``os=linux|windows``, ``connect_timeout=SECONDS``.
 
@@ -25,7 +32,7 @@ A targets file is a YAML list of such URIs or of mappings with the same fields
 (``host``, ``user``, ``port``, ``vm``, ``scheme`` and the parameters above); a mapping may
 also nest the channel settings: ``guest: {user, password_env}``,
 ``ssh: {user, key, password_env, passphrase_env, port, known_hosts}``,
-``winrm: {user, password_env, transport, port, scheme}``.
+``winrm: {user, password_env, transport, port, scheme, ca_file, cert_pem, cert_key_pem, insecure}``.
 
 Credentials never travel on the command line in clear: a password is named by the
 environment variable that holds it, a key by its file.
@@ -33,11 +40,12 @@ environment variable that holds it, a key by its file.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -96,11 +104,24 @@ SSH_PORT = 22
 WINRM_PORTS = {WinrmScheme.HTTP: 5985, WinrmScheme.HTTPS: 5986}
 #: The URI parameters that declare a vsphere:// target's SSH route, and its WinRM route.
 SSH_ROUTE_PARAMETERS = ("ssh_user", "ssh_key", "ssh_password_env", "ssh_passphrase_env", "ssh_port", "known_hosts")
-WINRM_ROUTE_PARAMETERS = ("winrm_user", "winrm_password_env", "winrm_transport", "winrm_port", "winrm_scheme")
+WINRM_ROUTE_PARAMETERS = (
+    "winrm_user",
+    "winrm_password_env",
+    "winrm_transport",
+    "winrm_port",
+    "winrm_scheme",
+    "winrm_ca_file",
+    "winrm_cert_pem",
+    "winrm_cert_key_pem",
+    "winrm_insecure",
+)
+#: The parameters of a winrm:// URI that describe its route (the same, unprefixed).
+WINRM_URI_PARAMETERS = ("password_env", "transport", "scheme", "ca_file", "cert_pem", "cert_key_pem", "insecure")
 
 #: Query parameters each scheme understands; anything else is rejected as a typo.
 SCHEME_PARAMETERS: dict[str, frozenset[str]] = {
     "ssh": frozenset({"key", "known_hosts", "password_env", "passphrase_env", "name", "os", "connect_timeout"}),
+    "winrm": frozenset({*WINRM_URI_PARAMETERS, "name", "connect_timeout"}),
     "vsphere": frozenset(
         {
             "password_env",
@@ -119,7 +140,7 @@ SCHEME_PARAMETERS: dict[str, frozenset[str]] = {
         }
     ),
 }
-DEFAULT_PORTS = {"ssh": SSH_PORT, "vsphere": 443}
+DEFAULT_PORTS = {"ssh": SSH_PORT, "vsphere": 443, "winrm": WINRM_PORTS[WinrmScheme.HTTP]}
 HTTP_PORT = 80
 MAX_PORT = 65535
 TRUE_WORDS, FALSE_WORDS = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no"})
@@ -152,6 +173,9 @@ class WinrmRoute:
 
     ``port`` 0 stands for the scheme's standard port (5985 for http, 5986 for https) and
     is replaced by it. ``declared`` is False when the route was chained from the guest login.
+    Over https the server's certificate is checked against ``ca_file`` (the system's CAs
+    when None) unless ``insecure``; ``cert_pem``/``cert_key_pem`` are the client
+    certificate and key of the ``certificate`` transport.
     """
 
     user: str
@@ -160,6 +184,10 @@ class WinrmRoute:
     scheme: WinrmScheme = WinrmScheme.HTTP
     port: int = 0
     declared: bool = True
+    ca_file: Path | None = None
+    cert_pem: Path | None = None
+    cert_key_pem: Path | None = None
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -255,7 +283,7 @@ def parse_target(
             raise bad(key, f"parameter {brief(key)} given twice")
         params[key] = value
 
-    http = _http_scheme(params, bad)
+    http = _http_scheme(params, bad) if scheme != "winrm" else False
     try:
         uri_port = parts.port
     except ValueError:
@@ -266,6 +294,8 @@ def parse_target(
     user = unquote(parts.username) if parts.username else None
     if scheme == "vsphere" and not user:
         raise bad("user", f"no vCenter user in {brief(uri)} (expected vsphere://user@vcenter/VM)")
+    if scheme == "winrm" and not user:
+        raise bad("user", f"no user in {brief(uri)} (expected winrm://USER@HOST)")
     if scheme == "ssh" and params.get("known_hosts") == HostKeyPolicy.VSPHERE:
         raise bad(
             "known_hosts",
@@ -299,8 +329,23 @@ def parse_target(
             )
 
     guest_user = params.get("guest_user") or None
-    if scheme == "ssh":
-        ssh: SshRoute | None = SshRoute(
+    if scheme == "winrm":
+        assert user is not None
+        os_family = OsFamily.WINDOWS
+        ssh: SshRoute | None = None
+        route = _winrm_route(
+            {f"winrm_{key}": value for key, value in params.items() if key in WINRM_URI_PARAMETERS},
+            user,
+            password,
+            uri_port,
+            bad,
+            lambda name: name.removeprefix("winrm_"),
+            complete=True,
+        )
+        winrm: WinrmRoute | None = route
+        port = route.port
+    elif scheme == "ssh":
+        ssh = SshRoute(
             user=user,
             port=port,
             key_file=key_file,
@@ -392,29 +437,73 @@ def _chained_winrm_route(
     params: dict[str, str], guest_user: str | None, guest_password: Secret | None, bad: Any
 ) -> WinrmRoute | None:
     """A vsphere:// target's WinRM route: declared by its winrm_* parameters, or chained
-    from the guest login."""
+    from the guest login (its user by default, and its password when the users are the same)."""
     declared = any(name in params for name in WINRM_ROUTE_PARAMETERS)
     if not declared and not guest_user:
         return None
     user = _route_user(params, "winrm_user", guest_user, bad, "WinRM")
-    transport = _choice(params.get("winrm_transport"), WinrmTransport, bad, "winrm_transport") or WinrmTransport.NTLM
-    scheme = _choice(params.get("winrm_scheme"), WinrmScheme, bad, "winrm_scheme") or WinrmScheme.HTTP
-    if transport is WinrmTransport.BASIC and scheme is WinrmScheme.HTTP:
-        raise bad(
-            "winrm_transport",
-            "basic authentication over http would send the password in clear; "
-            "use winrm_scheme=https (port 5986), or the ntlm transport",
-        )
     password = _secret_from_env(params.get("winrm_password_env"), bad, "winrm_password_env")
     if password is None and user == guest_user:
         password = guest_password
+    route = _winrm_route(params, user, password, None, bad, lambda name: name, complete=False)
+    return dataclasses.replace(route, declared=declared)
+
+
+def _winrm_route(
+    params: dict[str, str],
+    user: str,
+    password: Secret | None,
+    port: int | None,
+    bad: Any,
+    label: Callable[[str], str],
+    *,
+    complete: bool,
+) -> WinrmRoute:
+    """A WinRM route from ``winrm_``-prefixed ``params`` (``label`` names a parameter as
+    its URI spells it in errors); ``port`` None takes ``winrm_port`` or the scheme's. A route
+    that need not be ``complete`` (a vsphere:// one) may lack its password or client
+    certificate: the channel says so when it is to be used."""
+
+    def wrong(name: str, reason: str) -> InputError:
+        result: InputError = bad(label(name), reason)
+        return result
+
+    transport = _choice(params.get("winrm_transport"), WinrmTransport, wrong, "winrm_transport") or WinrmTransport.NTLM
+    # Client certificates need TLS: the certificate transport is https unless told otherwise.
+    default_scheme = WinrmScheme.HTTPS if transport is WinrmTransport.CERTIFICATE else WinrmScheme.HTTP
+    scheme = _choice(params.get("winrm_scheme"), WinrmScheme, wrong, "winrm_scheme") or default_scheme
+    if transport is not WinrmTransport.NTLM and scheme is WinrmScheme.HTTP:
+        what = "would send the password in clear" if transport is WinrmTransport.BASIC else "needs TLS"
+        raise wrong(
+            "winrm_transport",
+            f"{transport} authentication over http {what}; use {label('winrm_scheme')}=https (port 5986), "
+            "or the ntlm transport",
+        )
+    files = {
+        name: _existing_file(params[name], wrong, name) if name in params else None
+        for name in ("winrm_ca_file", "winrm_cert_pem", "winrm_cert_key_pem")
+    }
+    if transport is WinrmTransport.CERTIFICATE and complete:
+        for name in ("winrm_cert_pem", "winrm_cert_key_pem"):
+            if files[name] is None:
+                raise wrong(name, "the certificate transport needs the client certificate and its key (PEM files)")
+    elif password is None and complete:
+        raise wrong(
+            "winrm_password_env", f"the {transport} transport needs a password: {label('winrm_password_env')}=VAR"
+        )
+    insecure = _flag(params.get("winrm_insecure"), wrong, "winrm_insecure")
+    if insecure and scheme is WinrmScheme.HTTP:
+        raise wrong("winrm_insecure", "turns off https certificate checks; over http there are none")
     return WinrmRoute(
         user=user,
         password=password,
         transport=transport,
         scheme=scheme,
-        port=_port(params.get("winrm_port"), WINRM_PORTS[scheme], bad, "winrm_port"),
-        declared=declared,
+        port=port if port is not None else _port(params.get("winrm_port"), WINRM_PORTS[scheme], wrong, "winrm_port"),
+        ca_file=files["winrm_ca_file"],
+        cert_pem=files["winrm_cert_pem"],
+        cert_key_pem=files["winrm_cert_key_pem"],
+        insecure=insecure,
     )
 
 
@@ -566,6 +655,10 @@ NESTED_FIELDS: dict[str, dict[str, str]] = {
         "transport": "winrm_transport",
         "port": "winrm_port",
         "scheme": "winrm_scheme",
+        "ca_file": "winrm_ca_file",
+        "cert_pem": "winrm_cert_pem",
+        "cert_key_pem": "winrm_cert_key_pem",
+        "insecure": "winrm_insecure",
     },
 }
 

@@ -74,4 +74,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     --config-settings editable_mode=strict -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi
+
+# cloudbase-init, the Windows guests' client, in a virtualenv of its own (its oslo.*
+# dependencies need not agree with Beachhead's): the tests drive its metadata-service
+# classes and config loader from there, and the lab's win-01 runs them at boot.
+CLOUDBASE_INIT=cloudbase-init==1.1.9
+cloudbase_venv=.venv-cloudbase-init
+if [ "$(cat "$cloudbase_venv/.installed" 2>/dev/null)" != "$CLOUDBASE_INIT" ]; then
+  say "pip install $CLOUDBASE_INIT into $cloudbase_venv"
+  [ -x "$cloudbase_venv/bin/python" ] || "$PYTHON" -m venv "$cloudbase_venv"
+  "$cloudbase_venv/bin/python" -m pip install --quiet --disable-pip-version-check "$CLOUDBASE_INIT"
+  echo "$CLOUDBASE_INIT" > "$cloudbase_venv/.installed"
+fi
 say "ready: .venv/bin/beachhead"

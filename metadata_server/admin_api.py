@@ -4,8 +4,10 @@ time with the server's admin token.
 
 ``PUT /admin/instances/ID`` takes JSON: ``ip``, ``mac``, ``hostname`` and the data as
 base64 (``user_data``, ``meta_data``, ``vendor_data``, ``network_config``), so any bytes
-(gzip'd user-data included) travel unchanged. Publishing again replaces the record and
-clears its status: the new data has not been fetched yet.
+(gzip'd user-data included) travel unchanged, and ``client_certs``, a list of PEM X.509
+certificates (text) served as ``x509`` keys for WinRM client-certificate auth.
+Publishing again replaces the record and clears its status: the new data has not been
+fetched yet. The password a guest posted is kept until ``DELETE .../password``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from beachhead.metadata_server.events import GuestEvent, StatusEvents
 from beachhead.metadata_server.limits import BODY_TIMEOUT_S, read_body
 from beachhead.metadata_server.records import (
     Instance,
+    check_client_certs,
     check_hostname,
     check_instance_id,
     check_ip,
@@ -60,6 +63,8 @@ class AdminApi:
             web.delete("/admin/instances/{instance_id}", self.revoke),
             web.get("/admin/instances/{instance_id}/wait", self.wait),
             web.get("/admin/instances/{instance_id}/data", self.data),
+            web.get("/admin/instances/{instance_id}/password", self.password),
+            web.delete("/admin/instances/{instance_id}/password", self.clear_password),
         ]
 
     def authorize(self, request: web.Request) -> None:
@@ -99,7 +104,32 @@ class AdminApi:
         for name, value in (("vendor_data", instance.vendor_data), ("network_config", instance.network_config)):
             if value is not None:
                 document[name] = base64.b64encode(value).decode()
+        if instance.client_certs:
+            document["client_certs"] = list(instance.client_certs)
         return web.json_response(document)
+
+    async def password(self, request: web.Request) -> web.Response:
+        """The password the guest posted, as posted (base64 of the ciphertext):
+        ``{"instance_id", "password", "posted_at"}``, both null when none was posted."""
+        self.authorize(request)
+        instance = self._existing(request)
+        posted = instance.password
+        return web.json_response(
+            {
+                "instance_id": instance.instance_id,
+                "password": posted.encrypted if posted else None,
+                "posted_at": posted.posted_at if posted else None,
+            }
+        )
+
+    async def clear_password(self, request: web.Request) -> web.Response:
+        """Forget the posted password (as ``nova clear-password``): the guest may post
+        again. 204, or 404 for an unknown instance."""
+        self.authorize(request)
+        instance = self._existing(request)
+        await self.store.clear_password(instance.instance_id)
+        log.info("metadata.password_cleared", instance=instance.instance_id)
+        return web.Response(status=204)
 
     async def publish(self, request: web.Request) -> web.Response:
         """Create or replace an instance: 201 when created, 200 when replaced."""
@@ -110,7 +140,8 @@ class AdminApi:
         created = await self.store.put(instance)
         await self.events.changed()
         log.info("metadata.published", instance=instance_id, ip=instance.ip, mac=instance.mac, created=created)
-        return web.json_response(instance.summary(), status=201 if created else 200)
+        stored = self.store.get(instance_id) or instance
+        return web.json_response(stored.summary(), status=201 if created else 200)
 
     async def revoke(self, request: web.Request) -> web.Response:
         """Remove an instance: its guest is no longer served. 204, or 404."""
@@ -122,7 +153,7 @@ class AdminApi:
         return web.Response(status=204)
 
     async def wait(self, request: web.Request) -> web.Response:
-        """Long-poll: ``?event=fetched|phoned_home&timeout=S``. Answers when the event
+        """Long-poll: ``?event=fetched|phoned_home|password_posted&timeout=S``. Answers when the event
         has happened (at once if it already had) with ``{"event", "happened", "at"}``,
         or after the timeout with ``happened: false``."""
         self.authorize(request)
@@ -130,7 +161,7 @@ class AdminApi:
         try:
             event = GuestEvent(request.query.get("event", ""))
         except ValueError:
-            raise BadRequest("event", "must be fetched or phoned_home") from None
+            raise BadRequest("event", f"must be one of {', '.join(GuestEvent)}") from None
         timeout = wait_timeout(request.query.get("timeout", "60"))
         at = await self.events.wait(lambda: self.store.get(instance.instance_id), event, timeout)
         return web.json_response({"event": str(event), "happened": at is not None, "at": at})
@@ -154,7 +185,7 @@ def instance_from_body(instance_id: str, body: bytes, previous: Instance | None,
     """The instance a ``PUT /admin/instances/ID`` body describes, every field checked
     (400 naming the first bad one); ``previous`` is the record it replaces."""
     document = parse_json_object(body)
-    unknown = set(document) - {"ip", "mac", "hostname", *DATA_FIELDS}
+    unknown = set(document) - {"ip", "mac", "hostname", "client_certs", *DATA_FIELDS}
     if unknown:
         raise BadRequest(sorted(unknown)[0][:64], "unknown field")
     data = {name: _decoded(document, name) for name in DATA_FIELDS}
@@ -172,6 +203,7 @@ def instance_from_body(instance_id: str, body: bytes, previous: Instance | None,
         meta_data=parse_meta_data(data["meta_data"]),
         vendor_data=data["vendor_data"],
         network_config=check_network_config(data["network_config"]),
+        client_certs=check_client_certs(document.get("client_certs")),
         created=previous.created if previous else now,
         updated=now,
     )

@@ -4,6 +4,7 @@ list, show and revoke instances through its admin API)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import json
 import math
@@ -242,6 +243,14 @@ def metadata() -> None:
 )
 @click.option("--vendor-data", "vendor_data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--network-config", "network_config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--client-cert",
+    "client_certs",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM certificate served as an x509 key in meta_data.json, for WinRM client-certificate auth "
+    "(cloudbase-init maps it to the admin user; repeatable).",
+)
 def publish(
     server: str,
     token_file: Path,
@@ -253,6 +262,7 @@ def publish(
     meta_data: Path | None,
     vendor_data: Path | None,
     network_config: Path | None,
+    client_certs: tuple[Path, ...],
 ) -> None:
     """Create or replace an instance; prints its summary as JSON."""
     with errors_exit():
@@ -269,9 +279,58 @@ def publish(
                 meta_data=read_optional(meta_data, "--meta-data"),
                 vendor_data=read_optional(vendor_data, "--vendor-data"),
                 network_config=read_optional(network_config, "--network-config"),
+                client_certs=[_pem_text(path) for path in client_certs],
             )
         )
     click.echo(json.dumps(summary))
+
+
+async def _posted_password(client: MetadataClient, instance_id: str) -> tuple[str | None, list[str]]:
+    """The instance's posted password (None: none yet) and its public keys."""
+    from beachhead.metadata_server.records import Instance
+
+    encrypted = await client.password(instance_id)
+    document = await client.data(instance_id) or {}
+    meta = json.loads(base64.b64decode(document.get("meta_data") or "") or b"{}")
+    keys = Instance(instance_id, None, None, "", b"", meta_data=meta).public_keys
+    return encrypted, keys
+
+
+def _pem_text(path: Path) -> str:
+    """A ``--client-cert`` file as text (the server checks that it is one certificate)."""
+    data = read_optional(path, "--client-cert") or b""
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(path, "--client-cert", "not PEM text (a DER file? convert it with openssl x509)") from None
+
+
+@metadata.command("password")
+@server_option
+@token_option
+@instance_option
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The private key of the instance's first public key (ssh-rsa), PEM or OpenSSH format, unencrypted.",
+)
+def password(server: str, token_file: Path, instance_id: str, key_path: Path) -> None:
+    """Print the administrator password the instance's guest posted (cloudbase-init's
+    SetUserPasswordPlugin), decrypted with KEY. Exits 1 when none was posted yet."""
+    from beachhead.metadata_server.client import MetadataServerError
+    from beachhead.metadata_server.password import check_key_matches, decrypt_password, load_private_key
+
+    with errors_exit():
+        key = load_private_key(key_path)
+        client = _client(server, token_file)
+        encrypted, public_keys = asyncio.run(_posted_password(client, instance_id))
+        if encrypted is None:
+            raise MetadataServerError(f"{server}: instance {instance_id} has posted no password yet")
+        check_key_matches(key, public_keys, key_path)
+        plain = decrypt_password(key, encrypted, key_path)
+    click.echo(plain)
 
 
 @metadata.command("revoke")

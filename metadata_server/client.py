@@ -75,9 +75,13 @@ class MetadataClient:
         meta_data: bytes | None = None,
         vendor_data: bytes | None = None,
         network_config: bytes | None = None,
+        client_certs: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Create or replace an instance; its summary."""
+        """Create or replace an instance; its summary. ``client_certs`` are PEM
+        certificates served as ``x509`` keys (WinRM client-certificate auth)."""
         document: dict[str, Any] = {"ip": ip, "mac": mac, "hostname": hostname}
+        if client_certs:
+            document["client_certs"] = list(client_certs)
         for name, data in (
             ("user_data", user_data),
             ("meta_data", meta_data),
@@ -115,6 +119,17 @@ class MetadataClient:
         """Every instance's summary."""
         listing: dict[str, Any] = await self._request("GET", "/admin/instances")
         return list(listing["instances"])
+
+    async def password(self, instance_id: str) -> str | None:
+        """The encrypted password the instance's guest posted (base64 text, as posted),
+        or None when it has posted none."""
+        answer: dict[str, Any] = await self._request("GET", f"/admin/instances/{instance_id}/password")
+        posted = answer.get("password")
+        return posted if isinstance(posted, str) else None
+
+    async def clear_password(self, instance_id: str) -> None:
+        """Forget the posted password, so the guest may post again."""
+        await self._request("DELETE", f"/admin/instances/{instance_id}/password")
 
     async def revoke(self, instance_id: str) -> None:
         """Remove an instance."""

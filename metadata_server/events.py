@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from enum import StrEnum
 
-from beachhead.metadata_server.records import Instance, Status
+from beachhead.metadata_server.records import Instance
 
 
 class GuestEvent(StrEnum):
@@ -15,11 +15,16 @@ class GuestEvent(StrEnum):
 
     FETCHED = "fetched"  # the guest fetched its user-data
     PHONED_HOME = "phoned_home"  # the guest reported done (cloud-init phone_home)
+    PASSWORD_POSTED = "password_posted"  # noqa: S105 - an event name: the guest posted its password
 
 
-def happened(status: Status, event: GuestEvent) -> float | None:
-    """When ``event`` happened, per ``status`` (None: not yet)."""
-    return status.fetched_at if event is GuestEvent.FETCHED else status.phoned_home_at
+def happened(instance: Instance, event: GuestEvent) -> float | None:
+    """When ``event`` happened to ``instance`` (None: not yet)."""
+    if event is GuestEvent.FETCHED:
+        return instance.status.fetched_at
+    if event is GuestEvent.PHONED_HOME:
+        return instance.status.phoned_home_at
+    return instance.password.posted_at if instance.password else None
 
 
 class StatusEvents:
@@ -40,7 +45,7 @@ class StatusEvents:
 
         def seen() -> bool:
             instance = current()
-            return instance is None or happened(instance.status, event) is not None
+            return instance is None or happened(instance, event) is not None
 
         try:
             async with asyncio.timeout(timeout_s), self._changed:
@@ -48,4 +53,4 @@ class StatusEvents:
         except TimeoutError:
             return None
         instance = current()
-        return None if instance is None else happened(instance.status, event)
+        return None if instance is None else happened(instance, event)

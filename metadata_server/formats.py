@@ -24,6 +24,8 @@ EC2_VERSIONS = (
     "2021-03-23",
 )
 OPENSTACK_VERSIONS = ("2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06-30", "2017-02-22", "2018-08-27")
+# The password API came with 2013-04-04 (cloudbase-init posts to that version).
+OPENSTACK_PASSWORD_VERSIONS = ("latest", *(v for v in OPENSTACK_VERSIONS if v >= "2013-04-04"))
 Tree = dict[str, "Tree | str"]
 
 
@@ -91,8 +93,12 @@ def openstack_meta_data(instance: Instance) -> bytes:
         "public_keys": {f"key{index}": key for index, key in enumerate(keys)},
         "meta": {k: str(v) for k, v in instance.meta_data.items() if isinstance(v, str | int | float | bool)},
     }
-    if keys:
-        document["keys"] = [{"name": f"key{i}", "type": "ssh", "data": key} for i, key in enumerate(keys)]
+    entries = [{"name": f"key{i}", "type": "ssh", "data": key} for i, key in enumerate(keys)]
+    # WinRM client certificates, as nova serves x509 keypairs (cloudbase-init's
+    # ConfigWinRMCertificateAuthPlugin maps each to the admin user).
+    entries += [{"name": f"cert{i}", "type": "x509", "data": cert} for i, cert in enumerate(instance.client_certs)]
+    if entries:
+        document["keys"] = entries
     return json.dumps(document, indent=2).encode()
 
 

@@ -1,7 +1,8 @@
 """What guests request: NoCloud-net at the root, the EC2 metadata service (IMDS v1 and
-v2) under ``/latest`` and the dated versions, OpenStack under ``/openstack``, and
-cloud-init's phone home. Every answer is the requesting instance's own data; a guest the
-server does not recognise gets 404.
+v2) under ``/latest`` and the dated versions, OpenStack under ``/openstack`` (with the
+password a guest posts, as cloudbase-init does), and cloud-init's phone home. Every
+answer is the requesting instance's own data; a guest the server does not recognise
+gets 404.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import structlog
 from aiohttp import web
 
 from beachhead.metadata_server import formats
-from beachhead.metadata_server.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from beachhead.metadata_server.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from beachhead.metadata_server.events import StatusEvents
 from beachhead.metadata_server.identify import FORWARDED_FOR, Identifier, Requester
 from beachhead.metadata_server.limits import BODY_TIMEOUT_S, read_body
-from beachhead.metadata_server.records import Instance, Status
+from beachhead.metadata_server.records import Instance, PostedPassword, Status
 from beachhead.metadata_server.store import Store
 from beachhead.metadata_server.tokens import TOKEN_HEADER, TTL_HEADER, TokenIssuer
 
 log = structlog.get_logger("beachhead.metadata")
 GUEST_BODY_LIMIT = 64 * 1024
 PHONE_HOME_FIELDS = 32
+# nova keeps a posted password in four 255-character chunks: at most 1,020 bytes (a
+# 4096-bit key's ciphertext, base64, is 684).
+MAX_PASSWORD_BYTES = 4 * 255
 TEXT = "text/plain"
 
 
@@ -63,6 +67,8 @@ class GuestApi:
             web.get("/openstack/{version}/user_data", self.openstack_user_data),
             web.get("/openstack/{version}/vendor_data.json", self.openstack_vendor_data),
             web.get("/openstack/{version}/network_data.json", self.openstack_network_data),
+            web.get("/openstack/{version}/password", self.openstack_password),
+            web.post("/openstack/{version}/password", self.openstack_post_password),
             web.post("/phone-home", self.phone_home),
             web.post("/phone-home/{instance_id}", self.phone_home),
             web.get("/{version}", self.ec2_version),
@@ -208,6 +214,41 @@ class GuestApi:
         """``network_data.json``."""
         instance = await self._openstack_instance(request)
         return web.Response(body=formats.openstack_network_data(instance), content_type="application/json")
+
+    def _password_version(self, request: web.Request) -> None:
+        """404 for a version older than the password API (as nova answers)."""
+        if request.match_info["version"] not in formats.OPENSTACK_PASSWORD_VERSIONS:
+            raise NotFound("version", "no password API in this OpenStack metadata version")
+
+    async def openstack_password(self, request: web.Request) -> web.Response:
+        """``GET password``: what this guest posted (base64 ciphertext), empty when
+        nothing was, as nova answers (cloudbase-init's ``is_password_set`` reads it)."""
+        instance = await self._openstack_instance(request)
+        self._password_version(request)
+        posted = instance.password.encrypted if instance.password else ""
+        return web.Response(text=posted, content_type=TEXT)
+
+    async def openstack_post_password(self, request: web.Request) -> web.Response:
+        """``POST password``: the guest's administrator password, encrypted to its first
+        public key, kept once. As nova: 409 when one is already kept, 400 when longer
+        than ``MAX_PASSWORD_BYTES``. Never logged."""
+        instance = await self._openstack_instance(request)
+        self._password_version(request)
+        if instance.password is not None:
+            raise Conflict("password", "already posted")
+        body = await read_body(request, GUEST_BODY_LIMIT, self.body_timeout_s)
+        if len(body) > MAX_PASSWORD_BYTES:
+            raise BadRequest("password", f"longer than {MAX_PASSWORD_BYTES} bytes")
+        try:
+            text = body.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise BadRequest("password", "not ASCII text (base64 of the ciphertext)") from None
+        if not text:
+            raise BadRequest("password", "empty")
+        await self.store.set_password(instance.instance_id, PostedPassword(text, time.time()))
+        await self.events.changed()
+        log.info("metadata.password_posted", instance=instance.instance_id, ip=instance.ip, bytes=len(body))
+        return web.Response(text="", content_type=TEXT)
 
     # -- status -----------------------------------------------------------------------
     async def phone_home(self, request: web.Request) -> web.Response:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from beachhead.metadata_server.errors import BadRequest
 
@@ -22,6 +24,10 @@ MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_YAML_DEPTH = 32
 MAX_YAML_ALIASES = 100
 MAX_META_DATA_VALUES = 10_000
+# WinRM client certificates published per instance (a few per admin is plenty).
+MAX_CLIENT_CERTS = 8
+MAX_CLIENT_CERT_BYTES = 16 * 1024
+PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 
 
 class YamlTooLarge(yaml.YAMLError):
@@ -60,6 +66,16 @@ class Status:
 
 
 @dataclass(frozen=True)
+class PostedPassword:
+    """The administrator password a guest posted (cloudbase-init's SetUserPasswordPlugin):
+    base64 text of the password encrypted to the instance's first public key, kept as
+    posted; only the holder of that key's private half can read it."""
+
+    encrypted: str
+    posted_at: float
+
+
+@dataclass(frozen=True)
 class Instance:
     """One published instance: how its guest is recognised and what it is served."""
 
@@ -74,6 +90,8 @@ class Instance:
     created: float = 0.0
     updated: float = 0.0
     status: Status = Status()
+    client_certs: tuple[str, ...] = ()  # PEM X.509 certificates for WinRM client-certificate auth
+    password: PostedPassword | None = None
 
     def with_status(self, status: Status) -> Instance:
         """The same instance with another status."""
@@ -101,6 +119,8 @@ class Instance:
             "updated": self.updated,
             "fetched_at": self.status.fetched_at,
             "phoned_home_at": self.status.phoned_home_at,
+            "client_certs": len(self.client_certs),
+            "password_posted_at": self.password.posted_at if self.password else None,
         }
 
 
@@ -205,6 +225,37 @@ def parse_meta_data(data: bytes | None) -> dict[str, Any]:
         raise BadRequest("meta_data", "must be a YAML mapping")
     plain: dict[str, Any] = _plain(parsed, [MAX_META_DATA_VALUES])
     return plain
+
+
+def check_client_certs(value: Any) -> tuple[str, ...]:
+    """``client_certs``: a list of at most ``MAX_CLIENT_CERTS`` PEM X.509 certificates
+    (text, each at most ``MAX_CLIENT_CERT_BYTES``), each one certificate that parses;
+    kept as PEM re-encoded from the parsed certificate."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadRequest("client_certs", "must be a list of PEM certificates")
+    if len(value) > MAX_CLIENT_CERTS:
+        raise BadRequest("client_certs", f"at most {MAX_CLIENT_CERTS} certificates")
+    certs = []
+    for index, text in enumerate(value):
+        certs.append(_pem_certificate(text, f"client_certs[{index}]"))
+    return tuple(dict.fromkeys(certs))
+
+
+def _pem_certificate(text: Any, field: str) -> str:
+    """One PEM certificate, parsed and re-encoded; 400 naming ``field``."""
+    if not isinstance(text, str):
+        raise BadRequest(field, "must be PEM text")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_CLIENT_CERT_BYTES:
+        raise BadRequest(field, f"longer than {MAX_CLIENT_CERT_BYTES} bytes")
+    if text.count(PEM_BEGIN) != 1:
+        raise BadRequest(field, f"must hold exactly one {PEM_BEGIN} block")
+    try:
+        cert = x509.load_pem_x509_certificate(text.encode("ascii"))
+    except (UnicodeEncodeError, ValueError):
+        raise BadRequest(field, "not a PEM X.509 certificate") from None
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 def check_network_config(data: bytes | None) -> bytes | None:

@@ -13,11 +13,12 @@ import asyncio
 import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from beachhead.metadata_server.errors import Conflict
-from beachhead.metadata_server.records import Instance, Status
+from beachhead.metadata_server.records import Instance, PostedPassword, Status
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -33,20 +34,27 @@ CREATE TABLE IF NOT EXISTS instances (
     updated        REAL NOT NULL,
     fetched_at     REAL,
     phoned_home_at REAL,
-    phone_home     TEXT NOT NULL DEFAULT '{}'
+    phone_home     TEXT NOT NULL DEFAULT '{}',
+    client_certs   TEXT NOT NULL DEFAULT '[]',
+    password       TEXT,
+    password_at    REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS instances_ip ON instances (ip) WHERE ip IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS instances_mac ON instances (mac) WHERE mac IS NOT NULL;
 """
-SELECT_ALL = (
-    "SELECT instance_id, ip, mac, hostname, meta_data, user_data, vendor_data, network_config, "
-    "created, updated, fetched_at, phoned_home_at, phone_home FROM instances"
+# Columns added after the first release, added to an older file when it is opened.
+ADDED_COLUMNS = {
+    "client_certs": "TEXT NOT NULL DEFAULT '[]'",
+    "password": "TEXT",
+    "password_at": "REAL",
+}
+COLUMNS = (
+    "instance_id, ip, mac, hostname, meta_data, user_data, vendor_data, network_config, "
+    "created, updated, fetched_at, phoned_home_at, phone_home, client_certs, password, password_at"
 )
-UPSERT = (
-    "INSERT OR REPLACE INTO instances (instance_id, ip, mac, hostname, meta_data, user_data, vendor_data, "
-    "network_config, created, updated, fetched_at, phoned_home_at, phone_home) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+SELECT_ALL = f"SELECT {COLUMNS} FROM instances"  # noqa: S608 - constant text
+PLACEHOLDERS = ", ".join("?" for _ in COLUMNS.split(","))
+UPSERT = f"INSERT OR REPLACE INTO instances ({COLUMNS}) VALUES ({PLACEHOLDERS})"  # noqa: S608 - constant text
 
 
 class Store(Protocol):
@@ -80,6 +88,14 @@ class Store(Protocol):
     async def set_status(self, instance_id: str, status: Status) -> Instance | None:
         """Record what the guest did; the updated instance (None when it is gone)."""
 
+    async def set_password(self, instance_id: str, password: PostedPassword) -> Instance | None:
+        """Keep the password the guest posted; the updated instance (None when it is
+        gone). Raises :class:`Conflict` when one is already kept: it is written once."""
+
+    async def clear_password(self, instance_id: str) -> Instance | None:
+        """Forget the posted password, so the guest may post again; the updated
+        instance (None when it is gone)."""
+
 
 def _row(instance: Instance) -> tuple[Any, ...]:
     return (
@@ -96,6 +112,9 @@ def _row(instance: Instance) -> tuple[Any, ...]:
         instance.status.fetched_at,
         instance.status.phoned_home_at,
         json.dumps(instance.status.phone_home),
+        json.dumps(instance.client_certs),
+        instance.password.encrypted if instance.password else None,
+        instance.password.posted_at if instance.password else None,
     )
 
 
@@ -113,6 +132,8 @@ def _instance(row: tuple[Any, ...]) -> Instance:
         created=row[8],
         updated=row[9],
         status=status,
+        client_certs=tuple(json.loads(row[13])),
+        password=None if row[14] is None else PostedPassword(row[14], row[15]),
     )
 
 
@@ -138,6 +159,10 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        present = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE instances ADD COLUMN {name} {kind}")
         self._db = db
         return list(db.execute(SELECT_ALL))
 
@@ -198,10 +223,13 @@ class SqliteStore:
             return self._db.execute(sql, parameters).rowcount
 
     async def put(self, instance: Instance) -> bool:
-        """Create or replace; True when it was created."""
+        """Create or replace; True when it was created. A replaced record keeps the
+        password its guest posted (only :meth:`clear_password` and :meth:`delete` drop it)."""
         async with self._write_lock:
             self._check_unique(instance)
-            created = instance.instance_id not in self._by_id
+            current = self._by_id.get(instance.instance_id)
+            created = current is None
+            instance = replace(instance, password=current.password if current else None)
             await self._call(self._write, UPSERT, _row(instance))
             self._index(instance)
             return created
@@ -225,5 +253,37 @@ class SqliteStore:
                 (status.fetched_at, status.phoned_home_at, json.dumps(status.phone_home), instance_id),
             )
             updated = current.with_status(status)
+            self._index(updated)
+            return updated
+
+    async def set_password(self, instance_id: str, password: PostedPassword) -> Instance | None:
+        """Keep the posted password (written once: :class:`Conflict` when one is kept)."""
+        async with self._write_lock:
+            current = self._by_id.get(instance_id)
+            if current is None:
+                return None
+            if current.password is not None:
+                raise Conflict("password", "already posted")
+            await self._call(
+                self._write,
+                "UPDATE instances SET password = ?, password_at = ? WHERE instance_id = ?",
+                (password.encrypted, password.posted_at, instance_id),
+            )
+            updated = replace(current, password=password)
+            self._index(updated)
+            return updated
+
+    async def clear_password(self, instance_id: str) -> Instance | None:
+        """Forget the posted password."""
+        async with self._write_lock:
+            current = self._by_id.get(instance_id)
+            if current is None:
+                return None
+            await self._call(
+                self._write,
+                "UPDATE instances SET password = NULL, password_at = NULL WHERE instance_id = ?",
+                (instance_id,),
+            )
+            updated = replace(current, password=None)
             self._index(updated)
             return updated

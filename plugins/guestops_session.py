@@ -54,6 +54,7 @@ POLL_MAX_S = 1.0
 POLL_GROWTH = 1.5
 TRANSFER_TIMEOUT_S = 3600
 WINDOWS_CMD = r"C:\Windows\System32\cmd.exe"
+WINDOWS_TASKKILL = r"C:\Windows\System32\taskkill.exe"
 CHUNK = 1 << 20
 # How long a running command's vCenter may stay unreachable before the step gives up
 # (a vCenter service restart takes minutes); the step's own timeout still bounds it.
@@ -187,8 +188,11 @@ class GuestopsSession:
 
     def _program(self, request: CommandRequest, marker: str, stdin: str | None, out: str, err: str) -> Any:
         if self.windows:
+            # The command is a program's whole command line (cmd.exe /d /c …, powershell.exe
+            # …): escaped for this outer cmd.exe, which then passes it on unchanged, so
+            # its own && and | stay the program's and the redirections apply to all of it.
             redirect = f'<"{stdin}" ' if stdin else ""
-            arguments = f'/d /s /c "{request.command} {redirect}>"{out}" 2>"{err}""'
+            arguments = f'/d /s /c "{_cmd_escaped(request.command)} {redirect}>"{out}" 2>"{err}""'
             return vim.vm.guest.ProcessManager.ProgramSpec(programPath=WINDOWS_CMD, arguments=arguments)
         command = self._sudo(request.become, guest_tasks.tagged(marker, request.command))
         if stdin:
@@ -202,18 +206,23 @@ class GuestopsSession:
     async def _end_program(self, pid: int, marker: str, become: bool) -> None:
         """End a command cut short. In a Linux guest a kill script, itself a guest program,
         ends the shell and every process tagged with the command's marker (including those
-        that left its session); ``TerminateProcessInGuest`` reaches ``pid`` alone, so it
-        is the fallback, and all Windows gets for now."""
+        that left its session), in a Windows guest ``taskkill /PID pid /T /F`` ends its
+        process tree; ``TerminateProcessInGuest`` reaches ``pid`` alone, so it is the
+        fallback."""
         async with asyncio.timeout(END_PROGRAM_S):
-            if not self.windows:
+            if self.windows:
+                spec = vim.vm.guest.ProcessManager.ProgramSpec(
+                    programPath=WINDOWS_TASKKILL, arguments=f"/PID {pid} /T /F"
+                )
+            else:
                 script = self._sudo(become, guest_tasks.kill_script(marker, pid))
                 spec = vim.vm.guest.ProcessManager.ProgramSpec(
                     programPath="/bin/sh", arguments=f"-c {shlex.quote(script)} </dev/null >/dev/null 2>&1"
                 )
-                with contextlib.suppress(BeachheadError):
-                    killer = await self._guest("end the command", self.processes.StartProgramInGuest, spec)
-                    if await self._wait_for_exit(killer, "end the command") == 0:
-                        return
+            with contextlib.suppress(BeachheadError):
+                killer = await self._guest("end the command", self.processes.StartProgramInGuest, spec)
+                if await self._wait_for_exit(killer, "end the command") == 0:
+                    return
             terminate = self.processes.TerminateProcessInGuest
             await self._guest("end the command", terminate, pid, expected=(vim.fault.GuestProcessNotFound,))
 
@@ -488,6 +497,20 @@ class GuestopsSession:
         """Close the HTTP client (the vCenter session is shared and stays open)."""
         if self._http is not None:
             await self._http.close()
+
+
+def _cmd_escaped(command: str) -> str:
+    """``command`` with cmd.exe's special characters outside quotes escaped by ``^``, so
+    that cmd.exe runs it as one command line and leaves it as it was."""
+    escaped: list[str] = []
+    quoted = False
+    for char in command:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "&|<>()^":
+            escaped.append("^")
+        escaped.append(char)
+    return "".join(escaped)
 
 
 def _fault_text(fault: Any) -> str:

@@ -32,7 +32,8 @@ OWN_SSHD_MODULES = {TESTS / "test_demo.py"}  # start a LocalSshd of their own, n
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test by what it needs: ``lab`` (tests/lab/), ``metadata``
-    (tests/metadata/), ``sshd`` (a real sshd), ``root``, and ``unit`` for the rest."""
+    (tests/metadata/), ``windows`` (tests/windows/: the Windows stand-in on loopback),
+    ``sshd`` (a real sshd), ``root``, and ``unit`` for the rest."""
     for item in items:
         path = item.path
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -41,11 +42,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marks |= {"lab", "root"}
         if path.is_relative_to(TESTS / "metadata"):
             marks.add("metadata")
+        if path.is_relative_to(TESTS / "windows"):
+            marks.add("windows")
         if "sshd" in fixtures or path in OWN_SSHD_MODULES:
             marks.add("sshd")
         if fixtures & ROOT_ONLY_FIXTURES or needs_root.mark in item.iter_markers("skipif"):
             marks.add("root")
-        if not marks & {"lab", "metadata", "sshd"}:
+        if not marks & {"lab", "metadata", "windows", "sshd"}:
             marks.add("unit")
         for name in sorted(marks):
             item.add_marker(name)

@@ -532,7 +532,8 @@ VSPHERE_ENTRY = """
         (
             "  winrm:\n    usr: x\n",
             "entry 1.winrm.usr (line 8)",
-            "unknown field (allowed: user, password_env, transport, port, scheme)",
+            "unknown field (allowed: user, password_env, transport, port, scheme, "
+            "ca_file, cert_pem, cert_key_pem, insecure)",
         ),
         (
             "  ssh:\n    user: a\n    identity: x\n",

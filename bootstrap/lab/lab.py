@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from beachhead.bootstrap.lab.build import launcher_binary
 from beachhead.bootstrap.lab.certs import ensure_certificates
 from beachhead.bootstrap.lab.config import LabConfig, VmSpec, generated_password
 from beachhead.bootstrap.lab.system import LabError
+from beachhead.bootstrap.lab.windows.wsman import labsetup as wsman_files
 
 READY_TIMEOUT_S = 45.0
 Progress = Callable[[str], None]
@@ -154,6 +156,7 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
                 "username": config.username,
                 "password": password,
                 "boot_delay_s": config.boot_delay_s,
+                "python": sys.executable,
                 "vms": runtime_vms,
             }
         )
@@ -201,10 +204,14 @@ def _start_guest(
     password = vm.guest_password or generated_password()
     layout = guests.GuestLayout(directory / "guests" / vm.name)
     linux, uid = vm.os == "linux", 0
+    winrm: dict[str, str] | None = None
     if linux:
         uid = guests.prepare_linux_root(layout, vm.name, ip, vm.guest_username, password)
     else:
         guests.prepare_windows_root(layout, vm.guest_username)
+        winrm = wsman_files.prepare(
+            layout.root.with_name(vm.name + ".tools"), directory / "pki", vm.name, ip, vm.guest_username, password
+        )
     dhcp.write_guest_dhcp_config(layout.dhcp_dir)
     holder = guests.start_holder(netns, layout, vm.name, linux)
     state.data["holders"].append(holder)
@@ -226,6 +233,7 @@ def _start_guest(
         "sshd_config": str(layout.sshd_config) if linux else "",
         "console_log": str(layout.console_log),
         "guest_uid": uid,
+        "wsman": winrm,
     }
     client = dhcp.GuestDhcp(
         vm.name, netns, holder, ip, layout.dhclient_leases, layout.dhclient_pid, layout.dhclient_log

@@ -183,7 +183,7 @@ def test_windows_stand_in_files_and_cmd(vc: Vc) -> None:
         auth,
         Spec(
             programPath=r"C:\Windows\System32\cmd.exe",
-            arguments="/c cat input.txt input.txt > output.txt",
+            arguments="/c type input.txt input.txt > output.txt",
             workingDirectory=r"C:\Users\Administrator\setup",
         ),
     )

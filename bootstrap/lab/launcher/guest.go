@@ -38,6 +38,7 @@ type guest struct {
 	consoleCmd *exec.Cmd
 	daemons    []*exec.Cmd
 	adopt      *powerRecord // what an earlier launcher left running, taken over at power-on
+	python     string       // runs the Windows stand-in (its programs and WinRM endpoint)
 }
 
 // startedProcess is a program started by StartProgramInGuest: vSphere reports its exit
@@ -206,7 +207,36 @@ func (g *guest) logToolsRunning() {
 	g.logf("Tools: running; guest %s at %s (%s)", g.cfg.Hostname, g.cfg.IP, g.cfg.MAC)
 }
 
+// wsmanConfig is what the Windows guest's WinRM endpoint is started with
+// (bootstrap/lab/windows/wsman/labsetup.py writes the files).
+type wsmanConfig struct {
+	Users   string `json:"users"`
+	CertMap string `json:"cert_map"`
+	Cert    string `json:"cert"`
+	Key     string `json:"key"`
+	CA      string `json:"ca"`
+	Log     string `json:"log"`
+	HTTP    string `json:"http"`
+	HTTPS   string `json:"https"`
+}
+
+const wsmanModule = "beachhead.bootstrap.lab.windows.wsman"
+
+// startDaemons starts what a booted guest serves: sshd for Linux guests, the WinRM
+// endpoint (5985, 5986 on the guest's address) for Windows ones, and the console.
 func (g *guest) startDaemons() {
+	if w := g.cfg.Wsman; g.windows() && w != nil && g.python != "" {
+		winrm := g.system("/", nil, g.python, "-m", wsmanModule, "--root", g.cfg.Root,
+			"--users", w.Users, "--http", w.HTTP, "--https", w.HTTPS, "--cert", w.Cert, "--key", w.Key,
+			"--client-ca", w.CA, "--cert-map", w.CertMap, "--record", g.windowsRecordDir(), "--log", w.Log)
+		winrm.Stderr = g.logFile(w.Log)
+		if err := winrm.Start(); err == nil {
+			g.daemons = append(g.daemons, winrm)
+			go func() { _ = winrm.Wait() }()
+		} else {
+			g.logf("Guest: WinRM endpoint did not start: %v", err)
+		}
+	}
 	if g.cfg.SshdConfig != "" {
 		sshd := g.system("/", nil, "/usr/sbin/sshd", "-D", "-e", "-f", g.cfg.SshdConfig)
 		sshd.Stderr = g.logFile(g.cfg.Root + ".sshd.log")

@@ -3,7 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
-	"path"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -43,11 +44,17 @@ func (l *lab) prepare(vm types.ManagedObjectReference, auth types.BaseGuestAuthe
 	if !toolsUp {
 		return nil, simulator.Fault("", &types.GuestOperationsUnavailable{})
 	}
-	login, ok := auth.(*types.NamePasswordAuthentication)
-	if !ok || login.Username != g.cfg.GuestUsername || login.Password != g.cfg.GuestPassword {
-		return nil, simulator.Fault("", &types.InvalidGuestLogin{})
+	switch login := auth.(type) {
+	case *types.NamePasswordAuthentication:
+		if login.Username == g.cfg.GuestUsername && login.Password == g.cfg.GuestPassword {
+			return g, nil
+		}
+	case *types.TicketedSessionAuthentication: // from AcquireCredentialsInGuest (guest_auth.go)
+		if user, ok := ticketLogin(vm, login.Ticket); ok && user == g.cfg.GuestUsername {
+			return g, nil
+		}
 	}
-	return g, nil
+	return nil, simulator.Fault("", &types.InvalidGuestLogin{})
 }
 
 // guestOp answers a guest operation as vSphere does: its checks first (prepare), then
@@ -68,7 +75,7 @@ func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soa
 	body := new(methods.StartProgramInGuestBody)
 	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.StartProgramInGuestResponse, *soap.Fault) {
 		spec := req.Spec.GetGuestProgramSpec()
-		argv, err := g.programArgv(spec.ProgramPath, spec.Arguments)
+		argv, err := g.programArgv(m.lab.cfg.Python, spec.ProgramPath, spec.Arguments, spec.WorkingDirectory)
 		if err != nil {
 			return nil, simulator.Fault(err.Error(), &types.FileNotFound{FileFault: types.FileFault{File: spec.ProgramPath}})
 		}
@@ -85,7 +92,7 @@ func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soa
 		}
 		process := &startedProcess{info: processInfo{
 			Name: spec.ProgramPath, Pid: pid, Owner: g.cfg.GuestUsername,
-			CmdLine: strings.TrimSpace(fmt.Sprintf("%q %s", spec.ProgramPath, spec.Arguments)), StartTime: time.Now(),
+			CmdLine: commandLine(g, spec.ProgramPath, spec.Arguments), StartTime: time.Now(),
 		}}
 		g.mu.Lock()
 		g.started[pid] = process
@@ -98,9 +105,14 @@ func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soa
 }
 
 // programArgv is how the guest runs a program: on Linux through a shell, as VMware
-// Tools does, so arguments may use the shell's syntax; on the Windows stand-in, only
-// cmd.exe's /c form is understood and its command goes to /bin/sh.
-func (g *guest) programArgv(program, arguments string) ([]string, error) {
+// Tools does, so arguments may use the shell's syntax; on the Windows stand-in through
+// its runner (bootstrap/lab/windows/run.py), given the command line Windows' VMware
+// Tools hands CreateProcess: the quoted program path, then the arguments. A program
+// the stand-in does not have is refused before anything starts, as CreateProcess
+// fails. The runner writes its whole 32-bit exit status where the waiter reads it
+// (processes/<pid>.status) and records what missing programs were asked
+// (guests/<vm>.tools/windows/).
+func (g *guest) programArgv(python, program, arguments, dir string) ([]string, error) {
 	if !g.windows() {
 		if _, err := os.Stat(g.hostPath(program)); err != nil {
 			return nil, fmt.Errorf("%s: no such program in the guest", program)
@@ -109,12 +121,30 @@ func (g *guest) programArgv(program, arguments string) ([]string, error) {
 		// the pid handed back is the program's.
 		return []string{"/bin/sh", "-c", "exec " + shellQuote(program) + " " + arguments}, nil
 	}
-	name := strings.ToLower(path.Base(strings.ReplaceAll(program, `\`, "/")))
-	command := strings.TrimSpace(arguments)
-	if (name == "cmd.exe" || name == "cmd") && strings.HasPrefix(strings.ToLower(command), "/c") {
-		return []string{"/bin/sh", "-c", strings.TrimSpace(command[2:])}, nil
+	line := commandLine(g, program, arguments)
+	if err := exec.Command(python, "-m", windowsRunner, "--resolve", "--", line).Run(); err != nil {
+		return nil, fmt.Errorf("%s: The system cannot find the file specified", program)
 	}
-	return nil, fmt.Errorf("%s: the Windows stand-in runs only cmd.exe /c", program)
+	argv := []string{python, "-m", windowsRunner, "--root", g.cfg.Root}
+	if dir != "" {
+		argv = append(argv, "--cwd", dir)
+	}
+	return append(argv, "--record", g.windowsRecordDir(),
+		"--status-file", filepath.Join(g.processesDir(), "{pid}.status"), "--", line), nil
+}
+
+const windowsRunner = "beachhead.bootstrap.lab.windows.run"
+
+// windowsRecordDir is where the Windows stand-in records requests to programs it lacks
+// (powershell.jsonl).
+func (g *guest) windowsRecordDir() string { return filepath.Join(g.toolsDir(), "windows") }
+
+// commandLine is the program's command line as the guest's process list shows it.
+func commandLine(g *guest, program, arguments string) string {
+	if g.windows() {
+		return strings.TrimSpace(`"` + program + `" ` + arguments)
+	}
+	return strings.TrimSpace(fmt.Sprintf("%q %s", program, arguments))
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
@@ -169,16 +199,39 @@ func (m *processManager) ListProcessesInGuest(req *types.ListProcessesInGuest) s
 			if listed[p] || (len(wanted) != 0 && !wanted[p]) {
 				continue
 			}
-			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			name, cmdline := g.processName(pid)
 			processes = append(processes, processInfo{
-				Name: strings.TrimSpace(string(comm)), Pid: p, Owner: g.cfg.GuestUsername,
-				CmdLine: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), StartTime: bootTime,
+				Name: name, Pid: p, Owner: g.cfg.GuestUsername, CmdLine: cmdline, StartTime: bootTime,
 			})
 		}
 		return &listProcessesResponse{Returnval: processes}, nil
 	})
 	return body
+}
+
+// processName is a guest process's name and command line: the Windows stand-in's
+// runner shows as the program it runs (its file name, its Windows command line).
+func (g *guest) processName(pid int) (string, string) {
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	argv := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+	for i := 0; g.windows() && i+1 < len(argv); i++ {
+		if argv[i] == "-m" && argv[i+1] == windowsRunner {
+			line := argv[len(argv)-1]
+			program := strings.TrimLeft(line, " \t")
+			if strings.HasPrefix(program, `"`) {
+				program = strings.SplitN(program[1:], `"`, 2)[0]
+			} else {
+				program = strings.Fields(program)[0]
+			}
+			name := strings.ToLower(program[strings.LastIndexAny(program, `\/`)+1:])
+			if !strings.Contains(name, ".") {
+				name += ".exe"
+			}
+			return name, line
+		}
+	}
+	return strings.TrimSpace(string(comm)), strings.TrimSpace(strings.Join(argv, " "))
 }
 
 // TerminateProcessInGuest ends the one process it is given as VMware Tools does
@@ -229,7 +282,7 @@ func (m *processManager) ReadEnvironmentVariableInGuest(req *types.ReadEnvironme
 	body := new(methods.ReadEnvironmentVariableInGuestBody)
 	body.Res, body.Fault_ = guestOp(m.lab, req.Vm, req.Auth, func(g *guest) (*types.ReadEnvironmentVariableInGuestResponse, *soap.Fault) {
 		var values []string
-		for _, pair := range g.baseEnv() {
+		for _, pair := range g.environment(m.lab.cfg.Python) {
 			name := pair[:strings.Index(pair, "=")]
 			for _, wanted := range req.Names {
 				if wanted == name {
@@ -243,4 +296,25 @@ func (m *processManager) ReadEnvironmentVariableInGuest(req *types.ReadEnvironme
 		return &types.ReadEnvironmentVariableInGuestResponse{Returnval: values}, nil
 	})
 	return body
+}
+
+// environment is the guest login's environment: on the Windows stand-in as its
+// runner gives it to programs (cmd.exe's "set"), with Windows' names.
+func (g *guest) environment(python string) []string {
+	if !g.windows() {
+		return g.baseEnv()
+	}
+	set := exec.Command(python, "-m", windowsRunner, "--root", g.cfg.Root, "--", "cmd.exe /d /c set")
+	set.Env = g.baseEnv()
+	out, err := set.Output()
+	if err != nil {
+		return g.baseEnv()
+	}
+	var pairs []string
+	for _, line := range strings.Split(string(out), "\r\n") {
+		if strings.Contains(line, "=") {
+			pairs = append(pairs, line)
+		}
+	}
+	return pairs
 }

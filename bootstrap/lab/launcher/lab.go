@@ -33,6 +33,7 @@ func newLab(cfg *labConfig, adopt bool) *lab {
 	for i := range cfg.VMs {
 		vm := cfg.VMs[i]
 		g := newGuest(vm, time.Duration(cfg.BootDelayS*float64(time.Second)))
+		g.python = cfg.Python
 		if adopt {
 			if record := g.loadPower(); record != nil && record.PoweredOn {
 				g.adopt = record
@@ -53,6 +54,7 @@ func (l *lab) install() {
 	files.Self = *manager.FileManager
 	simulator.Map.Put(processes)
 	simulator.Map.Put(files)
+	l.installAuthManager(manager)
 	simulator.InstallUnsetFetchCollector()
 	simulator.UsbScanCodes = l.typeScanCodes
 	simulator.Map.AddHandler(&powerWatcher{lab: l})

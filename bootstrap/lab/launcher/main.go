@@ -38,6 +38,8 @@ type vmConfig struct {
 	SshdConfig    string `json:"sshd_config"`
 	ConsoleLog    string `json:"console_log"`
 	GuestUID      int    `json:"guest_uid"`
+	// Wsman is the Windows guest's WinRM endpoint (nil for Linux guests).
+	Wsman *wsmanConfig `json:"wsman"`
 }
 
 // labConfig is the runtime configuration written by bootstrap/lab.
@@ -49,6 +51,7 @@ type labConfig struct {
 	Username   string     `json:"username"`
 	Password   string     `json:"password"`
 	BootDelayS float64    `json:"boot_delay_s"`
+	Python     string     `json:"python"` // runs the Windows stand-in's programs (bootstrap/lab/windows)
 	VMs        []vmConfig `json:"vms"`
 }
 

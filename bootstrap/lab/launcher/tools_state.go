@@ -21,6 +21,8 @@ import (
 //	power.json          powered on, boot time, tools up, the console's pid
 //	processes/<pid>.json       a program StartProgramInGuest started (its GuestProcessInfo)
 //	processes/<pid>.exit.json  its exit code and end time, written by its waiter
+//	processes/<pid>.status     a Windows stand-in program's whole exit status, for its waiter
+//	windows/powershell.jsonl   what the Windows stand-in was asked of powershell.exe
 //
 // Every program runs under a waiter (the launcher binary run as "wait-program"), as
 // vmtoolsd runs each one under a forked waiter: the waiter outlives the launcher,
@@ -204,6 +206,14 @@ func runWaiter(args []string) int {
 		if status, ok := exit.Sys().(syscall.WaitStatus); ok && status.Signaled() {
 			code = 128 + int32(status.Signal())
 		}
+	}
+	// A Windows stand-in program's status is 32 bits; it leaves them in <pid>.status.
+	status := filepath.Join(dir, fmt.Sprintf("%d.status", pid))
+	if data, err := os.ReadFile(status); err == nil {
+		if whole, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 32); err == nil {
+			code = int32(uint32(whole))
+		}
+		_ = os.Remove(status)
 	}
 	path := filepath.Join(dir, fmt.Sprintf("%d.exit.json", pid))
 	if err := writeJSON(path, exitRecord{ExitCode: code, EndTime: time.Now()}); err != nil {
