@@ -161,6 +161,10 @@ def test_channels_explains_the_choice_per_capability(lin01: str) -> None:
     ]
     assert explained["capabilities"]["publish_userdata"][0]["channel"] == "pull"
     as_windows = json.loads(beachhead("channels", "--target", lin01, "--os", "windows", "--json").stdout)
-    ssh, guestops = as_windows["capabilities"]["run"]
-    assert ssh["verdict"].startswith("passed over: on Windows only with declared ssh credentials")
-    assert guestops["verdict"] == "would be used"
+    verdicts = {row["channel"]: row["verdict"] for row in as_windows["capabilities"]["run"]}
+    assert list(verdicts) == ["winrm", "ssh", "guestops"], verdicts
+    # The guest login chains into a WinRM route; channels connects to nothing, so winrm
+    # (first for Windows) would be tried, guest operations after it.
+    assert verdicts["winrm"] == "would be used", verdicts
+    assert verdicts["ssh"].startswith("passed over: on Windows only with declared ssh credentials")
+    assert verdicts["guestops"] == "fallback after winrm", verdicts
