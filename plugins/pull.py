@@ -6,7 +6,10 @@ into the VM's guestinfo extraConfig for cloud-init's VMware datasource. A ``user
 step always goes through it:
 
 ``- userdata: {user_data: FILE, meta_data: FILE, vendor_data: FILE, network_config: FILE,``
-``via: metadata|guestinfo, instance_id: ID}``
+``via: metadata|guestinfo, instance_id: ID, client_certs: [FILE, ...]}``
+
+``client_certs`` (``via: metadata`` only) are PEM X.509 certificates the server serves as
+``x509`` keys, which cloudbase-init maps for WinRM client-certificate authentication.
 
 Publishing to the server is journaled as ``publish_userdata`` (what it replaced is kept
 in the run's backups) and read back by sha256; undo republishes what was there or
@@ -91,6 +94,7 @@ class UserDataStep:
     vendor_data: Path | None = None
     network_config: Path | None = None
     instance_id: str | None = None
+    client_certs: tuple[Path, ...] = ()
     timeout: ClassVar[None] = None
     kind: ClassVar[str] = "userdata"
 
@@ -176,6 +180,7 @@ class PullSession:
             ip=ip,
             mac=mac,
             intended_sha256=data.user_data_sha256,
+            client_certs=len(step.client_certs),
             replaces=replaces,
         ) as after:
             await client.publish(
@@ -186,6 +191,7 @@ class PullSession:
                 meta_data=data.meta_data_yaml(),
                 vendor_data=data.vendor_data,
                 network_config=data.network_config,
+                client_certs=[path.read_text(encoding="ascii") for path in step.client_certs],
             )
             published = await client.data(instance)
             found = value_digest_of_base64((published or {}).get("user_data"))
@@ -261,6 +267,34 @@ PUBLISH_USERDATA = Operation(
 )
 
 
+def _client_certs(body: Any, reader: PlanReader, where: str) -> tuple[Path, ...]:
+    """``client_certs``: a non-empty list of files relative to the plan, each holding
+    exactly one PEM X.509 certificate."""
+    from cryptography import x509
+
+    field = f"{where}.client_certs"
+    names = body["client_certs"]
+    if not isinstance(names, list) or not names:
+        raise reader.error(field, "must be a non-empty list of PEM certificate files", body, "client_certs")
+    paths = []
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise reader.error(f"{field}[{index}]", "must be a file name", body, "client_certs")
+        path = (reader.base / name).resolve()
+        if not path.is_file():
+            raise reader.error(f"{field}[{index}]", f"file not found: {path}", body, "client_certs")
+        text = path.read_bytes()
+        try:
+            if text.count(b"-----BEGIN CERTIFICATE-----") != 1:
+                raise ValueError
+            x509.load_pem_x509_certificate(text)
+        except ValueError:
+            reason = f"{path} must hold exactly one PEM X.509 certificate"
+            raise reader.error(f"{field}[{index}]", reason, body, "client_certs") from None
+        paths.append(path)
+    return tuple(dict.fromkeys(paths))
+
+
 class UserData(StepKind):
     """The ``userdata`` step kind."""
 
@@ -269,9 +303,14 @@ class UserData(StepKind):
     operations = (PUBLISH_USERDATA,)
 
     def parse(self, body: Any, reader: PlanReader, where: str, parent: Any) -> UserDataStep:
-        """``{user_data, meta_data?, vendor_data?, network_config?, via?, instance_id?}``."""
+        """``{user_data, meta_data?, vendor_data?, network_config?, via?, instance_id?,
+        client_certs?}``."""
         body = reader.fields(
-            body, where, parent, {"user_data"}, {"meta_data", "vendor_data", "network_config", "via", "instance_id"}
+            body,
+            where,
+            parent,
+            {"user_data"},
+            {"meta_data", "vendor_data", "network_config", "via", "instance_id", "client_certs"},
         )
         files = {
             key: reader.local_file(body, key, where)
@@ -281,10 +320,14 @@ class UserData(StepKind):
         via = body.get("via", "metadata")
         if via not in Via.__members__.values():
             raise reader.error(f"{where}.via", f"must be metadata or guestinfo, got {brief(via)}", body, "via")
+        certs = _client_certs(body, reader, where) if "client_certs" in body else ()
+        if certs and via != Via.METADATA:
+            raise reader.error(f"{where}.client_certs", "only with via: metadata", body, "client_certs")
         return UserDataStep(
             user_data=reader.local_file(body, "user_data", where),
             via=Via(via),
             instance_id=reader.string(body, "instance_id", where) if "instance_id" in body else None,
+            client_certs=certs,
             **files,
         )
 
