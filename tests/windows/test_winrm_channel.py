@@ -411,7 +411,7 @@ def test_winrm_target_errors(uri: str, field: str, reason: str, monkeypatch: pyt
 
 
 def test_winrm_target_defaults(endpoint: Endpoint) -> None:
-    plain = parse_target(f"winrm://{USER}@192.0.2.9?password_env={PASSWORD_ENV}")
+    plain = parse_target(f"winrm://{USER}@win-host.invalid?password_env={PASSWORD_ENV}")
     assert plain.winrm is not None and (plain.port, plain.winrm.port, plain.os) == (5985, 5985, "windows")
     assert plain.winrm.transport == "ntlm" and plain.winrm.scheme == "http" and plain.ssh is None
     client = parse_target(endpoint.uri("certificate"))
