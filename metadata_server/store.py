@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -243,47 +244,48 @@ class SqliteStore:
 
     async def set_status(self, instance_id: str, status: Status) -> Instance | None:
         """Record what the guest did."""
-        async with self._write_lock:
-            current = self._by_id.get(instance_id)
-            if current is None:
-                return None
-            await self._call(
-                self._write,
-                "UPDATE instances SET fetched_at = ?, phoned_home_at = ?, phone_home = ? WHERE instance_id = ?",
-                (status.fetched_at, status.phoned_home_at, json.dumps(status.phone_home), instance_id),
-            )
-            updated = current.with_status(status)
-            self._index(updated)
-            return updated
+        return await self._update(
+            instance_id,
+            "UPDATE instances SET fetched_at = ?, phoned_home_at = ?, phone_home = ? WHERE instance_id = ?",
+            (status.fetched_at, status.phoned_home_at, json.dumps(status.phone_home), instance_id),
+            lambda current: current.with_status(status),
+        )
 
     async def set_password(self, instance_id: str, password: PostedPassword) -> Instance | None:
         """Keep the posted password (written once: :class:`Conflict` when one is kept)."""
-        async with self._write_lock:
-            current = self._by_id.get(instance_id)
-            if current is None:
-                return None
+
+        def kept(current: Instance) -> Instance:
             if current.password is not None:
                 raise Conflict("password", "already posted")
-            await self._call(
-                self._write,
-                "UPDATE instances SET password = ?, password_at = ? WHERE instance_id = ?",
-                (password.encrypted, password.posted_at, instance_id),
-            )
-            updated = replace(current, password=password)
-            self._index(updated)
-            return updated
+            return replace(current, password=password)
+
+        return await self._update(
+            instance_id,
+            "UPDATE instances SET password = ?, password_at = ? WHERE instance_id = ?",
+            (password.encrypted, password.posted_at, instance_id),
+            kept,
+        )
 
     async def clear_password(self, instance_id: str) -> Instance | None:
         """Forget the posted password."""
+        return await self._update(
+            instance_id,
+            "UPDATE instances SET password = NULL, password_at = NULL WHERE instance_id = ?",
+            (instance_id,),
+            lambda current: replace(current, password=None),
+        )
+
+    async def _update(
+        self, instance_id: str, sql: str, parameters: tuple[Any, ...], change: Callable[[Instance], Instance]
+    ) -> Instance | None:
+        """Under the write lock: the known instance as ``change`` makes it (``change`` may
+        refuse by raising, before anything is written), its row written with ``sql`` and
+        indexed; None for an unknown instance."""
         async with self._write_lock:
             current = self._by_id.get(instance_id)
             if current is None:
                 return None
-            await self._call(
-                self._write,
-                "UPDATE instances SET password = NULL, password_at = NULL WHERE instance_id = ?",
-                (instance_id,),
-            )
-            updated = replace(current, password=None)
+            updated = change(current)
+            await self._call(self._write, sql, parameters)
             self._index(updated)
             return updated
