@@ -62,6 +62,11 @@ class MetadataServer:
         """The admin token."""
         return self.token_file.read_text().strip()
 
+    @property
+    def client_env(self) -> dict[str, str]:
+        """The environment that points a ``beachhead run`` at this server."""
+        return {"BEACHHEAD_METADATA_SERVER": self.url, "BEACHHEAD_METADATA_TOKEN_FILE": str(self.token_file)}
+
     def start(self) -> MetadataServer:
         """Start the server and wait (bounded) until it accepts connections."""
         command = [

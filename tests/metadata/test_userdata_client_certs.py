@@ -26,7 +26,7 @@ def _run(server: MetadataServer, plan: Path, runs_dir: Path) -> tuple[int, str, 
         "--json",
         "--runs-dir",
         str(runs_dir),
-        env={"BEACHHEAD_METADATA_SERVER": server.url, "BEACHHEAD_METADATA_TOKEN_FILE": str(server.token_file)},
+        env=server.client_env,
     )
     return done.returncode, done.stdout, done.stderr
 

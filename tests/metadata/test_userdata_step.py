@@ -109,7 +109,7 @@ def test_undo_puts_back_what_the_run_replaced(server: MetadataServer, tmp_path: 
         "--json",
         "--runs-dir",
         str(runs_dir),
-        env={"BEACHHEAD_METADATA_SERVER": server.url, "BEACHHEAD_METADATA_TOKEN_FILE": str(server.token_file)},
+        env=server.client_env,
     )
     assert done.returncode == 0, done.stderr
     with urllib.request.urlopen(server.url + "/user-data", timeout=10) as response:
