@@ -331,18 +331,6 @@ def too_large(exc: BaseException) -> bool:
     return isinstance(exc, WinRMTransportError) and exc.code == 413
 
 
-def transient_http(exc: BaseException) -> bool:
-    """A failure worth retrying while connecting: a 5xx without a WS-Man fault, or the
-    connection reset."""
-    if isinstance(exc, WinRMTransportError):
-        return int(exc.code) >= 500
-    return (
-        isinstance(exc, requests.exceptions.ConnectionError)
-        and not isinstance(exc, requests.exceptions.SSLError)
-        and "refused" not in str(exc).lower()
-    )
-
-
 def as_error(
     exc: BaseException, target: str, protocol: LoggedProtocol, route: WinrmRoute, *, connecting: bool
 ) -> BeachheadError:

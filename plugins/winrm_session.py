@@ -76,8 +76,6 @@ INLINE_LIMIT = 8000
 SEND_OVERHEAD = 4096  # a Send envelope's header and framing, besides its base64 payload
 MIN_SEND = 4096  # the smallest stdin piece a too-large refusal shrinks to
 END_COMMAND_S = 15.0
-CONNECT_ATTEMPTS = 3
-CONNECT_BACKOFF_S = (0.5, 1.0, 2.0)
 
 # Reads the script from stdin (base64 of UTF-8) and runs it: ``exit N`` in the script
 # sets the exit status, otherwise it is the last native command's, or 1 after an error
@@ -110,10 +108,6 @@ Stdin = bytes | AsyncIterator[bytes] | None
 
 def _never(exc: BaseException) -> bool:
     return False
-
-
-def _transient(exc: BaseException) -> bool:
-    return wsman.transient_http(exc)
 
 
 class WinrmSession:
@@ -193,14 +187,13 @@ class WinrmSession:
         return self._shell_id
 
     async def open_shared_shell(self, *, connecting: bool = False) -> None:
-        """Open the shell the session's commands share (while ``connecting``, transient
-        HTTP failures are raised as they are, for the caller's retries)."""
+        """Open the shell the session's commands share (``connecting``: its failures are
+        :class:`ChannelUnavailable`, as while the session is being opened)."""
 
         def open_shell(protocol: LoggedProtocol) -> str:
             return str(protocol.open_shell(codepage=CODEPAGE_UTF8, noprofile=True))
 
-        expect = _transient if connecting else _never
-        self._shell_id = await self.call(open_shell, expect=expect, connecting=connecting)
+        self._shell_id = await self.call(open_shell, connecting=connecting)
 
     @contextlib.asynccontextmanager
     async def shell_for(self, env: Mapping[str, str] | None) -> AsyncIterator[str | None]:
@@ -521,41 +514,32 @@ class ClixmlDecoder:
 
 async def open_session(target: TargetContext) -> WinrmSession:
     """Connect to the guest's WinRM endpoint: read its WS-Man configuration (for
-    ``MaxEnvelopeSizekb``) and open the shared shell, retrying an HTTP 5xx or a reset
-    connection a few times with backoff; every failure is :class:`ChannelUnavailable`
-    (wrong credentials and untrusted certificates not retryable)."""
+    ``MaxEnvelopeSizekb``) and open the shared shell. Every failure is
+    :class:`ChannelUnavailable`, retryable for an HTTP 5xx, a reset or refused
+    connection or a timeout (the engine's connection attempts retry those with backoff,
+    ``--retries``), not for wrong credentials or an untrusted certificate."""
     route = target.target.winrm
     host = target.guest_address()
     name = target.target.name
     if route is None or host is None:
         raise ChannelUnavailable(NAME, name, "no winrm route or no guest address")
     wire_log = target.run.wire_log
-    for attempt in range(CONNECT_ATTEMPTS):
-        protocol = wsman.make_protocol(host, route, wire_log)
-        session = WinrmSession(name, host, route, wire_log, protocol)
-        try:
-            started = time.monotonic()
-            size = await session.call(_read_max_envelope, expect=_transient, connecting=True)
-            if size:
-                session.set_max_envelope(size)
-            await session.open_shared_shell(connecting=True)
-            log.info(
-                "winrm.connected",
-                target=name,
-                endpoint=protocol.endpoint,
-                transport=str(route.transport),
-                max_envelope=session.max_envelope,
-                seconds=round(time.monotonic() - started, 3),
-            )
-            return session
-        except ChannelUnavailable:
-            raise
-        except Exception as exc:
-            if attempt + 1 == CONNECT_ATTEMPTS or not _transient(exc):
-                raise wsman.as_error(exc, name, protocol, route, connecting=True) from None
-            log.warning("winrm.connect_retry", target=name, reason=str(exc)[:200], attempt=attempt + 1)
-            await asyncio.sleep(CONNECT_BACKOFF_S[attempt])
-    raise AssertionError("unreachable")
+    protocol = wsman.make_protocol(host, route, wire_log)
+    session = WinrmSession(name, host, route, wire_log, protocol)
+    started = time.monotonic()
+    size = await session.call(_read_max_envelope, connecting=True)
+    if size:
+        session.set_max_envelope(size)
+    await session.open_shared_shell(connecting=True)
+    log.info(
+        "winrm.connected",
+        target=name,
+        endpoint=protocol.endpoint,
+        transport=str(route.transport),
+        max_envelope=session.max_envelope,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return session
 
 
 def _read_max_envelope(protocol: LoggedProtocol) -> int | None:
