@@ -38,6 +38,7 @@ class VmSpec:
     os: str
     guest_username: str
     guest_password: str | None = None
+    cloudbase_init: bool = False  # Windows: run the cloudbase-init stand-in at each boot
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,12 @@ class _Reader:
             raise self.bad(key, f"must be a number from {low:g} to {high:g}")
         return float(value)
 
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.mapping.get(key, default)
+        if not isinstance(value, bool):
+            raise self.bad(key, "must be true or false")
+        return value
+
 
 def load_config(path: Path | None = None) -> LabConfig:
     """Read and validate a lab file (the shipped default when ``path`` is None)."""
@@ -136,13 +143,16 @@ def load_config(path: Path | None = None) -> LabConfig:
     vms: list[VmSpec] = []
     for index, entry in enumerate(vms_data, start=1):
         vm = _Reader(source, entry, f"vms[{index}]")
-        vm.check_keys({"name", "guest_id", "os", "guest_username", "guest_password"})
+        vm.check_keys({"name", "guest_id", "os", "guest_username", "guest_password", "cloudbase_init"})
         name = vm.required("name", _NAME)
         if any(existing.name == name for existing in vms):
             raise vm.bad("name", f"VM name {name!r} appears twice")
         os_family = vm.required("os")
         if os_family not in OS_FAMILIES:
             raise vm.bad("os", f"must be one of {', '.join(OS_FAMILIES)}")
+        cloudbase_init = vm.flag("cloudbase_init", False)
+        if cloudbase_init and os_family != "windows":
+            raise vm.bad("cloudbase_init", "cloudbase-init runs on Windows guests only")
         vms.append(
             VmSpec(
                 name=name,
@@ -150,6 +160,7 @@ def load_config(path: Path | None = None) -> LabConfig:
                 os=os_family,
                 guest_username=vm.required("guest_username", _USERNAME),
                 guest_password=vm.text("guest_password", None),
+                cloudbase_init=cloudbase_init,
             )
         )
 

@@ -27,6 +27,7 @@ from beachhead.bootstrap.lab.build import launcher_binary
 from beachhead.bootstrap.lab.certs import ensure_certificates
 from beachhead.bootstrap.lab.config import LabConfig, VmSpec, generated_password
 from beachhead.bootstrap.lab.system import LabError
+from beachhead.bootstrap.lab.windows import firstboot
 from beachhead.bootstrap.lab.windows.wsman import labsetup as wsman_files
 
 READY_TIMEOUT_S = 45.0
@@ -205,13 +206,15 @@ def _start_guest(
     layout = guests.GuestLayout(directory / "guests" / vm.name)
     linux, uid = vm.os == "linux", 0
     winrm: dict[str, str] | None = None
+    cloudbase_init: dict[str, str | int] | None = None
     if linux:
         uid = guests.prepare_linux_root(layout, vm.name, ip, vm.guest_username, password)
     else:
         guests.prepare_windows_root(layout, vm.guest_username)
-        winrm = wsman_files.prepare(
-            layout.root.with_name(vm.name + ".tools"), directory / "pki", vm.name, ip, vm.guest_username, password
-        )
+        tools = layout.root.with_name(vm.name + ".tools")
+        winrm = wsman_files.prepare(tools, directory / "pki", vm.name, ip, vm.guest_username, password)
+        if vm.cloudbase_init:
+            cloudbase_init = firstboot.prepare(tools, winrm, vm.guest_username)
     dhcp.write_guest_dhcp_config(layout.dhcp_dir)
     holder = guests.start_holder(netns, layout, vm.name, linux)
     state.data["holders"].append(holder)
@@ -223,6 +226,7 @@ def _start_guest(
         "guest_username": vm.guest_username,
         "guest_password": password,
         "ssh_host_key": layout.ssh_host_public_key() if linux else None,
+        "cloudbase_init": vm.cloudbase_init,
     }
     runtime = {
         **{key: public[key] for key in ("name", "os", "guest_id", "ip", "guest_username", "guest_password")},
@@ -234,6 +238,7 @@ def _start_guest(
         "console_log": str(layout.console_log),
         "guest_uid": uid,
         "wsman": winrm,
+        "cloudbase_init": cloudbase_init,
     }
     client = dhcp.GuestDhcp(
         vm.name, netns, holder, ip, layout.dhclient_leases, layout.dhclient_pid, layout.dhclient_log

@@ -31,7 +31,8 @@ vms:
   - {{name: lin-01, guest_id: debian12_64Guest, os: linux, guest_username: root}}
   - {{name: lin-02, guest_id: ubuntu64Guest, os: linux, guest_username: root}}
   - {{name: lin-03, guest_id: debian12_64Guest, os: linux, guest_username: admin}}
-  - {{name: win-01, guest_id: windows2019srv_64Guest, os: windows, guest_username: Administrator}}
+  - {{name: win-01, guest_id: windows2019srv_64Guest, os: windows, guest_username: Administrator,
+      cloudbase_init: true}}
 """ + "".join(f"  - {{name: {name}, guest_id: debian12_64Guest, os: linux, guest_username: root}}\n" for name in FLEET)
 
 

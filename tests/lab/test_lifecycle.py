@@ -105,6 +105,14 @@ def test_restart_vcenter_drops_sessions_and_keeps_the_vms(vc: Vc) -> None:
             "  - {name: a, guest_id: otherGuest, os: linux, guest_username: root}\n",
             "vms[2].name (line 3): VM name 'a' appears twice",
         ),
+        (
+            "vms:\n  - {name: a, guest_id: otherGuest, os: linux, guest_username: root, cloudbase_init: true}\n",
+            "vms[1].cloudbase_init (line 2): cloudbase-init runs on Windows guests only",
+        ),
+        (
+            "vms:\n  - {name: a, guest_id: otherGuest, os: windows, guest_username: A, cloudbase_init: yes please}\n",
+            "vms[1].cloudbase_init (line 2): must be true or false",
+        ),
     ],
 )
 def test_bad_lab_file_exits_2_naming_file_and_field(tmp_path: Path, text: str, message: str) -> None:

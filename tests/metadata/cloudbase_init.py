@@ -52,10 +52,18 @@ def rsa_key_pair(directory: Path, name: str = "admin") -> tuple[str, Path]:
     return f"{public.decode()} {name}@beachhead", private
 
 
-def client_certificate(upn: str = "administrator@win-01") -> str:
+def client_certificate(upn: str = "administrator@win-01", key_file: Path | None = None) -> str:
     """A self-signed client-authentication certificate with a UPN subject alternative
-    name, as WinRM certificate mapping (and cloudbase-init's plugin) requires; PEM."""
+    name, as WinRM certificate mapping (and cloudbase-init's plugin) requires; PEM. Its
+    private key is written to ``key_file`` (PEM, 0600) when given."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_file is not None:
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, upn.split("@")[0])])
     now = datetime.datetime.now(datetime.UTC)
     upn_der = b"\x0c" + bytes([len(upn)]) + upn.encode()  # a DER UTF8String

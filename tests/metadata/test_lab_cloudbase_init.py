@@ -26,12 +26,12 @@ STANDIN = REPO / "bootstrap" / "lab" / "windows" / "cloudbase_init.py"
 PS1 = "#ps1_sysnative\nWrite-Output hello\n"
 
 
-def _standin(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _standin(url: str | None, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "*", "no_proxy": "*"}
+    given = ["--metadata-url", url, "--user", "Administrator"] if url is not None else []
     return subprocess.run(
-        [str(CLOUDBASE_PYTHON), str(STANDIN), "--metadata-url", url, "--cert-map", str(tmp_path / "certmap"),
-         "--user", "Administrator", "--record", str(tmp_path / "record"), "--root-store", str(tmp_path / "root.pem"),
-         *extra],
+        [str(CLOUDBASE_PYTHON), str(STANDIN), *given, "--cert-map", str(tmp_path / "certmap"),
+         "--record", str(tmp_path / "record"), "--root-store", str(tmp_path / "root.pem"), *extra],
         capture_output=True, text=True, timeout=120, env=env, check=False,
     )  # fmt: skip
 
@@ -84,3 +84,28 @@ def test_gives_up_within_its_wait_when_no_server_answers(tmp_path: Path) -> None
     done = _standin(f"http://127.0.0.1:{port}/", tmp_path, "--wait", "3")
     assert done.returncode != 0 and "not reachable within 3s" in done.stderr, done.stderr[-3000:]
     assert "retrying" in done.stderr and not (tmp_path / "certmap").exists()
+
+
+def test_reads_the_url_and_the_user_from_the_shipped_configuration(server: MetadataServer, tmp_path: Path) -> None:
+    shipped = (REPO / "bootstrap" / "windows" / "cloudbase-init.conf").read_text()
+    assert "metadata_base_url=http://169.254.169.254/\n" in shipped
+    conf = tmp_path / "cloudbase-init.conf"  # the shipped file, pointed at this test's server
+    conf.write_text(shipped.replace("http://169.254.169.254/", server.url + "/"))
+    cert = client_certificate("administrator@win-01")
+    (tmp_path / "a.pem").write_text(cert)
+    server.publish("win-01", "--ip", "127.0.0.1", "--client-cert", str(tmp_path / "a.pem"))
+    done = _standin(None, tmp_path, "--config-file", str(conf))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "record" / "metadata.json").read_text())
+    assert record["instance_id"] == "win-01"
+    assert record["cert_mappings"] == [f"{_thumbprint(cert)} administrator@win-01 Administrator"]  # username=
+    again = _standin(None, tmp_path, "--config-file", str(conf))  # a second boot imports nothing twice
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(x509.load_pem_x509_certificates((tmp_path / "root.pem").read_bytes())) == 1
+
+
+def test_refuses_a_configuration_without_the_http_service(tmp_path: Path) -> None:
+    conf = tmp_path / "cloudbase-init.conf"
+    conf.write_text("[DEFAULT]\nmetadata_services=cloudbaseinit.metadata.services.ec2service.EC2Service\n")
+    done = _standin(None, tmp_path, "--config-file", str(conf), "--wait", "1")
+    assert done.returncode != 0 and "HttpService" in done.stderr, done.stderr[-3000:]

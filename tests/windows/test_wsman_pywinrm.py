@@ -18,6 +18,8 @@ import xmltodict
 from winrm.exceptions import InvalidCredentialsError, WinRMOperationTimeoutError, WinRMTransportError, WSManFaultError
 from winrm.protocol import Protocol
 
+from beachhead.bootstrap.lab.certs import thumbprint
+from tests.metadata.cloudbase_init import client_certificate
 from tests.windows.conftest import WsmanEndpoint, start_wsman
 
 CFG = "{http://schemas.microsoft.com/wbem/wsman/1/config}"
@@ -129,6 +131,35 @@ def test_certificate_without_mapping_is_rejected(wsman_endpoint: WsmanEndpoint) 
     wsman_endpoint.cert_map.write_text("")  # read again at the next request
     with pytest.raises(InvalidCredentialsError):
         run(https_protocol(wsman_endpoint, "certificate"), "whoami")
+
+
+def test_a_root_imported_while_serving_is_trusted_from_the_next_handshake(tmp_path: Path) -> None:
+    # What cloudbase-init does at first boot: import a self-signed client certificate
+    # into the Root store and map it, while WinRM already listens.
+    store = tmp_path / "root-store.pem"
+    store.write_text("")
+    with start_wsman(tmp_path / "endpoint", "--client-ca", str(store)) as endpoint:
+        cert, key = tmp_path / "self-signed.pem", tmp_path / "self-signed-key.pem"
+        cert.write_text(client_certificate(endpoint.client_upn, key_file=key))
+        endpoint.cert_map.write_text(f"{thumbprint(cert)} {endpoint.client_upn} {endpoint.user}\n")
+
+        def protocol() -> Protocol:
+            return Protocol(
+                endpoint.https_url, transport="certificate", cert_pem=str(cert), cert_key_pem=str(key),
+                server_cert_validation="validate", ca_trust_path=str(endpoint.ca_file),
+            )  # fmt: skip
+
+        # An unknown CA fails the handshake (under TLS 1.3 after the client has sent its
+        # request: it sees the connection closed).
+        with pytest.raises(requests.exceptions.ConnectionError):
+            run(protocol(), "whoami")
+        store.write_text(cert.read_text())
+        stdout, stderr, code = run(protocol(), "whoami")
+        assert code == 0, stderr
+        assert stdout.strip().lower().endswith(endpoint.user.lower().encode())
+        store.write_text("")  # taken out of the store: no mapping matches it any more
+        with pytest.raises(InvalidCredentialsError):
+            run(protocol(), "whoami")
 
 
 def test_stdin_environment_and_working_directory(wsman_endpoint: WsmanEndpoint) -> None:

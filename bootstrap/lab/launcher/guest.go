@@ -210,17 +210,32 @@ func (g *guest) logToolsRunning() {
 // wsmanConfig is what the Windows guest's WinRM endpoint is started with
 // (bootstrap/lab/windows/wsman/labsetup.py writes the files).
 type wsmanConfig struct {
-	Users   string `json:"users"`
-	CertMap string `json:"cert_map"`
-	Cert    string `json:"cert"`
-	Key     string `json:"key"`
-	CA      string `json:"ca"`
-	Log     string `json:"log"`
-	HTTP    string `json:"http"`
-	HTTPS   string `json:"https"`
+	Users     string `json:"users"`
+	CertMap   string `json:"cert_map"`
+	Cert      string `json:"cert"`
+	Key       string `json:"key"`
+	CA        string `json:"ca"`
+	RootStore string `json:"root_store"`
+	Log       string `json:"log"`
+	HTTP      string `json:"http"`
+	HTTPS     string `json:"https"`
 }
 
 const wsmanModule = "beachhead.bootstrap.lab.windows.wsman"
+
+// cloudbaseInitConfig is the cloudbase-init stand-in a Windows guest runs at each boot
+// (bootstrap/lab/windows/firstboot.py writes it).
+type cloudbaseInitConfig struct {
+	Python     string `json:"python"`
+	Script     string `json:"script"`
+	ConfigFile string `json:"config_file"`
+	User       string `json:"user"`
+	CertMap    string `json:"cert_map"`
+	RootStore  string `json:"root_store"`
+	Record     string `json:"record"`
+	Log        string `json:"log"`
+	WaitS      int    `json:"wait_s"`
+}
 
 // startDaemons starts what a booted guest serves: sshd for Linux guests, the WinRM
 // endpoint (5985, 5986 on the guest's address) for Windows ones, and the console.
@@ -228,7 +243,8 @@ func (g *guest) startDaemons() {
 	if w := g.cfg.Wsman; g.windows() && w != nil && g.python != "" {
 		winrm := g.system("/", nil, g.python, "-m", wsmanModule, "--root", g.cfg.Root,
 			"--users", w.Users, "--http", w.HTTP, "--https", w.HTTPS, "--cert", w.Cert, "--key", w.Key,
-			"--client-ca", w.CA, "--cert-map", w.CertMap, "--record", g.windowsRecordDir(), "--log", w.Log)
+			"--client-ca", w.CA, "--client-ca", w.RootStore, "--cert-map", w.CertMap,
+			"--record", g.windowsRecordDir(), "--log", w.Log)
 		winrm.Stderr = g.logFile(w.Log)
 		if err := winrm.Start(); err == nil {
 			g.daemons = append(g.daemons, winrm)
@@ -236,6 +252,9 @@ func (g *guest) startDaemons() {
 		} else {
 			g.logf("Guest: WinRM endpoint did not start: %v", err)
 		}
+	}
+	if c := g.cfg.CloudbaseInit; g.windows() && c != nil {
+		g.startCloudbaseInit(c)
 	}
 	if g.cfg.SshdConfig != "" {
 		sshd := g.system("/", nil, "/usr/sbin/sshd", "-D", "-e", "-f", g.cfg.SshdConfig)
@@ -246,6 +265,30 @@ func (g *guest) startDaemons() {
 		}
 	}
 	g.startConsole()
+}
+
+// startCloudbaseInit runs the cloudbase-init stand-in, as the service runs at a Windows
+// boot: it reads the instance's data from the metadata server and maps the instance's
+// WinRM client certificates, then ends; vmware.log says how it ended.
+func (g *guest) startCloudbaseInit(c *cloudbaseInitConfig) {
+	run := g.system("/", nil, c.Python, c.Script, "--config-file", c.ConfigFile, "--user", c.User,
+		"--cert-map", c.CertMap, "--root-store", c.RootStore, "--record", c.Record,
+		"--wait", strconv.Itoa(c.WaitS))
+	out := g.logFile(c.Log)
+	run.Stdout, run.Stderr = out, out
+	if err := run.Start(); err != nil {
+		g.logf("Guest: cloudbase-init did not start: %v", err)
+		return
+	}
+	g.logf("Guest: cloudbase-init started (pid %d)", run.Process.Pid)
+	g.daemons = append(g.daemons, run)
+	go func() {
+		if err := run.Wait(); err != nil {
+			g.logf("Guest: cloudbase-init ended: %v; see %s", err, c.Log)
+		} else {
+			g.logf("Guest: cloudbase-init finished")
+		}
+	}()
 }
 
 // startConsole runs a login shell on a pseudo-terminal (script(1) owns the pty):

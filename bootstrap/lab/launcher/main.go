@@ -40,6 +40,8 @@ type vmConfig struct {
 	GuestUID      int    `json:"guest_uid"`
 	// Wsman is the Windows guest's WinRM endpoint (nil for Linux guests).
 	Wsman *wsmanConfig `json:"wsman"`
+	// CloudbaseInit is what a Windows guest runs at each boot (nil: nothing).
+	CloudbaseInit *cloudbaseInitConfig `json:"cloudbase_init"`
 }
 
 // labConfig is the runtime configuration written by bootstrap/lab.

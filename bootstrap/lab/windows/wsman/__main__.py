@@ -24,11 +24,11 @@ import tempfile
 from pathlib import Path
 
 from aiohttp import web
-from cryptography import x509
 
 from beachhead.bootstrap.lab.windows.wsman import winrs
 from beachhead.bootstrap.lab.windows.wsman.server import Endpoint, Security, first_certificate_der, server_ssl_context
 from beachhead.bootstrap.lab.windows.wsman.service import Limits, Service
+from beachhead.bootstrap.lab.windows.wsman.trust import TrustedRoots, read_certificates
 
 PROG = "python -m beachhead.bootstrap.lab.windows.wsman"
 
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, help="its private key (PEM)")
     p.add_argument(
         "--client-ca", type=Path, action="append", default=[], metavar="PEM",
-        help="CA certificates client certificates may chain to (the guest's trusted roots)",
+        help="CA certificates client certificates may chain to (the guest's trusted roots); read again when changed",
     )  # fmt: skip
     p.add_argument("--cert-map", type=Path, help="ISSUER_SHA1_THUMBPRINT SUBJECT USER lines, read per request")
     p.add_argument("--allow-basic", action="store_true", help="accept Basic authentication (https only)")
@@ -84,7 +84,7 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{name} {path}: no such file")
     for ca in args.client_ca:
         try:
-            x509.load_pem_x509_certificates(ca.read_bytes())
+            read_certificates(ca)
         except (OSError, ValueError) as exc:
             p.error(f"--client-ca {ca}: {exc}")
 
@@ -108,12 +108,12 @@ async def serve(args: argparse.Namespace) -> None:
             allow_certificate=bool(args.client_ca),
         )
         service = Service(host, limits)
-        cas = [cert for ca in args.client_ca for cert in x509.load_pem_x509_certificates(ca.read_bytes())]
+        roots = TrustedRoots(args.client_ca) if args.client_ca else None
         security = Security(
             users_file=args.users,
             allow_basic=args.allow_basic,
             cert_map=args.cert_map,
-            client_cas=cas,
+            roots=roots,
             bindings_der=first_certificate_der(args.cert) if args.cert else None,
         )
         endpoint = Endpoint(service, security, args.max_envelope_kb)
@@ -121,7 +121,7 @@ async def serve(args: argparse.Namespace) -> None:
         await app_runner.setup()
         ready: dict[str, object] = {"ready": True, "http": [], "https": []}
         try:
-            tls = server_ssl_context(args.cert, args.key, args.client_ca) if args.https else None
+            tls = server_ssl_context(args.cert, args.key, roots) if args.https else None
             for kind, addresses in (("http", args.http), ("https", args.https)):
                 for address, port in addresses:
                     site = web.TCPSite(app_runner, address, port, ssl_context=tls if kind == "https" else None)

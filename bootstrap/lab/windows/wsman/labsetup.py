@@ -6,6 +6,8 @@ directory (``guests/<vm>.tools/wsman/``) and the lab's ``pki/``.
   ``ISSUER_SHA1_THUMBPRINT SUBJECT USER`` maps certificates issued by that CA whose
   UPN is SUBJECT, or any with ``*``, to USER, as ``winrm create
   winrm/config/service/certmapping`` does on Windows);
+* ``root-store.pem``: the machine's Root store beyond the lab CA, empty at first
+  (certificates imported into it are trusted by the endpoint from the next handshake);
 * ``pki/<vm>.pem`` / ``pki/<vm>-key.pem``: the https listener's certificate from the
   lab CA (IP SAN the guest address, DNS SAN its name).
 """
@@ -32,6 +34,9 @@ def prepare(tools_dir: Path, pki: Path, name: str, ip: str, user: str, password:
     cert_map = directory / "certmap"
     if not cert_map.exists():
         cert_map.write_text("", encoding="utf-8")
+    root_store = directory / "root-store.pem"
+    if not root_store.exists():
+        root_store.write_text("", encoding="ascii")
     cert, key = issue_certificate(pki, name, f"{name} WinRM", hosts=(ip, name))
     return {
         "users": str(users),
@@ -39,6 +44,7 @@ def prepare(tools_dir: Path, pki: Path, name: str, ip: str, user: str, password:
         "cert": str(cert),
         "key": str(key),
         "ca": str(pki / "ca.pem"),
+        "root_store": str(root_store),
         "log": str(directory / "wsman.log"),
         "http": f"{ip}:{HTTP_PORT}",
         "https": f"{ip}:{HTTPS_PORT}",

@@ -10,8 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from multidict import CIMultiDict
 
 from beachhead.bootstrap.lab.windows.wsman import auth, envelope
 from beachhead.bootstrap.lab.windows.wsman.service import Caller, Service
+from beachhead.bootstrap.lab.windows.wsman.trust import TrustedRoots
 
 log = logging.getLogger("beachhead.wsman")
 
@@ -36,19 +36,17 @@ class Security:
     users_file: Path
     allow_basic: bool = False
     cert_map: Path | None = None
-    client_cas: list[x509.Certificate] = field(default_factory=list)
+    roots: TrustedRoots | None = None  # what client certificates may chain to
     bindings_der: bytes | None = None  # the https server certificate, for channel binding
 
 
-def server_ssl_context(cert: Path, key: Path, client_cas: Sequence[Path]) -> ssl.SSLContext:
-    """TLS for the https listener; asks for a client certificate (optional) when CAs
-    to verify one against are given."""
+def server_ssl_context(cert: Path, key: Path, roots: TrustedRoots | None) -> ssl.SSLContext:
+    """TLS for the https listener; asks for a client certificate (optional) when there
+    are roots to verify one against."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    if client_cas:
-        for ca in client_cas:
-            context.load_verify_locations(cafile=str(ca))
-        context.verify_mode = ssl.CERT_OPTIONAL
+    if roots is not None:
+        roots.install(context)
     return context
 
 
@@ -126,9 +124,8 @@ class Endpoint:
                 der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
                 if not (https and der):
                     return self._challenge(https)
-                return auth.map_certificate(
-                    der, self.security.client_cas, self.security.cert_map, self.security.users_file
-                )
+                roots = self.security.roots.certificates() if self.security.roots else []
+                return auth.map_certificate(der, roots, self.security.cert_map, self.security.users_file)
         except auth.AuthError as exc:
             log.info("authentication refused from %s: %s", request.remote, exc)
             return self._challenge(https)
