@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import beachhead, write_plan
+from tests.lab.conftest import Vc, wait_for
 
 STOP_SSHD = "kill $(ss -Hltnp 'sport = :22' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u)"
 START_SSHD = "/usr/sbin/sshd -f /etc/ssh/sshd_config"
@@ -42,9 +43,11 @@ def _guestops(tmp_path: Path, uri: str, command: str) -> None:
 
 
 @pytest.fixture
-def lin01(vsphere_uri: Callable[..., str], tmp_path: Path) -> Iterator[str]:
-    """lin-01 as one vsphere:// target with its guest login (and so its ssh route);
-    its sshd is running again after the test, whatever the test did to it."""
+def lin01(vsphere_uri: Callable[..., str], vc: Vc, tmp_path: Path) -> Iterator[str]:
+    """lin-01 as one vsphere:// target with its guest login (and so its ssh route),
+    booted (tools running, address reported: a session's first test may start within
+    the boot delay); its sshd is running again after the test, whatever the test did."""
+    wait_for(lambda: vc.vm("lin-01").guest.ipAddress, timeout=60, what="lin-01 reports its address")
     uri = vsphere_uri("lin-01")
     yield uri
     _guestops(tmp_path, uri, f"{PORT_22_CLOSED} && {START_SSHD}; true")

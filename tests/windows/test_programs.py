@@ -114,6 +114,34 @@ def test_variables_are_expanded_once_per_line(root: Path) -> None:
     assert missing.status == 1 and missing.stderr == b"Environment variable NOSUCHPREFIX not defined\r\n"
 
 
+def test_batch_files_run_line_by_line(root: Path) -> None:
+    batch = root / "C/Users/Administrator/job.cmd"
+    batch.write_bytes(
+        b'@set "WHO=batch"\r\n'
+        b":: a comment, and a label\r\n:top\r\n"
+        b"@echo %WHO% sees %1 and %2, 100%% of %* %UNDEFINED%.\r\n"
+        b"echo shown\r\n"
+        b"@echo off\r\n"
+        b"echo quiet\r\n"
+        b"type C:\\nope\r\n"
+        b"exit /b %ERRORLEVEL%\r\n"
+        b"echo never\r\n"
+    )
+    done = win(root, r'cmd.exe /d /s /c ""C:\Users\Administrator\job.cmd" one "two words""')
+    assert done.stdout == (
+        b'batch sees one and "two words", 100% of one "two words" .\r\n'
+        b"\r\nC:\\Users\\Administrator>echo shown\r\nshown\r\nquiet\r\n"
+    )
+    assert done.status == 1 and b"cannot find" in done.stderr
+    # Named without call, a batch file ends the one that named it; exit /b ends a batch
+    # file alone, and the command line goes on.
+    (root / "C/Users/Administrator/inner.bat").write_bytes(b"@echo inner\r\n@exit /b 3\r\n")
+    batch.write_bytes(b"@inner.bat\r\n@echo after\r\n")
+    chained = win(root, r"cmd /c C:\Users\Administrator\job.cmd & echo line %ERRORLEVEL%")
+    assert chained.stdout == b"inner\r\nline 0\r\n"  # the line was expanded before the batch ran
+    assert chained.status == 3  # echo leaves the errorlevel as it is
+
+
 def test_builtins(root: Path) -> None:
     assert win(root, "cmd /c echo.").stdout == b"\r\n"
     assert win(root, "cmd /c echo").stdout == b"ECHO is on.\r\n"

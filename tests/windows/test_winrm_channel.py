@@ -234,8 +234,8 @@ async def test_env_values_reach_the_guest_and_nothing_else(endpoint: Endpoint, c
     opened = await connect(endpoint.uri())  # type: ignore[operator]
     outcome = await opened.session.run(_cmd("echo %APP_TOKEN%", {"APP_TOKEN": value}))
     assert outcome.stdout.strip() == value
-    script = await opened.session.run(_cmd("echo %APP_TOKEN%\r\nexit /b 4", {"APP_TOKEN": value}, script=True))
-    assert script.exit_status is not None
+    script = await opened.session.run(_cmd("@echo %APP_TOKEN%\r\n@exit /b 4", {"APP_TOKEN": value}, script=True))
+    assert (script.exit_status, script.stdout.strip()) == (4, value)
     assert value not in opened.wire_log.read_text()
     for path in endpoint.record.rglob("*"):
         if path.is_file():
@@ -260,10 +260,13 @@ async def test_cmd_script_travels_through_a_temporary_file(endpoint: Endpoint, c
     assert not any(
         "echo first" in c for r in opened.wire() for c in re.findall(r"<rsp:Arguments>[^<]*", str(r["request"]))
     )
-    # The stand-in's cmd.exe runs no batch files: it says so as cmd.exe would (9009).
-    assert outcome.exit_status in (0, 9009)
-    if outcome.exit_status == 0:
-        assert outcome.stdout.split() == ["first", "second"]
+    # Run as a batch file: echo is on, so each command is shown at the prompt first.
+    assert outcome.exit_status == 0, outcome.stderr
+    assert [line for line in outcome.stdout.splitlines() if line and ">" not in line] == ["first", "second"]
+    assert [line.partition(">")[2] for line in outcome.stdout.splitlines() if ">" in line] == [
+        "echo first",
+        "echo second",
+    ]
     assert not list((endpoint.root / "C" / "Windows" / "Temp").glob("beachhead-*.cmd"))
 
 

@@ -333,14 +333,18 @@ def set_(cmd: Cmd, arguments: str) -> int:
 
 
 def exit_(cmd: Cmd, arguments: str) -> int:
-    """EXIT [/B] [CODE]: end cmd.exe with CODE (the errorlevel when none is given)."""
-    from beachhead.bootstrap.lab.windows.cmd import Exit
+    """EXIT [/B] [CODE]: end cmd.exe with CODE (the errorlevel when none is given);
+    ``/B`` in a batch file ends the batch file alone."""
+    from beachhead.bootstrap.lab.windows.cmd import Exit, ExitBatch
 
-    given = [word for word in words(arguments) if word.lower() != "/b"]
+    said = words(arguments)
+    given = [word for word in said if word.lower() != "/b"]
     try:
         status = int(given[0]) if given else cmd.errorlevel
     except ValueError:
         status = 0
+    if cmd.batch_depth and len(given) < len(said):
+        raise ExitBatch(status)
     raise Exit(status)
 
 

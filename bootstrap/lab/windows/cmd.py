@@ -8,6 +8,14 @@ and the redirections ``<``, ``>``, ``>>``, ``N>``, ``N>&M``. Built-ins
 (:mod:`~beachhead.bootstrap.lab.windows.builtins`) run in this process; other programs
 as processes of their own; each side of a pipe runs in a process of its own too, a
 built-in through a child ``cmd.exe /S /D /c" …"`` as Windows does.
+
+A batch file (``.cmd``, ``.bat``) named as a command runs in this process, line by line:
+each line expanded when it is reached (so a ``set`` is seen by the lines after it),
+``%%`` a percent sign, ``%0``-``%9`` and ``%*`` its arguments, an undefined variable
+nothing; echoed (a blank line, the prompt and the line) while echo is on unless it
+starts with ``@``; lines starting with ``:`` (labels, ``::`` comments) skipped;
+``exit /b N`` ends the batch file alone. A batch file named in a batch file without
+``call`` ends the one that named it when it ends, as in cmd.exe.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from beachhead.bootstrap.lab.windows import programs
@@ -29,6 +38,7 @@ SPECIAL_IN_QUOTES = set("&<>()@^|")
 NOT_RECOGNIZED = "'{}' is not recognized as an internal or external command,\noperable program or batch file.\n"
 VERSION = "Microsoft Windows [Version 10.0.17763.1]"
 DELIMITERS = " \t,;="
+BATCH_EXTENSIONS = (".cmd", ".bat")
 BUILTIN_END = './\\(+[]:"'
 
 
@@ -227,6 +237,14 @@ class Exit(Exception):
         self.status = status
 
 
+class ExitBatch(Exception):
+    """``exit /b`` in a batch file: the batch file ends with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 Streams = tuple[BinaryIO, BinaryIO, BinaryIO]
 
 
@@ -239,27 +257,45 @@ class Cmd:
         self.command_line = command_line
         self.errorlevel = 0
         self.echo = True
+        self.batch_depth = 0  # batch files running, innermost last
+        self._chained = False  # a batch file named one without call: it ends after it
 
     # -- phase 1 ---------------------------------------------------------------------------
-    def expand(self, line: str) -> str:
+    def expand(self, line: str, batch: list[str] | None = None) -> str:
         """``%NAME%`` (and ``%NAME:~start,length%``, ``%NAME:old=new%``) replaced by
-        its value; an undefined one is left as it is, as on cmd.exe's command line."""
+        its value. On the command line an undefined one is left as it is; in a batch
+        file (``batch``: its name and arguments) it is removed, ``%%`` is ``%``, and
+        ``%0``-``%9`` and ``%*`` are the arguments."""
         out: list[str] = []
         index = 0
         while index < len(line):
             start = line.find("%", index)
-            end = line.find("%", start + 1) if start >= 0 else -1
-            if start < 0 or end < 0:
+            if start < 0:
                 out.append(line[index:])
                 break
             out.append(line[index:start])
+            after = line[start + 1 : start + 2]
+            if batch is not None and after == "%":
+                out.append("%")
+                index = start + 2
+                continue
+            if batch is not None and (after.isdigit() or after == "*"):
+                out.append(" ".join(batch[1:]) if after == "*" else _argument(batch, int(after)))
+                index = start + 2
+                continue
+            end = line.find("%", start + 1)
+            if end < 0:
+                out.append("" if batch is not None else line[start:])
+                break
             value = self._variable(line[start + 1 : end])
-            if value is None:
-                out.append(line[start:end])
-                index = end
-            else:
+            if value is not None:
                 out.append(value)
                 index = end + 1
+            elif batch is not None:
+                index = end + 1
+            else:
+                out.append(line[start:end])
+                index = end
         return "".join(out)
 
     def _variable(self, spec: str) -> str | None:
@@ -298,14 +334,54 @@ class Cmd:
     # -- running -----------------------------------------------------------------------------
     def run_line(self, line: str) -> None:
         """Expand, parse and run one line; :class:`Exit` ends the process."""
+        self._run_expanded(self.expand(line))
+
+    def _run_expanded(self, line: str) -> None:
         try:
-            parsed = Parser(self.expand(line)).line()
+            parsed = Parser(line).line()
         except CmdSyntaxError as exc:
             self.guest.error(f"{exc}\n")
             self.errorlevel = 255
             return
         streams = (self.guest.stdin, self.guest.stdout, self.guest.stderr)
         self._line(parsed, streams)
+
+    def run_batch(self, path: Path, name: str, arguments: str) -> int:
+        """Run a batch file (see the module's description); its errorlevel at the end."""
+        text = path.read_bytes().decode("utf-8", "surrogateescape")
+        batch = [name, *_batch_arguments(arguments)]
+        self.batch_depth += 1
+        try:
+            for raw in text.splitlines():
+                line = raw.lstrip(" \t")
+                if not line or line.startswith(":"):
+                    continue
+                quiet = line.startswith("@")
+                expanded = self.expand(line[1:] if quiet else line, batch)
+                if self.echo and not quiet and expanded.strip():
+                    self.guest.write(f"\n{self.guest.cwd}>{expanded}\n")
+                self._run_expanded(expanded)
+                if self._chained:
+                    break
+        except ExitBatch as done:
+            self.errorlevel = done.status
+        finally:
+            self.batch_depth -= 1
+        # Named in a batch file without call: the batch file that named it ends too.
+        self._chained = self.batch_depth > 0
+        return self.errorlevel
+
+    def _batch_file(self, text: str) -> tuple[Path, str, str] | None:
+        """The batch file a command names (an existing ``.cmd`` or ``.bat``), its name
+        and arguments; None when it names none."""
+        name, arguments = program_token(text)
+        if not name.lower().endswith(BATCH_EXTENSIONS):
+            return None
+        try:
+            path = self.guest.host(name)
+        except GuestPathError:
+            return None
+        return (path, name, arguments) if path.is_file() else None
 
     def _line(self, line: Line, streams: Streams) -> int:
         status = 0
@@ -409,6 +485,14 @@ class Cmd:
             if status != 0 or name not in builtins.KEEP_ERRORLEVEL:
                 self.errorlevel = status
             return status
+        batch = self._batch_file(text)
+        if batch is not None:
+            saved = self.guest.stdin, self.guest.stdout, self.guest.stderr
+            self.guest.stdin, self.guest.stdout, self.guest.stderr = streams
+            try:
+                return self.run_batch(*batch)
+            finally:
+                self.guest.stdin, self.guest.stdout, self.guest.stderr = saved
         if self._external(text) is None:
             name = program_token(text)[0]
             extensions = tuple((self.guest.env.get("PATHEXT") or ".EXE").lower().split(";"))
@@ -427,6 +511,29 @@ class Cmd:
         child = programs.spawn(self.guest, text.rstrip(" \t"), *streams)
         self.errorlevel = child.wait()
         return self.errorlevel
+
+
+def _argument(batch: list[str], index: int) -> str:
+    return batch[index] if index < len(batch) else ""
+
+
+def _batch_arguments(arguments: str) -> list[str]:
+    """A batch file's arguments as ``%1``… see them: split at delimiters outside quotes,
+    quotes kept."""
+    found: list[str] = []
+    current, quoted = "", False
+    for char in arguments:
+        if char == '"':
+            quoted = not quoted
+        if not quoted and char in DELIMITERS:
+            if current:
+                found.append(current)
+            current = ""
+            continue
+        current += char
+    if current:
+        found.append(current)
+    return found
 
 
 def parse_switches(arguments: str) -> tuple[str | None, bool]:
