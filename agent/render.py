@@ -11,10 +11,11 @@ one base64 line per variable, which a ``sh -c`` preamble reads with the ``read``
 builtin (it never reads past a newline from a pipe), decodes with ``base64 -d`` and
 exports before it ``exec``s the command's shell on the rest of stdin (a script, or
 nothing). Over ``sudo -S`` the password line comes first and sudo consumes it. On
-Windows (PowerShell, cmd) they are still part of the rendered command line for now; the
-request also carries the step unrendered (:class:`~beachhead.agent.channel.ShellScript`),
-from which the ``winrm`` channel sends the script over stdin and the values in the
-shell's environment instead.
+Windows (PowerShell, cmd) they are part of the rendered command line, but the request
+also carries the step unrendered (:class:`~beachhead.agent.channel.ShellScript`), and
+the Windows channels run that instead (:mod:`beachhead.agent.windows_scripts`): the
+script over stdin or in a batch file, the values in the WinRS shell's environment
+(``winrm``) or leading the script (``guestops``), never on a command line.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ def _render_windows(spec: RunSpec, body: str) -> CommandRequest:
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
         command = f"powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encoded}"
     else:
+        for name, value in spec.env.items():
+            if "\n" in value or "\r" in value:
+                raise InputError(None, f"run.env.{name}", "cmd.exe cannot set a value with a line break")
         env = "".join(f'set "{name}={value}"&& ' for name, value in spec.env.items())
         lines = [line for line in body.splitlines() if line.strip()]
         command = f"cmd.exe /d /c {env}" + " && ".join(lines)

@@ -4,7 +4,8 @@ so that loading the plugin does not load pyVmomi).
 
 A command runs through ``StartProgramInGuest`` with its stdout and stderr redirected to
 guest temporary files (and its stdin, a script or environment values, read from a
-0600 one that a Linux guest's shell deletes before the command starts); completion is
+0600 one that a Linux guest's shell deletes before the command starts; a Windows
+script travels as :mod:`beachhead.agent.windows_scripts` describes); completion is
 awaited with ``ListProcessesInGuest`` at a short, growing interval; the output files
 are streamed through transfer URLs into the step's output sink, then deleted. While a
 command runs, a lost vCenter connection (a restart, a network blip) or a moment without
@@ -37,13 +38,22 @@ import structlog
 from pyVmomi import vim, vmodl
 
 from beachhead.agent import guest_tasks
-from beachhead.agent.channel import ChannelSession, CommandRequest, FileInfo, Outcome, RemoteStat, partial_path
+from beachhead.agent.channel import (
+    ChannelSession,
+    CommandRequest,
+    FileInfo,
+    Outcome,
+    RemoteStat,
+    ShellScript,
+    partial_path,
+)
 from beachhead.agent.checksums import sha256_of
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
 from beachhead.agent.output import OutputSink, StreamCapture
 from beachhead.agent.targets import OsFamily, Target
 from beachhead.agent.vsphere.connection import VCenter
 from beachhead.agent.vsphere.states import VmState, os_family_of
+from beachhead.agent.windows_scripts import POWERSHELL, batch_file, inline_cmd, powershell_stdin
 from beachhead.plugins.guestops import NAME
 
 if TYPE_CHECKING:
@@ -150,11 +160,14 @@ class GuestopsSession:
         try:
             out = await self._temp_file(".out", made)
             err = await self._temp_file(".err", made)
+            command, stdin_data = request.command, request.stdin
+            if self.windows and request.script is not None:
+                command, stdin_data = await self._windows_script(request.script, made)
             stdin = None
-            if request.stdin is not None:
+            if stdin_data is not None:
                 stdin = await self._temp_file(".in", made)
-                await self._put_bytes(request.stdin, stdin, 0o600)
-            spec = self._program(request, marker, stdin, out, err)
+                await self._put_bytes(stdin_data, stdin, 0o600)
+            spec = self._program(request, command, marker, stdin, out, err)
             pid = started_pid = await self._guest(request.description, self.processes.StartProgramInGuest, spec)
             exit_code = await self._wait_for_exit(pid, request.description)
             pid = None
@@ -186,15 +199,34 @@ class GuestopsSession:
             return f"sudo -n -- sh -c {shlex.quote(command)}"
         return command
 
-    def _program(self, request: CommandRequest, marker: str, stdin: str | None, out: str, err: str) -> Any:
+    async def _windows_script(self, script: ShellScript, made: list[str]) -> tuple[str, bytes | None]:
+        """The command line and stdin that run a step's script in a Windows guest (see
+        :mod:`beachhead.agent.windows_scripts`). A program started through guest
+        operations gets no environment of the caller's choosing (``envVariables``
+        would replace the guest's whole environment), so the values travel with the
+        script: in PowerShell's stdin, or as the first lines of a batch file in a guest
+        temporary file, deleted with the command's other files."""
+        if script.shell == "powershell":
+            return POWERSHELL, powershell_stdin(script, script.env)
+        line = None if script.env else inline_cmd(script)
+        if line is not None:
+            return f"cmd.exe /d /c {line}", None
+        path = await self._temp_file(".cmd", made)
+        await self._put_bytes(batch_file(script, script.env), path, 0o600)
+        return f'"{path}"', None
+
+    def _program(
+        self, request: CommandRequest, command: str, marker: str, stdin: str | None, out: str, err: str
+    ) -> Any:
         if self.windows:
             # The command is a program's whole command line (cmd.exe /d /c …, powershell.exe
-            # …): escaped for this outer cmd.exe, which then passes it on unchanged, so
-            # its own && and | stay the program's and the redirections apply to all of it.
+            # …, a batch file): escaped for this outer cmd.exe, which then passes it on
+            # unchanged, so its own && and | stay the program's and the redirections
+            # apply to all of it.
             redirect = f'<"{stdin}" ' if stdin else ""
-            arguments = f'/d /s /c "{_cmd_escaped(request.command)} {redirect}>"{out}" 2>"{err}""'
+            arguments = f'/d /s /c "{_cmd_escaped(command)} {redirect}>"{out}" 2>"{err}""'
             return vim.vm.guest.ProcessManager.ProgramSpec(programPath=WINDOWS_CMD, arguments=arguments)
-        command = self._sudo(request.become, guest_tasks.tagged(marker, request.command))
+        command = self._sudo(request.become, guest_tasks.tagged(marker, command))
         if stdin:
             # Once the shell has it open as stdin, nobody else needs the file (it may hold
             # environment values): gone before the command starts.

@@ -30,7 +30,6 @@ Receive), which ends the command's process and the processes it started.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import re
 import secrets
@@ -56,6 +55,7 @@ from beachhead.agent.channel import (
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed
 from beachhead.agent.output import OutputSink, StreamCapture
 from beachhead.agent.targets import WinrmRoute
+from beachhead.agent.windows_scripts import POWERSHELL, batch_file, inline_cmd, powershell_stdin
 from beachhead.plugins import winrm_protocol as wsman
 from beachhead.plugins.winrm_protocol import NAME, LoggedProtocol
 
@@ -70,33 +70,10 @@ log = structlog.get_logger("beachhead.winrm")
 
 CODEPAGE_UTF8 = 65001
 CMD = "cmd.exe /d /s /c"
-# cmd.exe refuses command lines longer than 8,191 characters; a one-line cmd command
-# longer than this (with the prefix) goes through a script file instead.
-INLINE_LIMIT = 8000
 SEND_OVERHEAD = 4096  # a Send envelope's header and framing, besides its base64 payload
 MIN_SEND = 4096  # the smallest stdin piece a too-large refusal shrinks to
 END_COMMAND_S = 15.0
 
-# Reads the script from stdin (base64 of UTF-8) and runs it: ``exit N`` in the script
-# sets the exit status, otherwise it is the last native command's, or 1 after an error
-# nothing caught. Written for Windows PowerShell 5.1; it has never run on Windows here.
-POWERSHELL_BOOTSTRAP = """\
-$ProgressPreference = 'SilentlyContinue'
-$beachheadText = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String([Console]::In.ReadToEnd()))
-$global:LASTEXITCODE = 0
-try {
-    & ([ScriptBlock]::Create($beachheadText))
-} catch {
-    $Host.UI.WriteErrorLine(($_ | Out-String))
-    exit 1
-}
-if ($global:LASTEXITCODE) { exit $global:LASTEXITCODE }
-if (-not $?) { exit 1 }
-exit 0
-"""
-POWERSHELL = "powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand " + (
-    base64.b64encode(POWERSHELL_BOOTSTRAP.encode("utf-16-le")).decode("ascii")
-)
 # Started through cmd.exe, as a WinRS client's default (WINRS_SKIP_CMD_SHELL false) would:
 # a guest without PowerShell then answers as cmd.exe does (exit status 9009), not with a
 # fault that would look like a broken channel.
@@ -352,21 +329,23 @@ class WinrmSession:
     async def _run_script(self, script: ShellScript, stream: OnOutput) -> int:
         async with self.shell_for(script.env) as shell_id:
             if script.shell == "powershell":
-                encoded = base64.encodebytes(script.text.encode("utf-8"))
                 return await self.execute(
-                    POWERSHELL_COMMAND, stream, stdin=encoded, shell_id=shell_id, running=LOST_WHILE_RUNNING
+                    POWERSHELL_COMMAND,
+                    stream,
+                    stdin=powershell_stdin(script),
+                    shell_id=shell_id,
+                    running=LOST_WHILE_RUNNING,
                 )
-            line = script.text.strip()
-            if not script.is_script and "\n" not in line and "\r" not in line and len(line) < INLINE_LIMIT:
+            line = inline_cmd(script)
+            if line is not None:
                 return await self.execute(f'{CMD} "{line}"', stream, shell_id=shell_id, running=LOST_WHILE_RUNNING)
-            return await self._run_cmd_file(script.text, stream, shell_id)
+            return await self._run_cmd_file(batch_file(script), stream, shell_id)
 
-    async def _run_cmd_file(self, text: str, stream: OnOutput, shell_id: str | None) -> int:
-        """Write ``text`` to a guest temporary batch file over stdin, run it, delete it."""
+    async def _run_cmd_file(self, body: bytes, stream: OnOutput, shell_id: str | None) -> int:
+        """Write a batch file to a guest temporary file over stdin, run it, delete it."""
         path = rf"%TEMP%\beachhead-{secrets.token_hex(6)}.cmd"
-        body = "\r\n".join(text.replace("\r\n", "\n").split("\n")).rstrip("\r\n") + "\r\n"
         try:
-            status, out, err = await self.cmd(f'findstr "^" > "{path}"', stdin=body.encode("utf-8"), shell_id=shell_id)
+            status, out, err = await self.cmd(f'findstr "^" > "{path}"', stdin=body, shell_id=shell_id)
             if status != 0:
                 raise StepFailed("run", f"cannot write the script to {path}: {(err or out).strip()}")
             return await self.execute(f'{CMD} ""{path}""', stream, shell_id=shell_id, running=LOST_WHILE_RUNNING)

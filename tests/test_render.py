@@ -81,6 +81,7 @@ def test_cmd_rendering() -> None:
         (RunSpec(command="ls", shell="powershell"), OsFamily.LINUX, "run.shell"),
         (RunSpec(command="dir", shell="bash"), OsFamily.WINDOWS, "run.shell"),
         (RunSpec(command="dir", become=True), OsFamily.WINDOWS, "run.become"),
+        (RunSpec(command="echo %A%", shell="cmd", env={"A": "two\nlines"}), OsFamily.WINDOWS, "run.env.A"),
     ],
 )
 def test_shell_foreign_to_the_os_is_bad_input(spec: RunSpec, family: OsFamily, field: str) -> None:

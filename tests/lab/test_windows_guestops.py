@@ -4,6 +4,7 @@ exit status and output, commands cut short, programs the guest lacks."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
+from beachhead.agent.windows_scripts import POWERSHELL_BOOTSTRAP
 from tests.conftest import BEACHHEAD, beachhead, processes_mentioning, write_plan
 from tests.lab.conftest import Vc, wait_for
 
@@ -169,3 +171,42 @@ def test_a_missing_program_fails_as_windows_says(
     step = result["steps"][-1]
     assert (step["status"], step["exit_code"]) == ("failed", 9009)
     assert "'nosuch-program' is not recognized as an internal or external command," in step["stderr"]
+
+
+def test_env_values_and_scripts_never_reach_a_command_line(
+    tmp_path: Path, vc: Vc, vsphere_uri: Callable[..., str]
+) -> None:
+    secret = "s3cr%et-" + os.urandom(6).hex()
+    (tmp_path / "job.cmd").write_text("@echo off\necho job sees %APP_TOKEN%\nexit /b 0\n")
+    plan = write_plan(
+        tmp_path,
+        f"""
+        name: windows-env
+        channels: [guestops]
+        wait: [guestops_ready]
+        steps:
+          - run: {{command: "echo %APP_TOKEN:~0,6%", shell: cmd, env: {{APP_TOKEN: "{secret}"}}}}
+          - run: {{script: job.cmd, shell: cmd, env: {{APP_TOKEN: "{secret}"}}}}
+          - run: {{command: "Write-Output $env:APP_TOKEN", env: {{APP_TOKEN: "{secret}"}}}}
+        """,
+    )
+    wire = tmp_path / "wire.jsonl"
+    uri = vsphere_uri("win-01", os="windows")
+    done = beachhead("run", str(plan), "--target", uri, "--json", "--wire-log", str(wire), timeout=180)
+    assert done.returncode == 1, done.stdout + done.stderr  # PowerShell: not in the lab
+    [result] = _results(done)
+    inline, script, powershell = result["steps"][1:4]
+    # The value is set before the line that uses it is read (a batch file's first line);
+    # output shows it masked, so the command prints a part of it.
+    assert (inline["exit_code"], inline["stdout"].strip()) == (0, secret[:6])
+    assert (script["exit_code"], script["stdout"].strip()) == (0, "job sees ***")
+    assert powershell["exit_code"] == 9009
+    # PowerShell got the fixed bootstrap on its command line; the script came on stdin.
+    record = GUESTS / "win-01.tools/windows/powershell.jsonl"
+    assert json.loads(record.read_text().splitlines()[-1])["script"] == POWERSHELL_BOOTSTRAP
+    vm = vc.vm("win-01")
+    lines = [p.cmdLine or "" for p in vc.processes.ListProcessesInGuest(vm, vc.auth("win-01"))]
+    encoded = base64.b64encode(secret.encode("utf-16-le")).decode()[:12]
+    assert lines and not [line for line in lines if secret in line or encoded in line]
+    assert secret not in wire.read_text() and encoded not in wire.read_text()
+    assert not list((GUESTS / "win-01/C/Windows/Temp").glob("beachhead-*"))

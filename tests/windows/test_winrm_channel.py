@@ -26,9 +26,10 @@ from beachhead.agent.plans import Plan
 from beachhead.agent.registry import default_plugins
 from beachhead.agent.settings import RunSettings
 from beachhead.agent.targets import parse_target
+from beachhead.agent.windows_scripts import POWERSHELL_BOOTSTRAP
 from beachhead.bootstrap.lab import certs
 from beachhead.plugins import winrm_protocol
-from beachhead.plugins.winrm_session import POWERSHELL_BOOTSTRAP, ClixmlDecoder, WinrmSession, open_session
+from beachhead.plugins.winrm_session import ClixmlDecoder, WinrmSession, open_session
 from tests.conftest import beachhead, processes_mentioning, wait_until, write_plan
 
 USER, PASSWORD, PASSWORD_ENV = "Administrator", "Winrm-Lab-Pw1", "BEACHHEAD_TEST_WINRM_PW"
