@@ -4,6 +4,7 @@ and urllib, as any third-party client would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -20,6 +21,7 @@ from pyVmomi import vim
 
 from beachhead.bootstrap.lab.lock import lab_lock
 from tests.conftest import beachhead
+from tests.metadata.conftest import MetadataServer, free_port
 
 BOOT_DELAY_S = 3
 FLEET = [f"fleet-{n:02d}" for n in range(1, 18)]  # with lin-01..03: twenty Linux VMs
@@ -159,3 +161,21 @@ def vsphere_uri(lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Callabl
         return f"vsphere://{user}@127.0.0.1/{name}?" + "&".join(f"{k}={v}" for k, v in query.items())
 
     return uri
+
+
+@contextlib.contextmanager
+def lab_metadata_server(
+    lab: dict[str, Any], directory: Path, address: str | None = None, port: int | None = None
+) -> Iterator[MetadataServer]:
+    """Beachhead's metadata server on a lab address (the gateway unless ``address``), on
+    ``port`` or a free one, knowing the guests by their DHCP leases; stopped afterwards,
+    with no internal error in its log."""
+    network = lab["network"]
+    host = address or network["gateway"]
+    directory.mkdir(parents=True, exist_ok=True)
+    server = MetadataServer(directory, port or free_port(host), ("--leases", network["dhcp_leases"]), host).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert server.internal_errors() == []

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import BEACHHEAD, beachhead, write_plan
+from tests.lab.conftest import lab_metadata_server
 from tests.lab.test_metadata_lab import guest_get
-from tests.metadata.conftest import MetadataServer, free_port
+from tests.metadata.conftest import MetadataServer
 from tests.secret_search import ProcessSampler, hits, search_files
 
 RUN_TIMEOUT_S = 300
@@ -38,15 +39,8 @@ def _canary(kind: str) -> str:
 @pytest.fixture
 def server(lab: dict[str, Any], tmp_path: Path) -> Iterator[MetadataServer]:
     """A metadata server on the lab's gateway, knowing the guests by their DHCP leases."""
-    directory = tmp_path / "server"
-    directory.mkdir()
-    network = lab["network"]
-    started = MetadataServer(
-        directory, free_port(network["gateway"]), ("--leases", network["dhcp_leases"]), network["gateway"]
-    ).start()
-    yield started
-    started.stop()
-    assert started.internal_errors() == []
+    with lab_metadata_server(lab, tmp_path / "server") as started:
+        yield started
 
 
 def test_no_secret_reaches_an_artefact_or_a_command_line(

@@ -20,7 +20,7 @@ from pyVim.task import WaitForTask
 from winrm.protocol import Protocol
 
 from tests.conftest import beachhead, write_plan
-from tests.lab.conftest import Vc
+from tests.lab.conftest import Vc, lab_metadata_server
 from tests.metadata.cloudbase_init import client_certificate
 from tests.metadata.conftest import MetadataServer
 
@@ -48,13 +48,8 @@ def _whoami_over_certificate(ip: str, cert: Path, key: Path, ca_file: str) -> st
 def metadata_server(lab: dict[str, Any], tmp_path: Path) -> Iterator[MetadataServer]:
     """Beachhead's metadata server where cloudbase-init.conf points guests:
     http://169.254.169.254/ (port 80), recognising guests by their DHCP leases."""
-    network = lab["network"]
-    directory = tmp_path / "metadata"
-    directory.mkdir()
-    server = MetadataServer(directory, 80, ("--leases", network["dhcp_leases"]), network["metadata_address"]).start()
-    yield server
-    server.stop()
-    assert server.internal_errors() == []
+    with lab_metadata_server(lab, tmp_path / "metadata", lab["network"]["metadata_address"], 80) as server:
+        yield server
 
 
 def test_a_plan_bootstraps_windows_through_cloudbase_init_then_winrm_certificate_auth(
