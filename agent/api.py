@@ -4,7 +4,10 @@
     if not result.ok:
         ...
 
-The CLI goes through :func:`run_plan` too, so both behave the same.
+The CLI goes through :func:`run_plan` too, so both behave the same. Called as a
+library (structlog not configured by the caller), Beachhead's events go through the
+standard :mod:`logging` module, loggers ``beachhead.*``: silent unless the caller's
+logging configuration shows them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from beachhead.agent.context import RunContext
 from beachhead.agent.engine import Engine, Progress, check_run_input
 from beachhead.agent.errors import InputError
 from beachhead.agent.journal import Journal, RunDirectory, default_runs_dir
+from beachhead.agent.logs import route_to_stdlib_logging
 from beachhead.agent.plans import Plan, load_plan
 from beachhead.agent.registry import Plugins, default_plugins
 from beachhead.agent.results import TargetResult
@@ -66,6 +70,7 @@ async def run_plan(
     Bad input raises :class:`beachhead.agent.errors.InputError` before anything runs; failures on
     targets are reported in the results, not raised.
     """
+    route_to_stdlib_logging()
     plugins = plugins or default_plugins()
     plan = _as_plan(plan, plugins)
     resolved = [_as_target(target) for target in targets]
@@ -104,6 +109,7 @@ async def resume_run(
     :mod:`beachhead.agent.resume`): the plan and targets are the run's (a plan built in
     Python must be passed again), finished targets are left alone. Holds the run's lock,
     so an undo of the same run cannot interleave."""
+    route_to_stdlib_logging()
     plugins = plugins or default_plugins()
     settings = settings or RunSettings()
     run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)

@@ -1,5 +1,8 @@
-"""structlog set-up: JSON lines on stderr when not on a terminal, readable lines when on
-one; every event passes through the secret redactor first."""
+"""structlog set-up. The CLI writes JSON lines on stderr when not on a terminal,
+readable lines when on one (:func:`configure_logging`); imported as a library,
+Beachhead's events go to the standard :mod:`logging` module instead
+(:func:`route_to_stdlib_logging`), so the caller's logging configuration decides what
+is shown. Every event passes through the secret redactor first."""
 
 from __future__ import annotations
 
@@ -49,5 +52,27 @@ def configure_logging(level: str = "info", json_output: bool | None = None, stre
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),  # type: ignore[arg-type]
+        cache_logger_on_first_use=False,
+    )
+
+
+def route_to_stdlib_logging() -> None:
+    """For library callers: unless structlog is configured already (by the CLI, or by a
+    caller that uses structlog itself), send Beachhead's events to the standard logging
+    module, under the loggers ``beachhead.*``, as one ``event key=value ...`` message each
+    (secrets masked), at their own levels. With no logging configuration in the caller,
+    the ``NullHandler`` on ``beachhead`` keeps them all quiet."""
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.format_exc_info,
+            _redact,
+            structlog.processors.KeyValueRenderer(key_order=["event"], drop_missing=True),
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )

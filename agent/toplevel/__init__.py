@@ -12,9 +12,13 @@ This is the installed ``beachhead`` package itself (setuptools maps it here, see
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"
+
+# A library is quiet unless its caller configures logging (see beachhead.agent.logs).
+logging.getLogger("beachhead").addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "customize", "customize_sync", "run_plan"]
 
