@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from beachhead import __version__
 from beachhead.agent.api import RunReport, resume_run, run_plan
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 INTERRUPTED = 130
 MAX_FAILURES_SHOWN = 10
+MAX_STEP_TABLE_TARGETS = 12  # runs of at most this many targets list every step
 
 
 class _Seconds(click.FloatRange):
@@ -165,23 +167,70 @@ class _ResultPrinter:
         click.echo(json.dumps(result.to_json()))
 
 
-def _summary(report: RunReport) -> None:
-    console = Console()
-    table = Table(title=f"run {report.run_id}", title_justify="left")
-    for column in ("target", "status", "channel", "steps", "seconds", "error"):
+def _channels_used(result: TargetResult) -> str:
+    """The channels the target's steps went over, in order of first use."""
+    used = dict.fromkeys(step.channel for step in result.steps if step.channel)
+    return ", ".join(name for name in used if name) or "-"
+
+
+def _steps_done(result: TargetResult) -> str:
+    """``done/total`` of the steps that apply to the target, and how many did not."""
+    done = sum(step.status == "ok" for step in result.steps)
+    not_for_os = sum(step.skip_reason is not None for step in result.steps)
+    text = f"{done}/{len(result.steps) - not_for_os}"
+    return f"{text} ({not_for_os} skipped: os)" if not_for_os else text
+
+
+def _step_status(step: StepResult) -> Text:
+    if step.status == "ok":
+        again = f" (attempt {step.done_in_attempt})" if step.done_in_attempt is not None else ""
+        return Text.assemble(("ok", "green"), again)
+    if step.status == "failed":
+        return Text.assemble(("failed", "red"), f": {step.error}")
+    return Text(f"skipped: {step.skip_reason}" if step.skip_reason else "skipped")
+
+
+def _steps_table(report: RunReport) -> Table:
+    """One row per step and target: what it was, the channel it went over, how it went."""
+    table = Table(title="steps", title_justify="left")
+    for column in ("target", "#", "step", "channel", "status"):
         table.add_column(column)
     for result in report.results:
-        done = sum(step.status == "ok" for step in result.steps)
+        for step in result.steps:
+            number = str(step.number) if step.number is not None else "wait"
+            table.add_row(
+                result.target,
+                number,
+                Text(step.description),
+                step.channel or "-",
+                _step_status(step),
+                end_section=step is result.steps[-1],
+            )
+    return table
+
+
+def _summary(report: RunReport, steps: bool | None = None) -> None:
+    console = Console()
+    if steps is None:
+        steps = len(report.results) <= MAX_STEP_TABLE_TARGETS
+    if steps:
+        console.print(_steps_table(report), highlight=False)
+    table = Table(title=f"run {report.run_id}", title_justify="left")
+    for column in ("target", "status", "channels", "steps", "seconds", "error"):
+        table.add_column(column)
+    for result in report.results:
         status = "[green]ok[/]" if result.ok else "[red]failed[/]"
         table.add_row(
             result.target,
             status,
-            result.channel or "-",
-            f"{done}/{len(result.steps)}",
+            _channels_used(result),
+            _steps_done(result),
             f"{result.duration_s:.1f}",
             result.error or "",
         )
     console.print(table)
+    if not steps:
+        console.print(f"(each step's channel and status: {report.run_dir / 'results.jsonl'}, or --json)")
     shown = 0
     for result in report.results:
         failed = result.failed_step
@@ -224,6 +273,13 @@ def _summary(report: RunReport) -> None:
     help="How many targets run at once.",
 )
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object per target on stdout.")
+@click.option(
+    "--steps/--no-steps",
+    "steps_table",
+    default=None,
+    help=f"List every step of every target (channel, status, why skipped) before the summary "
+    f"[default: for runs of at most {MAX_STEP_TABLE_TARGETS} targets].",
+)
 @click.option(
     "--step-timeout",
     type=SECONDS,
@@ -274,6 +330,7 @@ def run(
     targets_file: Path | None,
     concurrency: int,
     json_output: bool,
+    steps_table: bool | None,
     step_timeout: float,
     connect_timeout: float,
     retries: int,
@@ -354,7 +411,7 @@ def run(
         if report.left_alone:
             click.echo(f"left alone (finished in an earlier attempt): {', '.join(report.left_alone)}", err=True)
         if not json_output:
-            _summary(report)
+            _summary(report, steps_table)
         if report.journal_error:
             click.echo(f"beachhead: failed: the run stopped: {report.journal_error}", err=True)
         sys.exit(0 if report.ok else 1)

@@ -120,6 +120,15 @@ class TargetContext:
         self.target = target
         self.os = resolve_os(plan, target)
         self._os_declared = target.os is not None or plan.os is not None
+        #: Where ``os`` comes from, for messages: the target, the plan, the VM's report
+        #: (once known), or the default.
+        self.os_source = (
+            "declared by the target"
+            if target.os
+            else "the plan's os:"
+            if plan.os
+            else "by default: neither target nor plan declares one"
+        )
         self._vm: tuple[VCenter, Any] | None = None
         self.snapshot: VmSnapshot | None = None
         self.vm_problem: str | None = None  # why the VM's state is not known
@@ -161,6 +170,17 @@ class TargetContext:
             from beachhead.agent.vsphere.states import os_family_of
 
             self.os = os_family_of(self.snapshot.guest_family, self.snapshot.guest_id)
+            self.os_source = "as the VM reports"
+
+    async def known_os(self) -> OsFamily | None:
+        """The target's OS family for deciding whether a step with an ``os:`` applies:
+        declared (target or plan), else what the VM reports (read now), else, for a
+        target that is not a VM, the Linux default. None when it is a VM whose
+        vCenter cannot be reached (see ``vm_problem``): its OS is not known."""
+        if self._os_declared or not self.is_vm:
+            return self.os
+        await self.refresh()
+        return self.os if self.snapshot is not None else None
 
     def guest_address(self) -> str | None:
         """Where network channels reach the guest: the target's ``address``, an ssh://

@@ -5,11 +5,20 @@ Each step is executed by the step kind that parsed it (a plugin, see
 :class:`beachhead.agent.context.StepContext` that selects the channel for the
 capability it needs (see :mod:`beachhead.agent.selection`) and journals what it writes.
 The engine knows no step kind, channel or server by name.
+
+A step with an ``os:`` (see :class:`beachhead.agent.plans.Plan`) runs only on targets of
+that OS family. Before anything runs it is checked only against targets it may run on
+(a target whose declared OS is another family is left out); on a VM whose OS family is
+not declared it is checked as if the VM were of the step's family, and at run time the
+VM's own report decides. Where it does not apply the step is reported as skipped with
+its ``skip_reason`` and writes nothing; when a VM's OS cannot be read (its vCenter is
+unreachable), the step fails rather than guess.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -21,10 +30,10 @@ from beachhead.agent.errors import BeachheadError, InputError, StepFailed
 from beachhead.agent.journal import Journal, RunDirectory
 from beachhead.agent.plans import Plan
 from beachhead.agent.registry import Plugins
-from beachhead.agent.results import FAILED, OK, StepResult, TargetResult
+from beachhead.agent.results import FAILED, OK, SKIPPED, StepResult, TargetResult
 from beachhead.agent.settings import RunSettings
 from beachhead.agent.stepkinds import CheckContext, Step
-from beachhead.agent.targets import Target
+from beachhead.agent.targets import OsFamily, Target
 
 __all__ = ["Engine", "NoProgress", "Progress", "RunSettings", "check_run_input"]
 
@@ -57,9 +66,9 @@ class NoProgress:
         """Ignore."""
 
 
-def _labelled(plan: Plan) -> list[tuple[str, Step]]:
-    waits = [(f"wait[{i}]", step) for i, step in enumerate(plan.wait, 1)]
-    return waits + [(f"step {n} ({step.kind})", step) for n, step in enumerate(plan.steps, 1)]
+def _labelled(plan: Plan) -> list[tuple[str, Step, OsFamily | None]]:
+    waits: list[tuple[str, Step, OsFamily | None]] = [(f"wait[{i}]", step, None) for i, step in enumerate(plan.wait, 1)]
+    return waits + [(f"step {n} ({step.kind})", step, plan.os_of(n)) for n, step in enumerate(plan.steps, 1)]
 
 
 def check_run_input(
@@ -67,20 +76,27 @@ def check_run_input(
 ) -> None:
     """Everything that can be rejected before anything runs: no targets, an OS family
     the plan and a target disagree on, a step no channel can serve on a target, and
-    what each step kind's own ``check`` refuses."""
+    what each step kind's own ``check`` refuses. A step with an ``os:`` is checked only
+    against the targets it may run on."""
     if not targets:
         raise InputError("--target", None, "no targets: give --target URI or --targets FILE")
-    context = CheckContext(plan, targets, settings or RunSettings(), plugins)
-    for where, step in _labelled(plan):
+    for target in targets:
+        resolve_os(plan, target)  # the plan and the target must not disagree
+    everywhere = CheckContext(plan, targets, settings or RunSettings(), plugins)
+    for where, step, step_os in _labelled(plan):
         kind = plugins.steps[step.kind]
+        context = dataclasses.replace(everywhere, step_os=step_os)
         for target in targets:
+            declared = target.os or plan.os
+            if step_os is not None and declared is not None and declared != step_os:
+                continue  # skipped on that target
             reason = kind.check(step, target, context)
             if reason is not None:
                 raise InputError(plan.source, where, reason)
             capability = kind.capability
             if capability is None:
                 continue
-            os_family = resolve_os(plan, target)
+            os_family = context.os_of(target)
             if not plugins.candidates(capability, target, os_family, plan.channels):
                 raise InputError(
                     plan.source,
@@ -190,6 +206,11 @@ class TargetWorkflow:
                 if step_result.done_in_attempt is not None:
                     continue  # done in an earlier attempt of this run
                 current = step_result
+                if not await self.applies(step_result):
+                    if step_result.status == FAILED:
+                        result.error = f"{_step_label(step_result)}: {step_result.error}"
+                        break
+                    continue
                 broken = self.engine.journal.broken
                 if broken is not None:  # stop before the next write: it could not be recorded
                     result.error = f"{_step_label(step_result)}: not run: {broken}"
@@ -229,6 +250,29 @@ class TargetWorkflow:
             self.log.error("target.result_unwritable", error=str(exc))
         self.log.info("target.finish", status=result.status, error=result.error, duration_s=round(result.duration_s, 3))
         self.engine.progress.target_finished(result)
+
+    async def applies(self, result: StepResult) -> bool:
+        """Whether the step of ``result`` is for this target's OS family (a step without
+        ``os:`` always is). When it is not, ``result`` says skipped and why; when the
+        family cannot be told (a VM whose vCenter is unreachable), ``result`` fails."""
+        wanted = self.plan.os_of(result.number) if result.number is not None else None
+        if wanted is None:
+            return True
+        family = await self.context.known_os()
+        if family is None:
+            result.status = FAILED
+            result.error = (
+                f"os: {wanted}: cannot tell whether the step applies: the OS family of "
+                f"{self.target.name} is not known ({self.context.vm_problem})"
+            )
+            self.log.error("step.os_unknown", step=result.number, kind=result.kind, error=result.error)
+            return False
+        if family == wanted:
+            return True
+        result.status = SKIPPED
+        result.skip_reason = f"os: {wanted}, and {self.target.name} is {family} ({self.context.os_source})"
+        self.log.info("step.skipped", step=result.number, kind=result.kind, reason=result.skip_reason)
+        return False
 
     async def run_step(self, step: Step, result: StepResult) -> None:
         """Run one step within its timeout and fill in ``result``."""

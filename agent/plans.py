@@ -5,13 +5,18 @@ A plan's steps are parsed by the step kinds the plugins registered (see
 kinds one :class:`PlanReader` with the field checks they share. A malformed plan is
 rejected before anything runs, with the file, the step (number and key) and the field
 named.
+
+A step may carry ``os: linux|windows`` beside its kind (``- run: uname -a`` with
+``os: linux``): it then runs only on targets of that OS family and is reported as
+skipped, with the reason, on the others (see :mod:`beachhead.agent.engine`). Steps keep
+their numbers in the file either way.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +29,8 @@ if TYPE_CHECKING:
     from beachhead.agent.registry import Plugins
 
 PLAN_FIELDS = frozenset({"name", "os", "channels", "wait", "steps", "timeout"})
+#: What a step may carry beside its kind.
+STEP_FIELDS = frozenset({"os"})
 
 
 def for_target(path: str, target_name: str) -> str:
@@ -34,7 +41,9 @@ def for_target(path: str, target_name: str) -> str:
 @dataclass(frozen=True)
 class Plan:
     """A named list of steps, with the OS it is for and the channels it may use.
-    ``wait`` holds the plan's ``wait:`` conditions as ``wait`` steps."""
+    ``wait`` holds the plan's ``wait:`` conditions as ``wait`` steps. ``step_os`` maps a
+    step's number (1-based) to the one OS family it is for (its ``os:``); the other
+    steps run on every target."""
 
     name: str
     steps: tuple[Step, ...]
@@ -43,6 +52,22 @@ class Plan:
     wait: tuple[Step, ...] = ()
     timeout: float | None = None
     source: Path | None = None
+    step_os: Mapping[int, OsFamily] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for number, family in self.step_os.items():
+            if not isinstance(number, int) or not 1 <= number <= len(self.steps):
+                raise InputError(self.source, "step_os", f"no step {brief(number)} (steps: 1 to {len(self.steps)})")
+            if not isinstance(family, OsFamily):
+                raise InputError(self.source, f"step {number}.os", f"must be an OsFamily, got {brief(family)}")
+            if self.os is not None and family != self.os:
+                raise InputError(
+                    self.source, f"step {number}.os", f"the plan is for {self.os} (os: {self.os}): it would never run"
+                )
+
+    def os_of(self, number: int) -> OsFamily | None:
+        """The OS family step ``number`` is for, or None when it runs on every target."""
+        return self.step_os.get(number)
 
 
 class PlanReader:
@@ -148,6 +173,11 @@ class PlanReader:
         if not isinstance(steps_data, list) or not steps_data:
             raise self.error("steps", "missing or empty: a plan needs at least one step", data, "steps")
         steps = tuple(self.step(item, number) for number, item in enumerate(steps_data, 1))
+        step_os = {}
+        for number, item in enumerate(steps_data, 1):
+            family = self.step_os(item, number, os_family)
+            if family is not None:
+                step_os[number] = family
         return Plan(
             name=name,
             steps=steps,
@@ -156,18 +186,42 @@ class PlanReader:
             wait=waits,
             timeout=timeout,
             source=self.path,
+            step_os=step_os,
         )
 
     def step(self, item: Any, number: int) -> Step:
-        """Step ``number``: a mapping of one registered kind to its body."""
+        """Step ``number``: a mapping of one registered kind to its body, and optionally
+        the fields a step may carry beside its kind (:data:`STEP_FIELDS`)."""
         known = ", ".join(sorted(self.plugins.steps))
-        if not isinstance(item, dict) or len(item) != 1:
+        kinds = [key for key in item if key not in STEP_FIELDS] if isinstance(item, dict) else []
+        if len(kinds) > 1 and sum(key in self.plugins.steps for key in kinds) == 1:
+            kind = next(key for key in kinds if key in self.plugins.steps)
+            extra = next(key for key in kinds if key != kind)
+            allowed = ", ".join(sorted(STEP_FIELDS))
+            raise self.error(
+                f"step {number} ({kind}).{extra}", f"unknown field beside {kind} (allowed: {allowed})", item, extra
+            )
+        if len(kinds) != 1:
             keys = f" (keys: {brief_names(item)})" if isinstance(item, dict) else ""
             raise self.error(f"step {number}", f"must be a mapping with exactly one of {known}{keys}", item)
-        kind, body = next(iter(item.items()))
+        kind = kinds[0]
         if kind not in self.plugins.steps:
             raise self.error(f"step {number}", f"unknown step {brief(kind)} (known: {known})", item, kind)
-        return self.parse_step(kind, body, f"step {number} ({kind})", item)
+        return self.parse_step(kind, item[kind], f"step {number} ({kind})", item)
+
+    def step_os(self, item: dict[str, Any], number: int, plan_os: OsFamily | None) -> OsFamily | None:
+        """The OS family step ``number`` (already parsed) is for: its ``os:``, or None."""
+        if item.get("os") is None:
+            return None
+        kind = next(key for key in item if key not in STEP_FIELDS)
+        where = f"step {number} ({kind}).os"
+        try:
+            family = OsFamily(item["os"])
+        except ValueError:
+            raise self.error(where, f"unknown OS family {brief(item['os'])} (linux or windows)", item, "os") from None
+        if plan_os is not None and family != plan_os:
+            raise self.error(where, f"the plan is for {plan_os} (os: {plan_os}): this step would never run", item, "os")
+        return family
 
     def parse_step(self, kind: str, body: Any, where: str, parent: Any) -> Step:
         """Let the step kind ``kind`` parse ``body``."""

@@ -43,6 +43,9 @@ class StepResult:
     channels_tried: list[dict[str, str]] = field(default_factory=list)
     # Set when the step succeeded in an earlier attempt of a resumed run (not run again).
     done_in_attempt: int | None = None
+    # Why a skipped step did not apply to this target (its ``os:`` is another family);
+    # None for a step not reached because an earlier one failed.
+    skip_reason: str | None = None
 
     def take_output(self, output: OutputSink) -> None:
         """Fill stdout and stderr (text, sizes, truncation, files) from a command's sink."""
@@ -70,6 +73,7 @@ class StepResult:
             "error": self.error,
             "channels_tried": self.channels_tried,
             "done_in_attempt": self.done_in_attempt,
+            "skip_reason": self.skip_reason,
         }
 
 

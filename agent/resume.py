@@ -8,6 +8,8 @@ journal recorded as intended but never as done (the process died mid-write) is f
 checked against the guest by its step kind's operation (``recheck``: the file's sha256,
 the extraConfig values, the published user-data); the outcome is journaled, and when
 every write of the restart step turns out to be in place, the target starts after it.
+A step skipped as not for the target's OS family (``skip_reason``) is neither done nor a
+restart point: the next attempt decides again.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def _restart_step(
             number = step.get("number")
             if number is None:
                 continue  # the plan's waits are conditions: they are checked again
+            if step.get("status") == "skipped" and step.get("skip_reason"):
+                continue  # not for this target's OS: decided again, never a restart point
             if step.get("status") != "ok":
                 point.start_at = int(number)
                 break

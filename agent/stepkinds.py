@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from beachhead.agent.channel import Capability
+from beachhead.agent.targets import OsFamily
 
 if TYPE_CHECKING:
     from beachhead.agent.context import StepContext
@@ -79,12 +80,20 @@ class Operation:
 
 @dataclass(frozen=True)
 class CheckContext:
-    """What a ``check`` may look at before anything runs."""
+    """What a ``check`` may look at before anything runs; ``step_os`` is the OS family
+    the step being checked is for (its ``os:``), if it has one."""
 
     plan: Plan
     targets: Sequence[Target]
     settings: RunSettings
     plugins: Plugins
+    step_os: OsFamily | None = None
+
+    def os_of(self, target: Target) -> OsFamily:
+        """The OS family the step will run under on ``target``, as far as it is known
+        before anything runs: the target's, else the plan's, else the step's own
+        ``os:`` (it runs only there), else Linux (a VM's report may still change it)."""
+        return target.os or self.plan.os or self.step_os or OsFamily.LINUX
 
 
 class StepKind(ABC):

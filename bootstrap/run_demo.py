@@ -1,7 +1,9 @@
-"""The demo: a bootstrap run of ``bootstrap/demo/plan.yaml`` on the Linux guests of the
-local vSphere lab (which the demo starts, and stops again if it started it), then the
-run's journal, then ``beachhead undo``. Without root, or with ``--local-sshd``, the
-guest is a local sshd on 127.0.0.1 instead. Run it with ``bash bootstrap/demo.sh``."""
+"""The demo: one bootstrap run of ``bootstrap/demo/plan.yaml`` over the local vSphere
+lab's mixed fleet (which the demo starts, and stops again if it started it): its Linux
+guests over SSH and ``win-01`` over WinRM (https, checked against the lab CA), each
+step's channel in the run's steps table; then the run's journal, then ``beachhead
+undo``. Without root, or with ``--local-sshd``, the guest is a local sshd on 127.0.0.1
+instead, where the plan's Windows steps are skipped. Run it with ``bash bootstrap/demo.sh``."""
 
 from __future__ import annotations
 
@@ -42,12 +44,14 @@ def _beachhead_json(*arguments: str) -> tuple[int, dict[str, Any] | None]:
 
 @contextmanager
 def _lab_guests(env: dict[str, str], keep: bool) -> Iterator[list[str]]:
-    """vsphere:// targets for the lab's Linux guests: one target per VM, carrying the
-    vCenter login and the guest login, so each step goes over SSH to the address VMware
-    Tools reports, the guest's host key pinned from the guest through vSphere (no
-    known_hosts file), or through guest operations when SSH cannot serve. Passwords go
-    into ``env``. Starts the lab when it is down; stops it afterwards then, unless
-    ``keep``."""
+    """vsphere:// targets for the lab's guests: one target per VM, carrying the vCenter
+    login and the guest login. A Linux guest's OS family comes from the VM (VMware
+    Tools); each of its steps goes over SSH to the address VMware Tools reports, the
+    guest's host key pinned from the guest through vSphere (no known_hosts file), or
+    through guest operations when SSH cannot serve. A Windows guest is declared
+    ``os=windows`` and reached over WinRM on https at its reported address, the
+    listener's certificate checked against the lab CA. Passwords go into ``env``.
+    Starts the lab when it is down; stops it afterwards then, unless ``keep``."""
     status, _ = _beachhead_json("lab", "status", "--json")
     started = status != 0
     print("\n$ beachhead lab up --json", flush=True)
@@ -58,16 +62,21 @@ def _lab_guests(env: dict[str, str], keep: bool) -> Iterator[list[str]]:
     env["BEACHHEAD_DEMO_VCENTER_PASSWORD"] = vcenter["password"]
     uris = []
     for vm in lab["vms"]:
-        if vm["os"] != "linux":
+        if vm["os"] not in ("linux", "windows"):
             continue
         variable = "BEACHHEAD_DEMO_PASSWORD_" + re.sub(r"\W", "_", vm["name"]).upper()
         env[variable] = vm["guest_password"]
-        uris.append(
+        uri = (
             f"vsphere://{quote(vcenter['username'], safe='')}@127.0.0.1/{vm['name']}"
             f"?password_env=BEACHHEAD_DEMO_VCENTER_PASSWORD&ca_file={vcenter['ca_file']}"
             f"&guest_user={vm['guest_username']}&guest_password_env={variable}"
         )
-        print(f"demo guest: lab VM {vm['name']} ({vm['guest_id']}), reported at {vm['ip']}")
+        route = "SSH"
+        if vm["os"] == "windows":
+            uri += f"&os=windows&winrm_scheme=https&winrm_ca_file={vcenter['ca_file']}"
+            route = "WinRM over https"
+        uris.append(uri)
+        print(f"demo guest: lab VM {vm['name']} ({vm['guest_id']}), reported at {vm['ip']}, by {route}")
     try:
         yield uris
     finally:
@@ -85,6 +94,13 @@ def _local_sshd_guest(workdir: Path) -> Iterator[list[str]]:
         yield [sshd.uri(name="demo-guest")]
 
 
+def _one_per_family(uris: list[str]) -> list[str]:
+    """The first Linux target and the first Windows target (``os=windows``) of ``uris``."""
+    windows = [uri for uri in uris if "&os=windows" in uri]
+    linux = [uri for uri in uris if uri not in windows]
+    return linux[:1] + windows[:1]
+
+
 def main() -> int:
     """Start the demo guests, run the plan on them, show the journal, undo; 0 on success."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -97,12 +113,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="beachhead-demo-") as scratch:
         workdir = Path(scratch)
         env = {**os.environ, "BEACHHEAD_RUNS_DIR": str(workdir / "runs")}
+        if not sys.stdout.isatty():  # room for the steps table in a log (rich assumes 80)
+            env.setdefault("COLUMNS", "160")
         guests = _local_sshd_guest(workdir) if local else _lab_guests(env, options.keep)
         with guests as uris:
-            if not local:  # why each step of the first guest will go where it goes
-                _show_and_run(["channels", "--target", uris[0]], env)
+            if not local:  # why the steps of a Linux and of a Windows guest go where they go
+                for uri in _one_per_family(uris):
+                    _show_and_run(["channels", "--target", uri], env)
             targets = [argument for uri in uris for argument in ("--target", uri)]
-            status = _show_and_run(["--log-level", "warning", "run", str(PLAN), *targets], env)
+            status = _show_and_run(["--log-level", "warning", "run", str(PLAN), "--steps", *targets], env)
             runs = sorted((workdir / "runs").iterdir()) if (workdir / "runs").is_dir() else []
             if not runs:
                 return status

@@ -109,6 +109,20 @@ def test_yaml_octal_mode_means_octal(plan_dir: Path) -> None:
         ("name: x\nwait: [{ip_assigned: {timeout: -1}}]\n", "wait[1].ip_assigned.timeout (line 2)", "positive"),
         ("name: x\nwait: [{ip_assigned: {retries: 1}}]\n", "wait[1].ip_assigned.retries (line 2)", "unknown"),
         ("name: x\nos: solaris\nsteps: [{run: ls}]\n", "os (line 2)", "unknown OS family"),
+        ("name: x\nsteps:\n  - run: ls\n    os: solaris\n", "step 1 (run).os (line 4)", "unknown OS family"),
+        ("name: x\nsteps:\n  - run: ls\n    os: [linux]\n", "step 1 (run).os (line 4)", "unknown OS family"),
+        (
+            "name: x\nsteps:\n  - run: ls\n    os: linux\n    when: always\n",
+            "step 1 (run).when (line 5)",
+            "unknown field beside run (allowed: os)",
+        ),
+        ("name: x\nsteps:\n  - os: linux\n", "step 1 (line 3)", "exactly one of"),
+        ("name: x\nsteps:\n  - os: linux\n    copy: a\n", "step 1 (line 4)", "unknown step 'copy'"),
+        (
+            "name: x\nos: linux\nsteps:\n  - run: ver\n    os: windows\n",
+            "step 1 (run).os (line 5)",
+            "the plan is for linux (os: linux): this step would never run",
+        ),
         ("name: x\nsteps:\n  - run: ''\n", "step 1 (run) (line 3)", "empty command"),
         ("name: x\nsteps: [{run: ls}\n", "line 3, column 1", "invalid YAML"),
         ("name: x\nsteps:\n  - extra_config: {}\n", "step 1 (extra_config) (line 3)", "mapping of extraConfig keys"),
@@ -213,3 +227,41 @@ def test_vm_conditions_in_their_three_forms(plan_dir: Path) -> None:
     ]
     assert plan.steps[0] == WaitStep(VmCondition(VmState.IP_ASSIGNED, 60.0), "ip_assigned")
     assert plan.steps[0].describe() == "wait for ip assigned"
+
+
+def test_a_step_may_be_for_one_os_family(plan_dir: Path) -> None:
+    plan = load_plan(
+        write_plan(
+            plan_dir,
+            """
+            name: mixed
+            steps:
+              - run: {command: "echo %COMPUTERNAME%", shell: cmd}
+                os: windows
+              - os: linux
+                run: uname -a
+              - upload: {src: setup.sh, dest: /tmp/setup.sh}
+              - run: ls
+                os: null
+            """,
+        )
+    )
+    assert plan.step_os == {1: OsFamily.WINDOWS, 2: OsFamily.LINUX}
+    assert [plan.os_of(n) for n in (1, 2, 3, 4)] == [OsFamily.WINDOWS, OsFamily.LINUX, None, None]
+    first, second, *_ = plan.steps
+    assert isinstance(first, RunStep) and first.spec.shell == "cmd"
+    assert isinstance(second, RunStep) and second.spec.command == "uname -a"
+
+
+def test_a_plan_built_in_python_checks_its_step_os() -> None:
+    from beachhead.agent.plans import Plan
+    from beachhead.agent.render import RunSpec
+
+    step = RunStep(RunSpec(command="ls"))
+    assert Plan("p", (step,), step_os={1: OsFamily.LINUX}).os_of(1) is OsFamily.LINUX
+    with pytest.raises(InputError, match="no step 2"):
+        Plan("p", (step,), step_os={2: OsFamily.LINUX})
+    with pytest.raises(InputError, match="must be an OsFamily"):
+        Plan("p", (step,), step_os={1: "linux"})  # type: ignore[dict-item]
+    with pytest.raises(InputError, match="would never run"):
+        Plan("p", (step,), os=OsFamily.WINDOWS, step_os={1: OsFamily.LINUX})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from beachhead.agent.channel import LOST_WHILE_RUNNING, Capability
-from beachhead.agent.context import StepContext, resolve_os
+from beachhead.agent.context import StepContext
 from beachhead.agent.errors import InputError, brief
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.journal import JournalEntry
@@ -111,9 +111,10 @@ class Run(StepKind):
         )
 
     def check(self, step: RunStep, target: Target, context: CheckContext) -> str | None:
-        """The shell must exist on the target's OS family (when it is declared)."""
+        """The shell must exist on the OS family the step will run under there (the
+        target's or the plan's when declared, else the step's own ``os:``, else Linux)."""
         try:
-            render(step.spec, resolve_os(context.plan, target))
+            render(step.spec, context.os_of(target))
         except InputError as exc:
             return exc.reason
         return None
