@@ -17,6 +17,7 @@ import pytest
 
 from beachhead.bootstrap.lab.windows.cmdline import argv, quote, split_arguments
 from beachhead.bootstrap.lab.windows.run import resolve
+from tests.conftest import wait_until
 
 RUNNER = [sys.executable, "-m", "beachhead.bootstrap.lab.windows.run"]
 NOT_RECOGNIZED = b"'%s' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n"
@@ -256,6 +257,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_taskkill_ends_a_whole_tree(root: Path) -> None:
     status = root.parent / "tree-status"
     line = "cmd /d /c timeout /t 30 /nobreak | timeout /t 30 /nobreak"
@@ -272,8 +280,8 @@ def test_taskkill_ends_a_whole_tree(root: Path) -> None:
             assert f"SUCCESS: The process with PID {child} (child process of PID {tree.pid})".encode() in killed.stdout
         assert f"SUCCESS: The process with PID {tree.pid} (child process of PID ".encode() in killed.stdout
         assert tree.wait(timeout=10) == -9
-        for child in children:
-            assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+        for child in children:  # SIGKILL is sent; the process may take a moment to end
+            wait_until(lambda child=child: _gone(child), timeout=10, what=f"pid {child} ended")
     finally:
         tree.kill()
         tree.wait()
