@@ -10,6 +10,7 @@ APT_PACKAGES=(
   golang-go golang-github-vmware-govmomi-dev # the lab's vCenter launcher
   dnsmasq-base isc-dhcp-client               # the lab's DHCP server and its guests' client
   cloud-init                                 # the real client the metadata server is tested with
+  postgresql libpq5                          # the metadata server's shared store (tests start their own server)
 )
 case ",${1:-}," in
   *,bench,*) APT_PACKAGES+=(nginx-light) ;; # the metadata benchmark's baseline
@@ -51,6 +52,7 @@ if [ -d /etc/cloud ] && [ ! -e /etc/cloud/cloud-init.disabled ] && [ "$(id -u)" 
 fi
 if command -v systemctl >/dev/null && [ "$(id -u)" -eq 0 ]; then
   systemctl disable --quiet nginx 2>/dev/null || true
+  systemctl disable --quiet postgresql 2>/dev/null || true # tests start their own, on loopback
 fi
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

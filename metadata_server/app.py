@@ -22,10 +22,12 @@ from aiohttp import web
 
 from beachhead.agent.targets import Target
 from beachhead.agent.vsphere.connection import vcenter_pool
+from beachhead.metadata_server.access_log import access_middleware
 from beachhead.metadata_server.admin_api import ADMIN_BODY_LIMIT, AdminApi
 from beachhead.metadata_server.errors import RequestRefused, ServerError
 from beachhead.metadata_server.events import StatusEvents
 from beachhead.metadata_server.guest_api import GuestApi
+from beachhead.metadata_server.health import Health
 from beachhead.metadata_server.identify import Identifier, LeaseFile, MacLookup, in_networks
 from beachhead.metadata_server.limits import (
     ConnectionLimiter,
@@ -36,12 +38,14 @@ from beachhead.metadata_server.limits import (
     fit_fd_limit,
     listen,
 )
-from beachhead.metadata_server.store import SqliteStore, Store
+from beachhead.metadata_server.metrics import Metrics, TimedStore
+from beachhead.metadata_server.store import Store, open_store
 from beachhead.metadata_server.tokens import TokenIssuer
 from beachhead.metadata_server.vsphere_lookup import VSphereLookup
 
 log = structlog.get_logger("beachhead.metadata")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HEALTH = web.AppKey("health", Health)
 
 
 @dataclass
@@ -50,13 +54,15 @@ class ServerConfig:
 
     host: str
     port: int
-    db: Path
+    db: Path | str  # a SQLite file, or a postgresql:// URL (no password in it)
     admin_token: bytes
     require_token: bool = False
     trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
     leases: Path | None = None
     vcenter: Target | None = field(default=None, repr=False)  # recognise guests through vSphere
     limits: Limits = field(default_factory=Limits)
+    access_log: bool = True  # one metadata.request line per request
+    metrics_listen: tuple[str, int] | None = None  # /metrics and /healthz without a token, here
 
 
 def read_admin_token(path: Path) -> bytes:
@@ -98,19 +104,35 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def create_app(store: Store, config: ServerConfig, lookup: MacLookup | None = None) -> web.Application:
-    """The application: guest routes and the admin API over ``store``."""
+    """The application: guest routes, the admin API, ``/healthz`` and ``/metrics`` over
+    ``store``, its writes timed."""
+    metrics = Metrics(lambda: len(store.all()))
+    timed = TimedStore(store, metrics)
+    store = timed
     events = StatusEvents()
+    store.subscribe(events.changed)  # another server's write wakes waiters here
     identifier = Identifier(
         store,
         trusted_proxies=config.trusted_proxies,
         leases=LeaseFile(config.leases) if config.leases else None,
         lookup=lookup,
     )
-    app = web.Application(middlewares=[refusals], client_max_size=ADMIN_BODY_LIMIT)
+    app = web.Application(
+        middlewares=[access_middleware(metrics, config.access_log), refusals], client_max_size=ADMIN_BODY_LIMIT
+    )
     body_timeout_s = config.limits.body_timeout_s
-    app.add_routes(AdminApi(store, events, config.admin_token, body_timeout_s=body_timeout_s).routes())
+    admin_api = AdminApi(store, events, config.admin_token, body_timeout_s=body_timeout_s)
+    health = Health(timed, metrics, admin_api.authorize)
+    app[HEALTH] = health
+    app.add_routes(health.routes())  # before the guest routes: /{version} would take these paths
+    app.add_routes(admin_api.routes())
     guest_api = GuestApi(
-        store, identifier, TokenIssuer(), events, require_token=config.require_token, body_timeout_s=body_timeout_s
+        store,
+        identifier,
+        TokenIssuer(store.token_key),
+        events,
+        require_token=config.require_token,
+        body_timeout_s=body_timeout_s,
     )
     app.add_routes(guest_api.routes())
     return app
@@ -118,7 +140,7 @@ def create_app(store: Store, config: ServerConfig, lookup: MacLookup | None = No
 
 async def serve(config: ServerConfig) -> None:
     """Open the store, serve until SIGTERM or SIGINT (or cancellation), close."""
-    store = SqliteStore(config.db)
+    store = open_store(config.db)
     try:
         await store.open()
     except Exception as exc:
@@ -134,7 +156,7 @@ async def serve(config: ServerConfig) -> None:
         await store.close()
 
 
-async def _serve(store: SqliteStore, config: ServerConfig, lookup: MacLookup | None) -> None:
+async def _serve(store: Store, config: ServerConfig, lookup: MacLookup | None) -> None:
     limits = config.limits
     loop = asyncio.get_running_loop()
     throttle = ThrottledLog(loop, limits.log_interval_s)
@@ -157,8 +179,11 @@ async def _serve(store: SqliteStore, config: ServerConfig, lookup: MacLookup | N
         keepalive_timeout=limits.header_timeout_s,
     )
     listener: Listener | None = None
+    metrics_runner: web.AppRunner | None = None
     try:
         await runner.setup()
+        if config.metrics_listen is not None:
+            metrics_runner = await _serve_metrics(runner.app[HEALTH], *config.metrics_listen)
         assert runner.server is not None
         try:
             sock = listen(config.host, config.port)
@@ -178,6 +203,8 @@ async def _serve(store: SqliteStore, config: ServerConfig, lookup: MacLookup | N
             body_timeout_s=limits.body_timeout_s,
             max_connections=max_connections,
             max_connections_per_source=limits.max_connections_per_source,
+            access_log=config.access_log,
+            metrics_listen=_url(*config.metrics_listen) if config.metrics_listen else None,
         )
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -191,6 +218,27 @@ async def _serve(store: SqliteStore, config: ServerConfig, lookup: MacLookup | N
     finally:
         if listener is not None:
             listener.close()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
         uninstall()
         throttle.flush()
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+async def _serve_metrics(health: Health, host: str, port: int) -> web.AppRunner:
+    """``/metrics`` and ``/healthz``, without a token, on ``--metrics-listen`` (counted
+    in the metrics, not in the access log)."""
+    app = web.Application(middlewares=[access_middleware(health.metrics, False), refusals])
+    app.add_routes(Health(health.store, health.metrics, None).routes())
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ServerError(f"cannot listen on {host}:{port} (--metrics-listen): {exc.strerror}") from None
+    return runner

@@ -25,7 +25,7 @@ from beachhead.metadata_server.limits import Limits
 DEFAULT_DB = state_dir() / "metadata.sqlite"
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
     """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) as host and port."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
@@ -33,9 +33,9 @@ def parse_listen(text: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
         number = int(port)
     except ValueError:
-        raise InputError("--listen", None, f"must be ADDR:PORT with an IP address, got {text!r}") from None
+        raise InputError(option, None, f"must be ADDR:PORT with an IP address, got {text!r}") from None
     if not sep or not 0 < number < 65536:
-        raise InputError("--listen", None, f"port must be 1-65535, got {text!r}")
+        raise InputError(option, None, f"port must be 1-65535, got {text!r}")
     return host, number
 
 
@@ -48,6 +48,24 @@ def parse_proxies(values: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipadd
         except ValueError:
             raise InputError("--trusted-proxy", None, f"not a network: {value!r}") from None
     return networks
+
+
+def parse_db(text: str) -> Path | str:
+    """``--db``: a ``postgresql://`` URL (checked, refused when it holds a password:
+    command lines are visible to every user) or a SQLite file."""
+    from beachhead.metadata_server.store import is_database_url
+
+    if not is_database_url(text):
+        return Path(text)
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parameters = conninfo_to_dict(text)
+    except Exception:  # psycopg.ProgrammingError; the text may hold a secret: not repeated
+        raise InputError("--db", None, "not a valid postgresql:// URL") from None
+    if parameters.get("password"):
+        raise InputError("--db", None, "holds a password: put it in PGPASSWORD or ~/.pgpass instead")
+    return text
 
 
 def _seconds(context: click.Context, parameter: click.Parameter, value: float) -> float:
@@ -71,10 +89,11 @@ def ensure_admin_token(path: Path) -> bool:
 @click.option("--listen", required=True, metavar="ADDR:PORT", help="Address and port to serve on (e.g. 10.0.0.1:80).")
 @click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DB,
+    default=str(DEFAULT_DB),
     show_default=True,
-    help="SQLite file holding the published instances (created when missing).",
+    metavar="FILE|URL",
+    help="SQLite file holding the published instances (created when missing), or postgresql://USER@HOST/DB "
+    "for a database several servers share (password in PGPASSWORD or ~/.pgpass, never in the URL).",
 )
 @click.option(
     "--admin-token-file",
@@ -155,9 +174,23 @@ def ensure_admin_token(path: Path) -> bool:
     help="Log a repeated error (a refused connection, a malformed request, accept() failing) once per "
     "interval, with the count of the ones held back.",
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="Log one metadata.request line per request: method, path (no query string), status, duration, "
+    "the guest's address and instance when recognised; never headers, tokens or bodies.",
+)
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="ADDR:PORT",
+    help="Also serve /metrics (Prometheus) and /healthz here, without the admin token (a management "
+    "network). On --listen, /metrics needs the admin token and /healthz needs none.",
+)
 def metadata_server(
     listen: str,
-    db: Path,
+    db: str,
     admin_token_file: Path,
     require_token: bool,
     trusted_proxies: tuple[str, ...],
@@ -168,6 +201,8 @@ def metadata_server(
     max_connections: int,
     max_connections_per_source: int,
     log_interval_s: float,
+    access_log: bool,
+    metrics_listen: str | None,
 ) -> None:
     """Serve cloud-init / cloudbase-init data per instance: NoCloud-net at the root
     (seedfrom=http://ADDR:PORT/), the EC2 metadata service (IMDS v1 and v2) under
@@ -183,7 +218,7 @@ def metadata_server(
         config = ServerConfig(
             host=host,
             port=port,
-            db=db,
+            db=parse_db(db),
             admin_token=read_admin_token(admin_token_file),
             require_token=require_token,
             trusted_proxies=parse_proxies(trusted_proxies),
@@ -192,6 +227,8 @@ def metadata_server(
             limits=Limits(
                 header_timeout_s, body_timeout_s, max_connections, max_connections_per_source, log_interval_s
             ),
+            access_log=access_log,
+            metrics_listen=parse_listen(metrics_listen, "--metrics-listen") if metrics_listen else None,
         )
         asyncio.run(serve(config))
 

@@ -1,5 +1,6 @@
 """What guests did, as events: the admin API's long-poll waits on them instead of
-polling the store."""
+polling the store. A write through this server wakes waiters directly; one through
+another server sharing the store wakes them through ``Store.subscribe``."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from beachhead.metadata_server import formats
+from beachhead.metadata_server.access_log import recognised
 from beachhead.metadata_server.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from beachhead.metadata_server.events import StatusEvents
 from beachhead.metadata_server.identify import FORWARDED_FOR, Identifier, Requester
@@ -85,6 +86,7 @@ class GuestApi:
     async def _instance(self, request: web.Request) -> Instance:
         requester = self._requester(request)
         instance = await self.identifier.instance(requester)
+        recognised(request, requester.address, instance.instance_id if instance else None)
         if instance is None:
             log.info("metadata.unknown_guest", address=requester.address, path=request.path)
             raise NotFound("instance", f"no instance is published for {requester.address}")

@@ -1,4 +1,8 @@
-"""Where published instances live: an interface, and SQLite behind it.
+"""Where published instances live: an interface, SQLite behind it for one server, and
+PostgreSQL (:mod:`store_postgres`) for several servers sharing one set of instances.
+
+Every store serves reads from an in-memory index (:class:`IndexedInstances`), so
+recognising a guest never waits on a database; writes go to the database first.
 
 :class:`SqliteStore` keeps every record in one SQLite file in WAL mode with full
 synchronous commits, so a record the admin API acknowledged survives a crash or a
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -58,14 +62,30 @@ PLACEHOLDERS = ", ".join("?" for _ in COLUMNS.split(","))
 UPSERT = f"INSERT OR REPLACE INTO instances ({COLUMNS}) VALUES ({PLACEHOLDERS})"  # noqa: S608 - constant text
 
 
+Changed = Callable[[], Awaitable[None]]
+
+
 class Store(Protocol):
-    """What the server needs from a store; a server database can implement it later."""
+    """What the server needs from a store: SQLite for one server, PostgreSQL for several."""
 
     async def open(self) -> None:
         """Connect and load what is needed to serve."""
 
     async def close(self) -> None:
         """Release the store."""
+
+    async def ping(self) -> None:
+        """A cheap query against the database itself (not the index), raising when it
+        cannot be reached: the server's ``/healthz``."""
+
+    @property
+    def token_key(self) -> bytes | None:
+        """The IMDSv2 token signing key every server on this store shares (None: each
+        server makes its own at start)."""
+
+    def subscribe(self, changed: Changed) -> None:
+        """Have ``changed`` awaited after another server changed an instance (its new
+        state is in the index by then), so waiters here look again."""
 
     def get(self, instance_id: str) -> Instance | None:
         """The instance with this id."""
@@ -138,46 +158,27 @@ def _instance(row: tuple[Any, ...]) -> Instance:
     )
 
 
-class SqliteStore:
-    """The default store: one SQLite file (WAL), indexed in memory."""
+def is_database_url(db: str | Path) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="metadata-sqlite")
-        self._db: sqlite3.Connection | None = None
+
+def open_store(db: str | Path) -> Store:
+    """The store ``--db`` names: a ``postgresql://`` URL, else a SQLite file (not opened yet)."""
+    if is_database_url(db):
+        from beachhead.metadata_server.store_postgres import PostgresStore
+
+        return PostgresStore(str(db))
+    return SqliteStore(Path(db))
+
+
+class IndexedInstances:
+    """The in-memory index every store serves reads from: instances by id, address and MAC."""
+
+    def __init__(self) -> None:
         self._by_id: dict[str, Instance] = {}
         self._by_ip: dict[str, str] = {}
         self._by_mac: dict[str, str] = {}
-        self._write_lock = asyncio.Lock()
-
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    def _connect(self) -> list[tuple[Any, ...]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path.touch(mode=0o600, exist_ok=True)  # it holds user-data: not for other users
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-        present = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
-        for name, kind in ADDED_COLUMNS.items():
-            if name not in present:
-                db.execute(f"ALTER TABLE instances ADD COLUMN {name} {kind}")
-        self._db = db
-        return list(db.execute(SELECT_ALL))
-
-    async def open(self) -> None:
-        """Open (creating) the file and load the index."""
-        for row in await self._call(self._connect):
-            self._index(_instance(row))
-
-    async def close(self) -> None:
-        """Close the file and the worker thread."""
-        if self._db is not None:
-            await self._call(self._db.close)
-            self._db = None
-        self._thread.shutdown(wait=True)
 
     def _index(self, instance: Instance) -> None:
         self._unindex(instance.instance_id)
@@ -212,6 +213,68 @@ class SqliteStore:
     def all(self) -> list[Instance]:
         """Every instance, by id."""
         return [self._by_id[key] for key in sorted(self._by_id)]
+
+
+class SqliteStore(IndexedInstances):
+    """The default store: one SQLite file (WAL), indexed in memory."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="metadata-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _connect(self) -> list[tuple[Any, ...]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.touch(mode=0o600, exist_ok=True)  # it holds user-data: not for other users
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        present = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE instances ADD COLUMN {name} {kind}")
+        self._db = db
+        return list(db.execute(SELECT_ALL))
+
+    async def open(self) -> None:
+        """Open (creating) the file and load the index."""
+        for row in await self._call(self._connect):
+            self._index(_instance(row))
+
+    async def close(self) -> None:
+        """Close the file and the worker thread."""
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    @property
+    def token_key(self) -> bytes | None:
+        """None: one server per file, so a key made at start (a restart retires its tokens)."""
+        return None
+
+    def subscribe(self, changed: Changed) -> None:
+        """Nothing to do: no other server writes this file."""
+
+    def _probe(self) -> None:
+        # A connection of its own, opened read-only by path: the file the server would
+        # open after a restart must still be there, readable, and hold the table.
+        probe = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            probe.execute("SELECT 1 FROM instances LIMIT 1").fetchall()
+        finally:
+            probe.close()
+
+    async def ping(self) -> None:
+        """Read the file through a new read-only connection (raises when it is gone or
+        unreadable)."""
+        await self._call(self._probe)
 
     def _check_unique(self, instance: Instance) -> None:
         for field, owner in (("ip", self._by_ip.get(instance.ip or "")), ("mac", self._by_mac.get(instance.mac or ""))):

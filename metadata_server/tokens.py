@@ -1,8 +1,9 @@
 """IMDSv2 session tokens: issued by ``PUT /latest/api/token`` for a lifetime of 1 to
 21600 seconds, bound to the address that asked, checked on every request that carries
-one. Tokens are signed (HMAC-SHA256 with a key made at start), not stored: a forged,
-altered, expired or borrowed token fails the check, and a restart retires them all, as
-a reboot does on EC2.
+one. Tokens are signed (HMAC-SHA256), not stored: a forged, altered,
+expired or borrowed token fails the check. One server makes its key at start, so a
+restart retires them all, as a reboot does on EC2; servers sharing a PostgreSQL store
+share the key kept there (``Store.token_key``), so each accepts the others' tokens.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from chosen loopback addresses (each one a different "guest")."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import BEACHHEAD, beachhead
+from tests.metadata.postgres import Postgres, run_postgres
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 CLOUDINIT_CLIENT = Path(__file__).with_name("cloudinit_client.py")
@@ -41,6 +43,7 @@ class MetadataServer:
     port: int
     options: tuple[str, ...] = ()
     host: str = "127.0.0.1"
+    db: str | None = None  # a postgresql:// URL; None: metadata.sqlite in the directory
     process: subprocess.Popen[str] | None = None
     log: Path = field(init=False)
 
@@ -75,7 +78,7 @@ class MetadataServer:
             "--listen",
             f"{self.host}:{self.port}",
             "--db",
-            str(self.directory / "metadata.sqlite"),
+            self.db or str(self.directory / "metadata.sqlite"),
             "--admin-token-file",
             str(self.token_file),
             *self.options,
@@ -134,13 +137,52 @@ class MetadataServer:
         return [line for line in lines if line.get("event") == event]
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL server for the session (each test gets its own database)."""
+    yield from run_postgres(free_port())
+
+
+DATABASES = itertools.count()
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., MetadataServer]]:
+def postgres_url(postgres: Postgres) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server; dropped after the test."""
+    import psycopg
+
+    name = f"test_{os.getpid()}_{next(DATABASES)}"
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield postgres.url(name)
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_db(request: pytest.FixtureRequest) -> str | None:
+    """Each store in turn: None (the SQLite default) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def default_db() -> str | None:
+    """The store ``start_server`` uses: SQLite (a module overrides this with ``store_db``)."""
+    return None
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, default_db: str | None) -> Iterator[Callable[..., MetadataServer]]:
     """Starts metadata servers (with extra options); stops them after the test."""
     started: list[MetadataServer] = []
 
-    def start(*options: str, directory: Path | None = None, port: int | None = None) -> MetadataServer:
-        server = MetadataServer(directory or tmp_path, port or free_port(), options).start()
+    def start(
+        *options: str, directory: Path | None = None, port: int | None = None, db: str | None = None
+    ) -> MetadataServer:
+        server = MetadataServer(directory or tmp_path, port or free_port(), options, db=db or default_db).start()
         started.append(server)
         return server
 
