@@ -42,7 +42,7 @@ async def opened(db: str) -> AsyncIterator[Callable[[], Awaitable[Store]]]:
         await store.close()
 
 
-def _instance(instance_id: str, ip: str | None = "10.0.0.5", mac: str | None = None, **kw: object) -> Instance:
+def _instance(instance_id: str, ip: str | None = "127.0.0.5", mac: str | None = None, **kw: object) -> Instance:
     now = time.time()
     return Instance(instance_id, ip, mac, "host", b"#cloud-config\n", created=now, updated=now, **kw)  # type: ignore[arg-type]
 
@@ -53,12 +53,12 @@ async def test_put_get_replace_and_delete(opened: Opener) -> None:
     assert await store.put(_instance("i-b", ip=None, mac="00:50:56:00:00:0b")) is True
     got = store.get("i-a")
     assert got is not None and got.meta_data == {"k": [1, "v"]} and got.vendor_data == b"\x00\xff"
-    assert store.by_ip("10.0.0.5") == got and store.by_mac("00:50:56:00:00:0b") == store.get("i-b")
+    assert store.by_ip("127.0.0.5") == got and store.by_mac("00:50:56:00:00:0b") == store.get("i-b")
     assert [instance.instance_id for instance in store.all()] == ["i-a", "i-b"]
-    assert await store.put(_instance("i-a", ip="10.0.0.6")) is False  # replaced: moved address
-    assert store.by_ip("10.0.0.5") is None and store.by_ip("10.0.0.6") is not None
+    assert await store.put(_instance("i-a", ip="127.0.0.6")) is False  # replaced: moved address
+    assert store.by_ip("127.0.0.5") is None and store.by_ip("127.0.0.6") is not None
     assert await store.delete("i-a") is True and await store.delete("i-a") is False
-    assert store.get("i-a") is None and store.by_ip("10.0.0.6") is None
+    assert store.get("i-a") is None and store.by_ip("127.0.0.6") is None
 
 
 async def test_addresses_and_macs_are_unique(opened: Opener) -> None:
@@ -68,7 +68,7 @@ async def test_addresses_and_macs_are_unique(opened: Opener) -> None:
         await store.put(_instance("i-b"))
     assert clash.value.field == "ip" and "i-a" in clash.value.reason
     with pytest.raises(Conflict) as clash:
-        await store.put(_instance("i-c", ip="10.0.0.9", mac="00:50:56:00:00:0a"))
+        await store.put(_instance("i-c", ip="127.0.0.9", mac="00:50:56:00:00:0a"))
     assert clash.value.field == "mac"
     assert [instance.instance_id for instance in store.all()] == ["i-a"]
 
@@ -119,14 +119,14 @@ async def test_a_second_postgres_store_follows_the_first(postgres_url: str) -> N
         await first.put(_instance("i-a"))
         async with asyncio.timeout(FOLLOW_TIMEOUT_S):
             await woken.wait()
-        assert second.by_ip("10.0.0.5") is not None
+        assert second.by_ip("127.0.0.5") is not None
         with pytest.raises(Conflict):  # the database decides, whichever server asks
             await second.put(_instance("i-b"))
         woken.clear()
         await first.delete("i-a")
         async with asyncio.timeout(FOLLOW_TIMEOUT_S):
             await woken.wait()
-        assert second.get("i-a") is None and second.by_ip("10.0.0.5") is None
+        assert second.get("i-a") is None and second.by_ip("127.0.0.5") is None
     finally:
         await first.close()
         await second.close()
