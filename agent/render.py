@@ -29,6 +29,7 @@ from pathlib import Path
 from beachhead.agent.channel import CommandRequest, ShellScript
 from beachhead.agent.errors import InputError
 from beachhead.agent.targets import OsFamily
+from beachhead.agent.windows_scripts import powershell_literal
 
 POSIX_SHELLS = ("sh", "bash")
 ENV_READ_FAILED = 125  # the exit status when the environment lines could not be read
@@ -101,10 +102,6 @@ def _render_posix(spec: RunSpec, body: str) -> CommandRequest:
     )
 
 
-def _powershell_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _render_windows(spec: RunSpec, body: str) -> CommandRequest:
     shell = spec.shell or "powershell"
     if shell not in WINDOWS_SHELLS:
@@ -112,7 +109,7 @@ def _render_windows(spec: RunSpec, body: str) -> CommandRequest:
     if spec.become:
         raise InputError(None, "run.become", "become is not supported on Windows guests; connect as an administrator")
     if shell == "powershell":
-        env = "".join(f"$env:{name} = {_powershell_literal(value)}; " for name, value in spec.env.items())
+        env = "".join(f"$env:{name} = {powershell_literal(value)}; " for name, value in spec.env.items())
         script = f"$ProgressPreference = 'SilentlyContinue'; {env}{body}"
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
         command = f"powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encoded}"
