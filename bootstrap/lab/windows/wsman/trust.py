@@ -53,6 +53,7 @@ class TrustedRoots:
     def refresh(self) -> None:
         """Read the files that changed since the last read; give new certificates to
         the TLS contexts. A file that cannot be read or parsed keeps its last contents."""
+        changed = False
         for path in self.files:
             try:
                 stat = path.stat()
@@ -68,6 +69,9 @@ class TrustedRoots:
                 log.warning("trusted roots %s: %s", path, exc)
                 continue
             self._seen[path] = signature
+            changed = True
+        if not changed:  # the common case, at every handshake: nothing to read or add
+            return
         for cert in (cert for certs in self._by_file.values() for cert in certs):
             der = cert.public_bytes(serialization.Encoding.DER)
             if der in self._loaded:
