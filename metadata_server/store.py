@@ -196,6 +196,14 @@ class IndexedInstances:
             if old.mac and self._by_mac.get(old.mac) == instance_id:
                 del self._by_mac[old.mac]
 
+    def _reindex(self, instances: list[Instance]) -> None:
+        """Index exactly ``instances``, forgetting every other."""
+        self._by_id.clear()
+        self._by_ip.clear()
+        self._by_mac.clear()
+        for instance in instances:
+            self._index(instance)
+
     def get(self, instance_id: str) -> Instance | None:
         """The instance with this id."""
         return self._by_id.get(instance_id)
@@ -244,8 +252,7 @@ class SqliteStore(IndexedInstances):
 
     async def open(self) -> None:
         """Open (creating) the file and load the index."""
-        for row in await self._call(self._connect):
-            self._index(_instance(row))
+        self._reindex([_instance(row) for row in await self._call(self._connect)])
 
     async def close(self) -> None:
         """Close the file and the worker thread."""

@@ -141,12 +141,7 @@ class PostgresStore(IndexedInstances):
         """The whole index from the database."""
         async with self._lock:
             cursor = await (await self._connection()).execute(SELECT)
-            rows = await cursor.fetchall()
-            self._by_id.clear()
-            self._by_ip.clear()
-            self._by_mac.clear()
-            for row in rows:
-                self._index(_instance(row))
+            self._reindex([_instance(row) for row in await cursor.fetchall()])
 
     async def _follow(self) -> None:
         """Apply other servers' notified writes; re-listen and reload after a break."""
