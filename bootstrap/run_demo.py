@@ -61,9 +61,7 @@ def _lab_guests(env: dict[str, str], keep: bool) -> Iterator[list[str]]:
     vcenter = lab["vcenter"]
     env["BEACHHEAD_DEMO_VCENTER_PASSWORD"] = vcenter["password"]
     uris = []
-    for vm in lab["vms"]:
-        if vm["os"] not in ("linux", "windows"):
-            continue
+    for vm in lab["vms"]:  # the lab has Linux and Windows VMs only
         variable = "BEACHHEAD_DEMO_PASSWORD_" + re.sub(r"\W", "_", vm["name"]).upper()
         env[variable] = vm["guest_password"]
         uri = (
