@@ -13,16 +13,17 @@ logging configuration shows them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from beachhead.agent.context import RunContext
 from beachhead.agent.engine import Engine, Progress, check_run_input
 from beachhead.agent.errors import InputError
 from beachhead.agent.journal import Journal, RunDirectory, default_runs_dir
 from beachhead.agent.logs import route_to_stdlib_logging
-from beachhead.agent.plans import Plan, load_plan
+from beachhead.agent.plans import Plan, build_plan, load_plan
 from beachhead.agent.registry import Plugins, default_plugins
 from beachhead.agent.results import TargetResult
 from beachhead.agent.resume import next_attempt, resume_points
@@ -40,15 +41,38 @@ class RunReport:
     results: list[TargetResult]
     journal_error: str | None = None  # the run stopped because its journal could not be written
     left_alone: tuple[str, ...] = ()  # resumed: targets that had finished in an earlier attempt
+    interrupted: bool = False  # cancelled (Run.cancel, SIGINT): results hold the targets reported so far
 
     @property
     def ok(self) -> bool:
-        """True when every target succeeded and every write was journaled."""
-        return self.journal_error is None and all(result.ok for result in self.results)
+        """True when every target succeeded, every write was journaled and nothing was cut short."""
+        return not self.interrupted and self.journal_error is None and all(result.ok for result in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole run as one object: what ``beachhead run --json`` prints per target
+        (``results``, one such line each), with the run's own facts around it."""
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "ok": self.ok,
+            "interrupted": self.interrupted,
+            "journal_error": self.journal_error,
+            "left_alone": list(self.left_alone),
+            "results": [result.to_json() for result in self.results],
+        }
 
 
-def _as_plan(plan: str | Path | Plan, plugins: Plugins) -> Plan:
-    return plan if isinstance(plan, Plan) else load_plan(plan, plugins)
+PlanLike = str | Path | Plan | Mapping[str, Any]
+"""A plan file's path, a :class:`Plan`, or Python data shaped as a plan file (see
+:func:`beachhead.agent.plans.build_plan`)."""
+
+
+def _as_plan(plan: PlanLike, plugins: Plugins) -> Plan:
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, Mapping):
+        return build_plan(plan, plugins=plugins)
+    return load_plan(plan, plugins)
 
 
 def _as_target(target: str | Target) -> Target:
@@ -56,7 +80,7 @@ def _as_target(target: str | Target) -> Target:
 
 
 async def run_plan(
-    plan: str | Path | Plan,
+    plan: PlanLike,
     targets: Sequence[str | Target],
     *,
     settings: RunSettings | None = None,
@@ -99,7 +123,7 @@ async def run_plan(
 async def resume_run(
     run_id: str,
     *,
-    plan: str | Path | Plan | None = None,
+    plan: PlanLike | None = None,
     settings: RunSettings | None = None,
     runs_dir: Path | None = None,
     plugins: Plugins | None = None,
@@ -149,7 +173,7 @@ async def resume_run(
 
 async def customize(
     target: str | Target,
-    plan: str | Path | Plan,
+    plan: PlanLike,
     *,
     settings: RunSettings | None = None,
     runs_dir: Path | None = None,
@@ -161,7 +185,7 @@ async def customize(
 
 def customize_sync(
     target: str | Target,
-    plan: str | Path | Plan,
+    plan: PlanLike,
     *,
     settings: RunSettings | None = None,
     runs_dir: Path | None = None,

@@ -27,6 +27,7 @@ from beachhead.agent.api import RunReport, resume_run, run_plan
 from beachhead.agent.errors import BeachheadError, InputError
 from beachhead.agent.exits import errors_exit
 from beachhead.agent.explain import CAPABILITY_ORDER, Explanation, explain_channels
+from beachhead.agent.hook_cli import customize_command
 from beachhead.agent.journal import RunDirectory, default_runs_dir
 from beachhead.agent.logs import configure_logging
 from beachhead.agent.plans import load_plan
@@ -160,6 +161,10 @@ class _ResultPrinter:
     def step_started(self, target: Target, result: StepResult) -> None:
         if self.inner:
             self.inner.step_started(target, result)
+
+    def step_finished(self, target: Target, result: StepResult) -> None:
+        if self.inner:
+            self.inner.step_finished(target, result)
 
     def target_finished(self, result: TargetResult) -> None:
         if self.inner:
@@ -632,3 +637,6 @@ async def _fetch_logs(target: Target, connect_timeout: float, *, with_diagnostic
         if with_diagnostics:
             fetched += await diagnostic_logs(vcenter)
         return fetched
+
+
+main.add_command(customize_command)

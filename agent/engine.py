@@ -49,6 +49,9 @@ class Progress(Protocol):
     def step_started(self, target: Target, result: StepResult) -> None:
         """A step began on a target."""
 
+    def step_finished(self, target: Target, result: StepResult) -> None:
+        """A step that began on a target ended (``result.status`` says how)."""
+
     def target_finished(self, result: TargetResult) -> None:
         """A target's workflow ended, successfully or not."""
 
@@ -60,6 +63,9 @@ class NoProgress:
         """Ignore."""
 
     def step_started(self, target: Target, result: StepResult) -> None:
+        """Ignore."""
+
+    def step_finished(self, target: Target, result: StepResult) -> None:
         """Ignore."""
 
     def target_finished(self, result: TargetResult) -> None:
@@ -216,7 +222,10 @@ class TargetWorkflow:
                     result.error = f"{_step_label(step_result)}: not run: {broken}"
                     break
                 self.engine.progress.step_started(self.target, step_result)
-                await self.run_step(step, step_result)
+                try:
+                    await self.run_step(step, step_result)
+                finally:
+                    self.engine.progress.step_finished(self.target, step_result)
                 if step_result.channel and result.channel is None:
                     result.channel = step_result.channel
                 if step_result.status == FAILED:

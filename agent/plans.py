@@ -74,10 +74,11 @@ class PlanReader:
     """Reads one plan file's YAML into a :class:`Plan`, asking the registered step kinds
     to parse their steps; its helpers check the fields those kinds share."""
 
-    def __init__(self, path: Path, plugins: Plugins) -> None:
-        self.path = path
-        self.base = path.parent
+    def __init__(self, path: Path, plugins: Plugins, *, base: Path | None = None, from_file: bool = True) -> None:
+        self.path = path  # what errors name: the plan file, or a label for a plan built in Python
+        self.base = base if base is not None else path.parent
         self.plugins = plugins
+        self.from_file = from_file
 
     # -- errors and shared field checks -------------------------------------------------
     def error(self, where: str | None, reason: str, mapping: Any = None, key: str | None = None) -> InputError:
@@ -185,7 +186,7 @@ class PlanReader:
             channels=tuple(channels),
             wait=waits,
             timeout=timeout,
-            source=self.path,
+            source=self.path if self.from_file else None,
             step_os=step_os,
         )
 
@@ -234,3 +235,18 @@ def load_plan(path: str | Path, plugins: Plugins | None = None) -> Plan:
 
     path = Path(path)
     return PlanReader(path, plugins or default_plugins()).read(load_yaml(path))
+
+
+PYTHON_PLAN = "<plan built in Python>"
+
+
+def build_plan(data: Mapping[str, Any], *, base_dir: str | Path | None = None, plugins: Plugins | None = None) -> Plan:
+    """A plan from Python data shaped as a plan file is (``{"name": ..., "steps": [{"run":
+    "hostname"}, ...]}``), checked exactly as a file would be; bad data raises
+    :class:`InputError` naming ``<plan built in Python>`` and the field. Local files
+    (``upload: {src: ...}``) are relative to ``base_dir``, by default the current
+    directory."""
+    from beachhead.agent.registry import default_plugins
+
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    return PlanReader(Path(PYTHON_PLAN), plugins or default_plugins(), base=base, from_file=False).read(dict(data))

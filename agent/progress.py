@@ -50,6 +50,12 @@ class RichProgress:
             done = (result.number or 1) - 1
             self.progress.update(row, completed=done, description=f"  {target.name}: {result.description}")
 
+    def step_finished(self, target: Target, result: StepResult) -> None:
+        """Count the step as done on the target's row."""
+        row = self.rows.get(target.name)
+        if row is not None and result.number is not None:
+            self.progress.update(row, completed=result.number)
+
     def target_finished(self, result: TargetResult) -> None:
         """Count the target and mark its row."""
         if result.ok:

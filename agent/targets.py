@@ -40,6 +40,7 @@ environment variable that holds it, a key by its file.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import ipaddress
 import math
@@ -55,6 +56,9 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 from beachhead.agent.errors import InputError, brief
 from beachhead.agent.secrets import Secret
 from beachhead.agent.yamlio import LineDict, at_line, load_yaml
+
+# Where the *_env parameters of the URI being parsed are looked up (see parse_target).
+_ENVIRON: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("target_environ")
 
 
 class OsFamily(StrEnum):
@@ -225,6 +229,9 @@ class Target:
     winrm: WinrmRoute | None = None
     console: ConsoleKind | None = None
     address: str | None = None
+    # A pyVmomi ServiceInstance its caller already logged in (beachhead.vsphere_target):
+    # used instead of a login of Beachhead's own; never part of the URI or the journal.
+    session: Any = field(default=None, repr=False, compare=False)
 
     @property
     def endpoint(self) -> str:
@@ -240,11 +247,24 @@ def parse_target(
     where: str | None = None,
     require_vm: bool = True,
     labels: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Target:
     """Parse one target URI; errors name ``source`` and ``where`` (e.g. file and entry).
     ``require_vm=False`` accepts a vsphere:// URI that names only the vCenter. ``labels``
     gives the whole location of some parameters in errors instead of ``where.PARAMETER``
-    (a targets file's nested ``ssh.port`` and its line)."""
+    (a targets file's nested ``ssh.port`` and its line). ``environ`` is where the
+    ``*_env`` parameters' variables are looked up (default: the process environment;
+    a library caller may hand its secrets over in a mapping of its own)."""
+    token = _ENVIRON.set(environ if environ is not None else os.environ)
+    try:
+        return _parse_target(uri, source, where, require_vm, labels)
+    finally:
+        _ENVIRON.reset(token)
+
+
+def _parse_target(
+    uri: str, source: str, where: str | None, require_vm: bool, labels: Mapping[str, str] | None
+) -> Target:
 
     def bad(field_name: str | None, reason: str) -> InputError:
         if field_name is not None and labels and field_name in labels:
@@ -599,7 +619,7 @@ def _secret_from_env(variable: str | None, bad: Any, field_name: str) -> Secret 
         return None
     if not variable:
         raise bad(field_name, "names no environment variable")
-    value = os.environ.get(variable)
+    value = _ENVIRON.get().get(variable)
     if value is None:
         raise bad(field_name, f"environment variable {variable} is not set")
     return Secret(value)

@@ -314,7 +314,7 @@ class GuestopsSession:
             wire_log = self.vcenter.wire_log
             traces = [wire_log.trace_config()] if wire_log is not None else []
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.vcenter.address.ssl_context() or False, limit=8),
+                connector=aiohttp.TCPConnector(ssl=self.vcenter.ssl_context() or False, limit=8),
                 timeout=aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT_S, sock_connect=30),
                 trace_configs=traces,
             )

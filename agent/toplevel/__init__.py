@@ -20,16 +20,59 @@ __version__ = "0.2.0"
 # A library is quiet unless its caller configures logging (see beachhead.agent.logs).
 logging.getLogger("beachhead").addHandler(logging.NullHandler())
 
-__all__ = ["__version__", "customize", "customize_sync", "run_plan"]
+# What `from beachhead import NAME` gives, by the module that defines it.
+_EXPORTS = {
+    "customize": "beachhead.agent.api",
+    "customize_sync": "beachhead.agent.api",
+    "run_plan": "beachhead.agent.api",
+    "resume_run": "beachhead.agent.api",
+    "RunReport": "beachhead.agent.api",
+    "start_run": "beachhead.agent.run_handle",
+    "Run": "beachhead.agent.run_handle",
+    "RunEvent": "beachhead.agent.run_handle",
+    "build_plan": "beachhead.agent.plans",
+    "load_plan": "beachhead.agent.plans",
+    "parse_target": "beachhead.agent.targets",
+    "vsphere_target": "beachhead.agent.vm_targets",
+    "RunSettings": "beachhead.agent.settings",
+    "BeachheadError": "beachhead.agent.errors",
+    "InputError": "beachhead.agent.errors",
+}
+
+__all__ = [
+    "BeachheadError",
+    "InputError",
+    "Run",
+    "RunEvent",
+    "RunReport",
+    "RunSettings",
+    "__version__",
+    "build_plan",
+    "customize",
+    "customize_sync",
+    "load_plan",
+    "parse_target",
+    "resume_run",
+    "run_plan",
+    "start_run",
+    "vsphere_target",
+]
 
 if TYPE_CHECKING:
-    from beachhead.agent.api import customize, customize_sync, run_plan
+    from beachhead.agent.api import RunReport, customize, customize_sync, resume_run, run_plan
+    from beachhead.agent.errors import BeachheadError, InputError
+    from beachhead.agent.plans import build_plan, load_plan
+    from beachhead.agent.run_handle import Run, RunEvent, start_run
+    from beachhead.agent.settings import RunSettings
+    from beachhead.agent.targets import parse_target
+    from beachhead.agent.vm_targets import vsphere_target
 
 
 def __getattr__(name: str) -> object:
     # Lazy, so `import beachhead` (and `beachhead --version`) stays cheap.
-    if name in ("customize", "customize_sync", "run_plan"):
-        from beachhead.agent import api
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(name)
+    import importlib
 
-        return getattr(api, name)
-    raise AttributeError(name)
+    return getattr(importlib.import_module(module), name)

@@ -41,6 +41,7 @@ KEEPALIVE_S = 300.0
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 SOCKET_TIMEOUT_S = 60.0
 UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+MOREF = re.compile(r"^vm-\d+$")  # a VM's managed object id, as vCenter numbers them
 # Faults that mean the server no longer knows our session: log in again, then retry.
 SESSION_LOST = (vim.fault.NotAuthenticated,)
 
@@ -110,7 +111,19 @@ class VCenter:
         self._login_lock = asyncio.Lock()
         self._keepalive: asyncio.Task[None] | None = None
         self._watcher: VmWatcher | None = None
+        self._attached = False
         self.log = log.bind(vcenter=address.url, user=address.user)
+
+    @classmethod
+    def attached(cls, address: VCenterAddress, service_instance: Any, *, wire_log: WireLog | None = None) -> VCenter:
+        """A VCenter on a session its caller already logged in (a pyVmomi
+        ServiceInstance): no second login, and the session is left logged in at
+        :meth:`close`. When the server forgets it, calls fail (there is no password to
+        log in again with)."""
+        vcenter = cls(address, Secret(""), wire_log=wire_log)
+        vcenter._si = service_instance
+        vcenter._attached = True
+        return vcenter
 
     # -- session ------------------------------------------------------------------------
     async def open(self) -> VCenter:
@@ -157,6 +170,11 @@ class VCenter:
 
     async def relogin(self) -> None:
         """Log in again on the same connection, so managed object references stay valid."""
+        if self._attached:
+            raise self.unavailable(
+                "the caller's vCenter session has ended (log in again and pass the new ServiceInstance)",
+                retryable=False,
+            )
         async with self._login_lock:
             with contextlib.suppress(vmodl.MethodFault):
                 if await self._in_thread(lambda: self._si.content.sessionManager.currentSession) is not None:
@@ -182,7 +200,7 @@ class VCenter:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
-        if self._si is not None:
+        if self._si is not None and not self._attached:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._in_thread(Disconnect, self._si), timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -221,6 +239,14 @@ class VCenter:
         """pyvmomi's SOAP stub (its session cookie authenticates HTTP transfers)."""
         return self._si._stub
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How HTTP transfers to this vCenter check its certificate: as the session's own
+        connection does (an attached session's context is its caller's)."""
+        if self._attached:
+            context = getattr(self.stub, "schemeArgs", {}).get("context")
+            return context if isinstance(context, ssl.SSLContext) else self.address.ssl_context()
+        return self.address.ssl_context()
+
     def session_cookie(self) -> str:
         """The ``vmware_soap_session`` cookie value, for datastore and transfer HTTP calls."""
         cookie = str(self.stub.cookie or "")
@@ -234,7 +260,15 @@ class VCenter:
 
     # -- inventory ----------------------------------------------------------------------
     async def find_vm(self, name_or_uuid: str) -> Any:
-        """The VM with this instance uuid (or BIOS uuid), else this exact name."""
+        """The VM with this managed object id (``vm-42``), instance uuid (or BIOS uuid),
+        else this exact name."""
+        if MOREF.match(name_or_uuid):
+            vm = vim.VirtualMachine(name_or_uuid, self.stub)
+            try:
+                await self.call(lambda: vm.name)
+                return vm
+            except vmodl.fault.ManagedObjectNotFound:
+                pass  # not an id in this inventory: perhaps a VM named so
         if UUID.match(name_or_uuid):
             index = self.content.searchIndex
             for instance_uuid in (True, False):
@@ -285,20 +319,29 @@ class VCenterPool:
 
     def __init__(self, wire_log: WireLog | None = None) -> None:
         self.wire_log = wire_log
-        self._vcenters: dict[VCenterAddress, VCenter] = {}
-        self._opening: dict[VCenterAddress, asyncio.Lock] = {}
+        # Keyed by address, and by the caller's session for a target that brought one.
+        self._vcenters: dict[tuple[VCenterAddress, int | None], VCenter] = {}
+        self._opening: dict[tuple[VCenterAddress, int | None], asyncio.Lock] = {}
 
     async def get(self, target: Target, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> VCenter:
-        """The logged-in vCenter of a vsphere:// target."""
+        """The logged-in vCenter of a vsphere:// target: the target's own session when
+        it brought one (:attr:`Target.session`), else one login per address."""
+        address = VCenterAddress.of(target)
+        key: tuple[VCenterAddress, int | None]
+        if target.session is not None:
+            key = (address, id(target.session))
+            if key not in self._vcenters:
+                self._vcenters[key] = VCenter.attached(address, target.session, wire_log=self.wire_log)
+            return self._vcenters[key]
         if target.password is None:
             raise ChannelUnavailable("vsphere", target.name, "no vCenter password (?password_env=VAR)")
-        address = VCenterAddress.of(target)
-        lock = self._opening.setdefault(address, asyncio.Lock())
+        key = (address, None)
+        lock = self._opening.setdefault(key, asyncio.Lock())
         async with lock:
-            if address not in self._vcenters:
+            if key not in self._vcenters:
                 vcenter = VCenter(address, target.password, connect_timeout=connect_timeout, wire_log=self.wire_log)
-                self._vcenters[address] = await vcenter.open()
-            return self._vcenters[address]
+                self._vcenters[key] = await vcenter.open()
+            return self._vcenters[key]
 
     async def vm_of(self, target: Target, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> tuple[VCenter, Any]:
         """The logged-in vCenter of a vsphere:// target and the target's VM on it."""

@@ -84,7 +84,7 @@ async def vm_logs(vcenter: VCenter, vm: Any) -> list[LogFile]:
     logs = []
     wire_log = vcenter.wire_log
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=vcenter.address.ssl_context() or False),
+        connector=aiohttp.TCPConnector(ssl=vcenter.ssl_context() or False),
         cookies=cookies,
         timeout=aiohttp.ClientTimeout(total=300),
         trace_configs=[wire_log.trace_config()] if wire_log is not None else [],
