@@ -47,7 +47,7 @@ from beachhead.agent.channel import (
     ShellScript,
     partial_path,
 )
-from beachhead.agent.checksums import sha256_of
+from beachhead.agent.checksums import file_sha256
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
 from beachhead.agent.output import OutputSink, StreamCapture
 from beachhead.agent.targets import OsFamily, Target
@@ -431,8 +431,7 @@ class GuestopsSession:
                 await self._guest(f"delete {partial}", self.files.DeleteFileInGuest, partial)
             raise
         await self._guest(f"rename {partial}", self.files.MoveFileInGuest, partial, path, True)
-        expected_size = (await asyncio.to_thread(local.stat)).st_size
-        expected_sha = await asyncio.to_thread(sha256_of, local)
+        expected_sha, expected_size = await file_sha256(local)
         written = await self.stat(path)
         actual_sha = await self._guest_sha256(path)
         if (written.size, actual_sha) != (expected_size, expected_sha):

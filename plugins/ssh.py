@@ -39,7 +39,7 @@ from beachhead.agent.channel import (
     Unmet,
     partial_path,
 )
-from beachhead.agent.checksums import sha256_of
+from beachhead.agent.checksums import file_sha256, sha256_of
 from beachhead.agent.errors import BeachheadError, ChannelError, ChannelUnavailable, StepFailed, VerificationFailed
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.output import OutputSink, StreamCapture
@@ -200,7 +200,7 @@ class SshSession:
         sftp = await self.sftp()
         path = _sftp_path(remote)
         partial = _sftp_path(partial) if partial else partial_path(path, secrets.token_hex(4))
-        expected_sha, size = await asyncio.to_thread(lambda: (sha256_of(local), local.stat().st_size))
+        expected_sha, size = await file_sha256(local)
         try:
             if mode is None:
                 before = await self.stat(remote)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from beachhead.agent.channel import FileInfo, partial_path
-from beachhead.agent.checksums import sha256_of
+from beachhead.agent.checksums import file_sha256, sha256_of
 from beachhead.agent.errors import BeachheadError, StepFailed, VerificationFailed
 from beachhead.plugins.winrm_session import CMD, guest_path
 
@@ -89,7 +89,7 @@ async def put_file(session: WinrmSession, local: Path, remote: str, partial: str
     target = guest_path(remote)
     part = guest_path(partial or partial_path(remote, secrets.token_hex(4)))
     staging = f"{part}.b64"
-    expected, size = await asyncio.to_thread(lambda: (sha256_of(local), local.stat().st_size))
+    expected, size = await file_sha256(local)
     try:
         try:
             if size:

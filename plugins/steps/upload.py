@@ -10,14 +10,13 @@ verified by the channel.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar
 
 from beachhead.agent.channel import Capability, partial_path
-from beachhead.agent.checksums import sha256_of
+from beachhead.agent.checksums import file_sha256
 from beachhead.agent.context import StepContext
 from beachhead.agent.errors import BeachheadError, ChannelError, StepFailed
 from beachhead.agent.hookspecs import hookimpl
@@ -90,7 +89,7 @@ async def _upload(session: Any, step: UploadStep, ctx: StepContext) -> None:
     if before.exists:
         saved = await session.get_file(dest, ctx.run_dir.backup_path(seq))
         replaces.update(size=saved.size, mode=before.mode, sha256=saved.sha256, backup=f"backups/{seq}")
-    intended = await asyncio.to_thread(sha256_of, step.src)
+    intended, _ = await file_sha256(step.src)
     partial = partial_path(dest, f"{ctx.run_dir.run_id}-{seq}")
     with ctx.journaled(
         seq,
@@ -103,7 +102,10 @@ async def _upload(session: Any, step: UploadStep, ctx: StepContext) -> None:
         replaces=replaces,
     ) as after:
         try:
-            written = await session.put_file(step.src, dest, step.mode, partial)
+            # The mode the replaced file had, when the step sets none: known from the stat
+            # above, so the session need not ask the guest again.
+            mode = step.mode if step.mode is not None or not before.exists else before.mode
+            written = await session.put_file(step.src, dest, mode, partial)
         except ChannelError:
             stale.append(partial)
             raise
