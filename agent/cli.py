@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import math
+import resource
 import signal
 import sys
 from collections.abc import Coroutine
@@ -145,6 +146,16 @@ def main(log_level: str | None, log_json: bool | None) -> None:
     """
     level = log_level or ("warning" if sys.stderr.isatty() else "info")
     configure_logging(level, log_json)
+    _raise_open_file_limit()
+
+
+def _raise_open_file_limit() -> None:
+    """Let the process hold as many connections as the system allows it: the usual soft
+    limit (1,024 open files) is less than a fan-out to 1,000 guests needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
 
 
 # -- run ------------------------------------------------------------------------------------
