@@ -1,8 +1,9 @@
-"""Metadata server: user-data for 1,000 instances, side by side with nginx serving the same bytes.
+"""Metadata server: user-data for 1,000 instances, from one server on SQLite and from two
+servers sharing PostgreSQL, side by side with nginx serving the same bytes.
 
-Both servers answer the same requests in the same process run, interleaved run by run
-(beachhead, nginx, nginx auto, beachhead, ...) after one untimed warm-up each, so that
-machine noise spreads evenly:
+Every server answers the same requests in the same process run, interleaved run by run
+(beachhead, beachhead-pg, nginx, nginx auto, beachhead, ...) after one untimed warm-up
+each, so that machine noise spreads evenly:
 
 - ``beachhead``: the real ``beachhead metadata-server`` (one Python process) on
   127.0.0.1, with a temporary SQLite store and admin token. ``--instances`` distinct
@@ -10,6 +11,14 @@ machine noise spreads evenly:
   (spread over 127.0.0.0/8, never 127.0.0.1, each checked to be assignable) and its
   own 1-4 KiB of user-data. A guest asks ``GET /user-data``; the server recognises it
   by its source address and answers that instance's user-data (and records the fetch).
+- ``beachhead-pg``: two ``beachhead metadata-server`` processes on 127.0.0.1 sharing
+  one PostgreSQL database (Debian's server, started by the benchmark in a temporary
+  data directory on loopback, fsync on as deployed; ``--no-postgres`` leaves it out).
+  The same instances are published half through each server, and each instance's
+  guest asks the server that did not publish it, so the load is split across both
+  and every answer comes from what the other server wrote. Its CPU and memory are the
+  two servers' and PostgreSQL's processes together; the beachhead-pg / beachhead
+  ratios compare it with the one-server SQLite run.
 - ``nginx``: Debian's nginx with ``worker_processes 1`` (the metadata server is one
   process, so one worker is the fair match), serving the same bytes as static files,
   ``GET /<instance-id>/user-data``; access log off, everything in a temporary
@@ -42,7 +51,7 @@ per request does not depend on that and is the fairer comparison of the work don
 Run it from the repository root (nginx from ``bash bootstrap/install.sh bench``):
 
     .venv/bin/python -m benchmarks.metadata [--instances 1000] [--concurrency 256] \\
-        [--requests-per-instance 20] [--runs 5] [--generator-processes 2] [--json]
+        [--requests-per-instance 20] [--runs 5] [--generator-processes 2] [--no-postgres] [--json]
 """
 
 from __future__ import annotations
@@ -73,13 +82,16 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
+
+from beachhead.bootstrap.local_postgres import LocalPostgres, PostgresMissing, postgres_binary
 
 BEACHHEAD = Path(sys.executable).with_name("beachhead")
 NGINX_INSTALL_HINT = "bash bootstrap/install.sh bench"
 START_TIMEOUT_S = 20.0
+SEEN_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 WORKER_STOP_TIMEOUT_S = 2.0
 PUBLISH_TIMEOUT_S = 300.0
@@ -243,6 +255,11 @@ class ServerProcess:
         """The URL path at which ``instance`` gets its user-data."""
         raise NotImplementedError
 
+    @property
+    def ports(self) -> list[int]:
+        """Where the load goes: instance number N asks port N modulo their number."""
+        return [self.port]
+
     def start(self) -> None:
         """Start the server in its own session (Ctrl-C is ours to handle) and wait,
         bounded, until it accepts connections."""
@@ -277,11 +294,15 @@ class ServerProcess:
 
 
 class BeachheadServer(ServerProcess):
-    """``beachhead metadata-server`` with a temporary store and admin token."""
+    """``beachhead metadata-server`` with a temporary admin token and store: a SQLite
+    file of its own, or the PostgreSQL database ``db`` names."""
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__("beachhead", directory)
-        self.token = secrets.token_urlsafe(32)
+    def __init__(
+        self, directory: Path, name: str = "beachhead", db: str | None = None, token: str | None = None
+    ) -> None:
+        super().__init__(name, directory)
+        self.db = db
+        self.token = token or secrets.token_urlsafe(32)
 
     def command(self) -> list[str]:
         """The metadata server on 127.0.0.1."""
@@ -295,7 +316,7 @@ class BeachheadServer(ServerProcess):
             "--listen",
             f"{SERVER_HOST}:{self.port}",
             "--db",
-            str(self.directory / "metadata.sqlite"),
+            self.db or str(self.directory / "metadata.sqlite"),
             "--admin-token-file",
             str(token_file),
         ]
@@ -323,6 +344,125 @@ class BeachheadServer(ServerProcess):
 
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await asyncio.gather(*(one(instance) for instance in instances))
+
+    async def wait_listed(self, count: int) -> None:
+        """Wait (bounded) until the admin API lists ``count`` instances: what other
+        servers published has reached this one's index."""
+        url = f"http://{SERVER_HOST}:{self.port}/admin/instances"
+        headers = {"Authorization": f"Bearer {self.token}"}
+        deadline = time.monotonic() + SEEN_TIMEOUT_S
+        async with aiohttp.ClientSession(headers=headers) as http:
+            while True:
+                async with http.get(url) as response:
+                    listed = len((await response.json())["instances"])
+                if listed == count:
+                    return
+                if time.monotonic() > deadline:
+                    raise BenchmarkFailed(f"{self.name} lists {listed} instances, not {count}")
+                await asyncio.sleep(0.1)
+
+
+class BeachheadOnPostgres:
+    """Two metadata servers on one PostgreSQL database, measured as one: the load is
+    split across them, their CPU time and memory are summed with PostgreSQL's."""
+
+    def __init__(self, directory: Path, postgres: LocalPostgres, count: int = 2) -> None:
+        self.name = "beachhead-pg"
+        self.postgres = postgres
+        first = BeachheadServer(directory / "a", "beachhead-pg-a", postgres.url())
+        others = [
+            BeachheadServer(
+                directory / chr(ord("a") + n), f"beachhead-pg-{chr(ord('a') + n)}", postgres.url(), first.token
+            )
+            for n in range(1, count)
+        ]
+        self.members = [first, *others]
+
+    @property
+    def ports(self) -> list[int]:
+        """One port per server."""
+        return [member.port for member in self.members]
+
+    def path(self, instance: Instance) -> str:
+        """NoCloud's user-data, as for one server."""
+        return "/user-data"
+
+    def start(self) -> None:
+        """Start the servers one after the other (the first creates the tables)."""
+        for member in self.members:
+            member.start()
+
+    def stop(self) -> None:
+        """Stop every server (bounded)."""
+        for member in self.members:
+            member.stop()
+
+    async def publish(self, instances: list[Instance]) -> None:
+        """Publish instance N through the server after the one its guest will ask, and
+        wait until every server lists them all."""
+        count = len(self.members)
+        await asyncio.gather(
+            *(member.publish(instances[(n + count - 1) % count :: count]) for n, member in enumerate(self.members))
+        )
+        for member in self.members:
+            await member.wait_listed(len(instances))
+
+    def postgres_pids(self) -> list[int]:
+        """PostgreSQL's processes: the postmaster and its children (a backend per
+        connection, the background workers)."""
+        pid = self.postgres.pid()
+        return [] if pid is None else [pid, *_children(pid)]
+
+    def pids(self) -> list[int]:
+        """The servers' processes and PostgreSQL's."""
+        return [pid for member in self.members for pid in member.pids()] + self.postgres_pids()
+
+    def check_running(self) -> None:
+        """Fail when a server or PostgreSQL has died."""
+        for member in self.members:
+            member.check_running()
+        if self.postgres.pid() is None:
+            raise BenchmarkFailed(f"{self.name}: PostgreSQL is not running: {self.postgres.log}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the servers and PostgreSQL."""
+        return sum(_cpu_seconds(pid) for pid in self.pids())
+
+    def peak_rss_kib(self) -> int:
+        """Peak resident memory (VmHWM), summed over the servers and PostgreSQL's
+        processes (its shared buffers counted in each process that touched them)."""
+        return sum(_peak_rss_kib(pid) for pid in self.pids())
+
+    def rss_parts_mib(self) -> dict[str, float]:
+        """Peak RSS per server and for PostgreSQL's processes together."""
+        parts = {member.name: round(member.peak_rss_kib() / 1024, 1) for member in self.members}
+        parts["postgres"] = round(sum(_peak_rss_kib(pid) for pid in self.postgres_pids()) / 1024, 1)
+        return parts
+
+
+class UnderTest(Protocol):
+    """What the load generator and the report need of a server (or a group of them)."""
+
+    name: str
+
+    @property
+    def ports(self) -> list[int]:
+        """Where the load goes."""
+
+    def path(self, instance: Instance) -> str:
+        """The URL path at which ``instance`` gets its user-data."""
+
+    def pids(self) -> list[int]:
+        """Its processes."""
+
+    def check_running(self) -> None:
+        """Fail when it has died."""
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far."""
+
+    def peak_rss_kib(self) -> int:
+        """Peak resident memory."""
 
 
 def find_nginx() -> str | None:
@@ -398,7 +538,7 @@ def write_static_files(root: Path, instances: list[Instance]) -> None:
 class Job:
     """One run for the generator processes: whom to ask, what, and how hard."""
 
-    port: int
+    ports: list[int]  # instance number N asks ports[N % len(ports)]
     paths: list[str]
     requests_per_instance: int
     slots: int
@@ -484,9 +624,10 @@ async def _load(job: Job, instances: list[Instance], counter: Any, barrier: Barr
         nonlocal requests, bytes_read
         while (index := next_index()) < len(instances):
             instance = instances[index]
-            request = f"GET {job.paths[index]} HTTP/1.1\r\nHost: {SERVER_HOST}:{job.port}\r\n\r\n".encode()
+            port = job.ports[index % len(job.ports)]
+            request = f"GET {job.paths[index]} HTTP/1.1\r\nHost: {SERVER_HOST}:{port}\r\n\r\n".encode()
             transport, client = await loop.create_connection(
-                _HttpClient, SERVER_HOST, job.port, local_addr=(instance.address, 0)
+                _HttpClient, SERVER_HOST, port, local_addr=(instance.address, 0)
             )
             try:
                 for _ in range(job.requests_per_instance):
@@ -579,7 +720,7 @@ class LoadGenerator:
                 worker.join(STOP_TIMEOUT_S)
             connection.close()
 
-    def run(self, server: ServerProcess, requests_per_instance: int, concurrency: int) -> RunFigures:
+    def run(self, server: UnderTest, requests_per_instance: int, concurrency: int) -> RunFigures:
         """Load ``server`` once and check every answer; the run's figures."""
         server.check_running()
         with self.counter.get_lock():
@@ -587,7 +728,7 @@ class LoadGenerator:
         paths = [server.path(instance) for instance in self.instances]
         share, extra = divmod(concurrency, len(self.workers))
         for number, (_, connection) in enumerate(self.workers):
-            connection.send(Job(server.port, paths, requests_per_instance, share + (number < extra)))
+            connection.send(Job(server.ports, paths, requests_per_instance, share + (number < extra)))
         cpu_before = server.cpu_seconds()
         results = []
         deadline = time.monotonic() + RUN_TIMEOUT_S + BARRIER_TIMEOUT_S
@@ -634,9 +775,10 @@ def _percentile(ordered: list[float], percent: float) -> float:
 class Results:
     """Every run of one server, and its peak memory."""
 
-    server: ServerProcess
+    server: UnderTest
     runs: list[RunFigures] = field(default_factory=list)
     peak_rss_kib: int = 0
+    publish_s: float | None = None  # beachhead's: publishing every instance through the admin API
 
     def median(self, name: str) -> float:
         """Median of one figure over the runs."""
@@ -647,7 +789,7 @@ FIGURES = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request", "g
 
 
 def measure(
-    servers: list[ServerProcess], generator: LoadGenerator, runs: int, requests_per_instance: int, concurrency: int
+    servers: list[UnderTest], generator: LoadGenerator, runs: int, requests_per_instance: int, concurrency: int
 ) -> list[Results]:
     """One warm-up per server, then ``runs`` runs interleaved server by server."""
     results = [Results(server) for server in servers]
@@ -670,15 +812,35 @@ def measure(
     return results
 
 
+def _ratios(ours: Results, other: Results) -> dict[str, float]:
+    figures = {name: round(ours.median(name) / other.median(name), 3) for name in FIGURES[:4]}
+    figures["peak_rss"] = round(ours.peak_rss_kib / other.peak_rss_kib, 3)
+    return figures
+
+
 def report(results: list[Results], options: argparse.Namespace, instances: list[Instance], as_json: bool) -> None:
-    """Print medians and beachhead's ratio to each baseline, as a table or JSON."""
+    """Print medians, beachhead's ratio to each nginx baseline and the PostgreSQL run's
+    to the SQLite one, as a table or JSON."""
     ours = results[0]
     sizes = [len(instance.user_data) for instance in instances]
     requests = len(instances) * options.requests_per_instance
+    # Each result but the first, with the one it is compared with.
+    compared = [(result, result if isinstance(result.server, BeachheadOnPostgres) else ours) for result in results[1:]]
 
-    def ratios(other: Results) -> dict[str, float]:
-        figures = {name: round(ours.median(name) / other.median(name), 3) for name in FIGURES[:4]}
-        figures["peak_rss"] = round(ours.peak_rss_kib / other.peak_rss_kib, 3)
+    def ratios(result: Results, other: Results) -> dict[str, float]:
+        return _ratios(other, result) if other is ours else _ratios(result, ours)
+
+    def label(result: Results, other: Results) -> str:
+        return (
+            f"{ours.server.name}/{result.server.name}" if other is ours else f"{result.server.name}/{ours.server.name}"
+        )
+
+    def extra(result: Results) -> dict[str, Any]:
+        figures: dict[str, Any] = {}
+        if result.publish_s is not None:
+            figures["publish_s"] = round(result.publish_s, 2)
+        if isinstance(result.server, BeachheadOnPostgres):
+            figures["peak_rss_mib_parts"] = result.server.rss_parts_mib()
         return figures
 
     if as_json:
@@ -696,11 +858,12 @@ def report(results: list[Results], options: argparse.Namespace, instances: list[
                     **{name: round(result.median(name), 3) for name in FIGURES},
                     "peak_rss_mib": round(result.peak_rss_kib / 1024, 1),
                     "processes": len(result.server.pids()),
+                    **extra(result),
                     "each_run": [{name: round(getattr(run, name), 3) for name in FIGURES} for run in result.runs],
                 }
                 for result in results
             },
-            "ratios": {f"beachhead/{other.server.name}": ratios(other) for other in results[1:]},
+            "ratios": {label(result, other): ratios(result, other) for result, other in compared},
         }
         print(json.dumps(document, indent=2))
         return
@@ -710,23 +873,30 @@ def report(results: list[Results], options: argparse.Namespace, instances: list[
         f"{options.generator_processes} generator processes, {len(ours.runs)} runs, nproc {os.cpu_count()}; medians"
     )
     print(
-        f"{'server':<11} {'procs':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
-        f"{'gen CPU':>7} {'peak RSS':>9}  beachhead / it (req/s, p50, p99, CPU/req, RSS)"
+        f"{'server':<12} {'procs':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+        f"{'gen CPU':>7} {'peak RSS':>9}  ratio (req/s, p50, p99, CPU/req, RSS)"
     )
     for result in results:
         ratio = ""
-        if result is not ours:
-            r = ratios(result)
-            ratio = (
-                f"{r['requests_per_s']:.2f}x {r['p50_ms']:.1f}x {r['p99_ms']:.1f}x "
-                f"{r['server_cpu_us_per_request']:.1f}x {r['peak_rss']:.1f}x"
-            )
+        for this, other in compared:
+            if this is result:
+                r = ratios(result, other)
+                ratio = (
+                    f"{label(result, other)}: {r['requests_per_s']:.2f}x {r['p50_ms']:.1f}x {r['p99_ms']:.1f}x "
+                    f"{r['server_cpu_us_per_request']:.1f}x {r['peak_rss']:.1f}x"
+                )
         print(
-            f"{result.server.name:<11} {len(result.server.pids()):>5} {result.median('requests_per_s'):>8,.0f} "
+            f"{result.server.name:<12} {len(result.server.pids()):>5} {result.median('requests_per_s'):>8,.0f} "
             f"{result.median('p50_ms'):>7.2f} {result.median('p99_ms'):>7.2f} "
             f"{result.median('server_cpu_us_per_request'):>10.0f} {result.median('generator_cpu_share'):>7.0%} "
             f"{result.peak_rss_kib / 1024:>6.1f} MiB  {ratio}"
         )
+    for result in results:
+        if result.publish_s is not None:
+            print(f"{result.server.name}: published {len(instances)} instances in {result.publish_s:.1f}s")
+        if isinstance(result.server, BeachheadOnPostgres):
+            parts = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in result.server.rss_parts_mib().items())
+            print(f"{result.server.name}: peak RSS {parts}")
 
 
 @contextlib.contextmanager
@@ -744,13 +914,15 @@ def _terminate_on_sigterm() -> Iterator[None]:
 
 
 def main() -> int:
-    """Parse options, start both servers and the generator, measure, report, clean up."""
+    """Parse options, start the servers (and PostgreSQL) and the generator, measure,
+    report, clean up."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--requests-per-instance", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--generator-processes", type=int, default=2)
+    parser.add_argument("--no-postgres", action="store_true", help="leave out the two servers on PostgreSQL")
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
     if min(options.instances, options.concurrency, options.requests_per_instance, options.runs) < 1:
@@ -761,6 +933,12 @@ def main() -> int:
     if nginx is None:
         print(f"nginx not found: install the benchmark's baselines with `{NGINX_INSTALL_HINT}`", file=sys.stderr)
         return 2
+    if not options.no_postgres:
+        try:
+            postgres_binary("pg_ctl")
+        except PostgresMissing as exc:
+            print(f"{exc} (or leave the PostgreSQL run out with --no-postgres)", file=sys.stderr)
+            return 2
     try:
         with (
             _terminate_on_sigterm(),
@@ -771,13 +949,26 @@ def main() -> int:
             scratch.chmod(0o711)  # nginx's workers (nobody) must reach the static files
             instances = make_instances(options.instances)
             ours = BeachheadServer(scratch / "beachhead")
+            servers: list[UnderTest] = [ours]
             stack.callback(ours.stop)
             ours.start()
-            started = time.monotonic()
-            asyncio.run(ours.publish(instances))
-            print(f"published {len(instances)} instances in {time.monotonic() - started:.1f}s", file=sys.stderr)
+            if not options.no_postgres:
+                postgres = stack.enter_context(LocalPostgres(free_port()))
+                pair = BeachheadOnPostgres(scratch / "beachhead-pg", postgres)
+                stack.callback(pair.stop)
+                pair.start()
+                servers.append(pair)
+            publish_s: dict[str, float] = {}
+            for server in list(servers):
+                assert isinstance(server, BeachheadServer | BeachheadOnPostgres)
+                started = time.monotonic()
+                asyncio.run(server.publish(instances))
+                publish_s[server.name] = time.monotonic() - started
+                print(
+                    f"{server.name}: published {len(instances)} instances in {publish_s[server.name]:.1f}s",
+                    file=sys.stderr,
+                )
             write_static_files(scratch / "www", instances)
-            servers: list[ServerProcess] = [ours]
             for name, workers in (("nginx", "1"), ("nginx-auto", "auto")):
                 server = NginxServer(name, scratch / name, nginx, workers, scratch / "www")
                 stack.callback(server.stop)
@@ -786,6 +977,8 @@ def main() -> int:
             generator = LoadGenerator(instances, options.generator_processes)
             stack.callback(generator.close)
             results = measure(servers, generator, options.runs, options.requests_per_instance, options.concurrency)
+            for result in results:
+                result.publish_s = publish_s.get(result.server.name)
             report(results, options, instances, options.json)
     except BenchmarkFailed as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """The metadata server as an aiohttp application, and running it.
 
 Bad input never gets a 5xx: refusals are 4xx with a one-line reason (JSON under
-``/admin/``, text elsewhere), nothing of another instance and no stack trace. A bug is
-logged and answered with a bare 500. Abuse is bounded by :mod:`limits`: connections
+``/admin/``, text elsewhere), nothing of another instance and no stack trace. A request
+that needs the store while its database cannot be reached gets 503 with ``Retry-After``
+(the same way). A bug is logged and answered with a bare 500. Abuse is bounded by :mod:`limits`: connections
 are capped overall and per source, requests must arrive in time, and repeated errors
 are logged at a bounded rate.
 """
@@ -24,7 +25,7 @@ from beachhead.agent.targets import Target
 from beachhead.agent.vsphere.connection import vcenter_pool
 from beachhead.metadata_server.access_log import access_middleware
 from beachhead.metadata_server.admin_api import ADMIN_BODY_LIMIT, AdminApi
-from beachhead.metadata_server.errors import RequestRefused, ServerError
+from beachhead.metadata_server.errors import RequestRefused, ServerError, StoreUnavailable
 from beachhead.metadata_server.events import StatusEvents
 from beachhead.metadata_server.guest_api import GuestApi
 from beachhead.metadata_server.health import Health
@@ -76,18 +77,27 @@ def read_admin_token(path: Path) -> bytes:
     return token
 
 
+def _answer(admin: bool, status: int, reason: str, field: str) -> web.Response:
+    """A refusal's answer: JSON under ``/admin/``, one line of text elsewhere."""
+    if admin:
+        return web.json_response({"error": reason, "field": field}, status=status)
+    return web.Response(text=f"{reason}\n", status=status, content_type="text/plain")
+
+
 @web.middleware
 async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn refusals into their 4xx; keep anything unexpected from leaking."""
+    """Turn refusals into their 4xx and a store outage into 503; keep anything
+    unexpected from leaking."""
     admin = request.path.startswith("/admin")
     try:
         return await handler(request)
+    except StoreUnavailable as outage:
+        log.warning("metadata.store_unavailable", path=request.path, error=str(outage)[:200])
+        response = _answer(admin, 503, "the store is unavailable, try again later", "store")
+        response.headers["Retry-After"] = str(outage.retry_after_s)
+        return response
     except RequestRefused as refused:
-        response = (
-            web.json_response({"error": refused.reason, "field": refused.field}, status=refused.status)
-            if admin
-            else web.Response(text=f"{refused.reason}\n", status=refused.status, content_type="text/plain")
-        )
+        response = _answer(admin, refused.status, refused.reason, refused.field)
         if refused.close:  # answer, then close without reading (lingering on) the rest of the request
             response.force_close()
             with contextlib.suppress(ConnectionError):

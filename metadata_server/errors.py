@@ -1,4 +1,5 @@
-"""Errors the metadata server answers with a 4xx status; nothing else reaches a client."""
+"""Errors the metadata server answers with a 4xx status, and the store's outage it
+answers with a 503; nothing else reaches a client."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ from beachhead.agent.errors import BeachheadError
 
 class ServerError(BeachheadError):
     """The metadata server (or its store) could not start or do its job."""
+
+
+class StoreUnavailable(ServerError):
+    """The store's database cannot be reached now: requests that need it get 503 with
+    ``Retry-After``, ``/healthz`` says so, and a later request may succeed."""
+
+    retry_after_s = 5
 
 
 class RequestRefused(Exception):

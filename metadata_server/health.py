@@ -2,7 +2,8 @@
 
 ``GET /healthz`` says whether the server is alive and its store reachable (a real query
 against the database, bounded in time): 200 ``{"status": "ok"}``, or 503
-``{"status": "unavailable", "store": REASON}``. It holds no instance data, so it is
+``{"status": "unavailable", "store": REASON}`` (``unreachable`` when the store's
+database cannot be reached, ``timed out``, or the error's type). It holds no instance data, so it is
 served to anyone, on the guests' listener too (where a load balancer checks it).
 
 ``GET /metrics`` is Prometheus's text format. Guests reach the main listener, and the
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 
+from beachhead.metadata_server.errors import StoreUnavailable
 from beachhead.metadata_server.metrics import Metrics, TimedStore
 
 log = structlog.get_logger("beachhead.metadata")
@@ -43,7 +45,13 @@ class Health:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 await self.store.ping()
         except Exception as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            reason = (
+                "timed out"
+                if isinstance(exc, TimeoutError)
+                else "unreachable"
+                if isinstance(exc, StoreUnavailable)
+                else type(exc).__name__
+            )
             log.warning("metadata.unhealthy", store=reason, error=str(exc)[:200])
             return web.json_response({"status": "unavailable", "store": reason}, status=503)
         return web.json_response({"status": "ok"})

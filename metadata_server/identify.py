@@ -95,18 +95,27 @@ class Identifier:
         return Requester(address, peer, True)
 
     async def instance(self, requester: Requester) -> Instance | None:
-        """The requester's instance, or None."""
+        """The requester's instance, or None. On a miss the store looks in its database
+        once (another server may have just published the instance) and the index is
+        asked again."""
         address = requester.address
-        found = self.store.by_ip(address)
-        if found is not None:
-            # Only a record that names a MAC needs the lease or vCenter asked (a hot path).
-            if found.mac and (known := await self._macs_of(address)) and found.mac not in known:
-                return None  # the address now belongs to another machine
-            return found
-        for mac in await self._macs_of(address):
-            found = self.store.by_mac(mac)
-            if found is not None and found.ip in (None, address):
+        macs: list[str] | None = None  # the lease file's or vCenter's answer, asked once
+        for retry in (False, True):
+            found = self.store.by_ip(address)
+            if found is not None:
+                # Only a record that names a MAC needs the lease or vCenter asked (a hot path).
+                if found.mac:
+                    macs = await self._macs_of(address) if macs is None else macs
+                    if macs and found.mac not in macs:
+                        return None  # the address now belongs to another machine
                 return found
+            macs = await self._macs_of(address) if macs is None else macs
+            for mac in macs:
+                found = self.store.by_mac(mac)
+                if found is not None and found.ip in (None, address):
+                    return found
+            if retry or not await self.store.look_up(address, macs):
+                return None
         return None
 
     async def _macs_of(self, address: str) -> list[str]:

@@ -9,7 +9,7 @@ makes up, and a status is an HTTP status code.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -66,7 +66,7 @@ class Metrics:
         )
         self.store_seconds = Histogram(
             "beachhead_metadata_store_duration_seconds",
-            "Store operations (writes and health probes), by operation.",
+            "Store operations (writes, database look-ups after an index miss and health probes), by operation.",
             ["operation"],
             buckets=STORE_BUCKETS,
             registry=self.registry,
@@ -151,6 +151,11 @@ class TimedStore:
     def all(self) -> list[Instance]:
         """Every instance, by id."""
         return self.inner.all()
+
+    async def look_up(self, ip: str, macs: Sequence[str] = ()) -> bool:
+        """Look for an instance the index misses in the database (timed)."""
+        async with self._metrics.timed("look_up"):
+            return await self.inner.look_up(ip, macs)
 
     async def put(self, instance: Instance) -> bool:
         """Create or replace (timed)."""

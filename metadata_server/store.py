@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -98,6 +98,11 @@ class Store(Protocol):
 
     def all(self) -> list[Instance]:
         """Every instance, by id."""
+
+    async def look_up(self, ip: str, macs: Sequence[str] = ()) -> bool:
+        """After the index had no instance for this address or MACs: bring what the
+        database itself holds for them into the index (another server may have just
+        written it), at the cost of one indexed query; whether anything was found."""
 
     async def put(self, instance: Instance) -> bool:
         """Create or replace; True when it was created. Raises :class:`Conflict` when
@@ -268,6 +273,11 @@ class SqliteStore(IndexedInstances):
 
     def subscribe(self, changed: Changed) -> None:
         """Nothing to do: no other server writes this file."""
+
+    async def look_up(self, ip: str, macs: Sequence[str] = ()) -> bool:
+        """False, at no cost: no other server writes this file, so the index holds every
+        record."""
+        return False
 
     def _probe(self) -> None:
         # A connection of its own, opened read-only by path: the file the server would

@@ -10,8 +10,14 @@ are single SQL statements checked by the database itself (unique addresses and M
 a password written once), so two servers cannot both win. The IMDSv2 signing key is
 made once and kept in the database, so a token from one server is good on all.
 
+A guest whose address the index does not know may have been published through another
+server a moment ago, its notification still on the way: before it is refused, one
+query over the unique indexes looks for it in the database (:meth:`look_up`).
+
 The listening connection is re-made when it breaks, and the whole index reloaded then:
-notifications sent while it was away are lost, the rows are not.
+notifications sent while it was away are lost, the rows are not. While the database
+cannot be reached, every operation that needs it raises :class:`StoreUnavailable`
+(the server answers 503); the write connection is made again on the next operation.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ import asyncio
 import contextlib
 import json
 import secrets
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import psycopg
 import structlog
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from beachhead.metadata_server.errors import Conflict
+from beachhead.metadata_server.errors import Conflict, StoreUnavailable
 from beachhead.metadata_server.records import Instance, PostedPassword, Status
 from beachhead.metadata_server.store import COLUMNS, Changed, IndexedInstances, _instance, _row
 
@@ -60,6 +68,9 @@ CREATE TABLE IF NOT EXISTS beachhead_settings (name TEXT PRIMARY KEY, value BYTE
 TOKEN_KEY = "imds_token_key"  # noqa: S105 - a settings row's name
 NAMES = [name.strip() for name in COLUMNS.split(",")]
 SELECT = f"SELECT {COLUMNS} FROM instances"  # noqa: S608 - constant text
+# An index miss: by address, and by the MACs a lease file or vCenter gave (the unique indexes).
+LOOK_UP = f"{SELECT} WHERE ip = %s"
+LOOK_UP_BY_MAC = f"{LOOK_UP} OR mac = ANY(%s)"
 # A replaced record keeps its posted password and its first publication time.
 KEPT_ON_REPLACE = {"instance_id", "created", "password", "password_at"}
 UPSERT = (
@@ -69,6 +80,7 @@ UPSERT = (
     + f" RETURNING (xmax = 0) AS created, {COLUMNS}"  # xmax 0: a new row
 )
 RECONNECT_MAX_S = 10.0
+CONNECT_TIMEOUT_S = 5  # unless the URL says otherwise: an unreachable host must not hang a request
 
 
 class PostgresStore(IndexedInstances):
@@ -97,7 +109,7 @@ class PostgresStore(IndexedInstances):
     async def open(self) -> None:
         """Connect, create the schema when missing, listen, then load the index (in
         that order: a write made while loading is notified, not missed)."""
-        self._db = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        self._db = await self._connect()
         async with self._db.transaction():
             await self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             await self._db.execute(SCHEMA)
@@ -126,14 +138,40 @@ class PostgresStore(IndexedInstances):
         self._listener = self._db = None
 
     async def ping(self) -> None:
-        """``SELECT 1`` on the write connection (raises when the database is unreachable)."""
-        async with self._lock:
-            assert self._db is not None, "store not open"
-            await self._db.execute("SELECT 1")
+        """``SELECT 1`` on the write connection, made again when it broke
+        (:class:`StoreUnavailable` when the database cannot be reached)."""
+        async with self._available(), self._lock:
+            await (await self._connection()).execute("SELECT 1")
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conninfo = self.url
+        if "connect_timeout" not in conninfo_to_dict(conninfo):
+            conninfo = make_conninfo(conninfo, connect_timeout=CONNECT_TIMEOUT_S)
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+
+    @contextlib.asynccontextmanager
+    async def _available(self) -> AsyncIterator[None]:
+        """Turn a lost or refused connection into :class:`StoreUnavailable`."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the database cannot be reached: {str(exc).splitlines()[0][:200]}") from exc
+
+    async def look_up(self, ip: str, macs: Sequence[str] = ()) -> bool:
+        """Read the instances the database holds for this address or these MACs into
+        the index: one query over the unique indexes, a miss costing no more. Under the
+        lock, as a notified re-read: a removal notified meanwhile is applied after it."""
+        async with self._available(), self._lock:
+            db = await self._connection()
+            cursor = await (db.execute(LOOK_UP_BY_MAC, (ip, list(macs))) if macs else db.execute(LOOK_UP, (ip,)))
+            rows = await cursor.fetchall()
+            for row in rows:
+                self._index(_instance(row))
+            return bool(rows)
 
     # -- following other servers ------------------------------------------------------
     async def _listen(self) -> psycopg.AsyncConnection[Any]:
-        listener = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        listener = await self._connect()
         await listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
         return listener
 
@@ -189,7 +227,7 @@ class PostgresStore(IndexedInstances):
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         """The write connection, made again when the last one broke."""
         if self._db is None or self._db.closed:
-            self._db = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+            self._db = await self._connect()
         return self._db
 
     async def _notify(self, db: psycopg.AsyncConnection[Any], instance_id: str) -> None:
@@ -199,7 +237,7 @@ class PostgresStore(IndexedInstances):
         """Create or replace; True when it was created. A replaced record keeps its
         creation time and the password its guest posted; an address or MAC another
         instance holds is a :class:`Conflict`, decided by the database's unique indexes."""
-        async with self._lock:
+        async with self._available(), self._lock:
             db = await self._connection()
             values = _row(replace(instance, password=None))
             try:
@@ -224,7 +262,7 @@ class PostgresStore(IndexedInstances):
 
     async def delete(self, instance_id: str) -> bool:
         """Remove; False when there was none."""
-        async with self._lock:
+        async with self._available(), self._lock:
             db = await self._connection()
             async with db.transaction():
                 cursor = await db.execute("DELETE FROM instances WHERE instance_id = %s", (instance_id,))
@@ -270,7 +308,7 @@ class PostgresStore(IndexedInstances):
             sql.SQL(" AND {} IS NULL").format(sql.Identifier(once)) if once else sql.SQL(""),
             sql.SQL(COLUMNS),
         )
-        async with self._lock:
+        async with self._available(), self._lock:
             db = await self._connection()
             async with db.transaction():
                 cursor = await db.execute(query, (*columns.values(), instance_id))

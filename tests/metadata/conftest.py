@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from beachhead.bootstrap.local_postgres import LocalPostgres
 from tests.conftest import BEACHHEAD, beachhead
-from tests.metadata.postgres import Postgres, run_postgres
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 CLOUDINIT_CLIENT = Path(__file__).with_name("cloudinit_client.py")
@@ -138,16 +138,17 @@ class MetadataServer:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
+def postgres() -> Iterator[LocalPostgres]:
     """One PostgreSQL server for the session (each test gets its own database)."""
-    yield from run_postgres(free_port())
+    with LocalPostgres(free_port(), fsync=False) as server:
+        yield server
 
 
 DATABASES = itertools.count()
 
 
 @pytest.fixture
-def postgres_url(postgres: Postgres) -> Iterator[str]:
+def postgres_url(postgres: LocalPostgres) -> Iterator[str]:
     """A fresh, empty database on the session's PostgreSQL server; dropped after the test."""
     import psycopg
 

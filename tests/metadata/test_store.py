@@ -1,6 +1,7 @@
 """The store's contract, on each store (SQLite and PostgreSQL), through the Store
 interface itself; and, for PostgreSQL, a second store on the same database following
-the first one's writes (index and wake-ups)."""
+the first one's writes (index and wake-ups), and finding in the database a write whose
+notification has not arrived."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from beachhead.metadata_server import store_postgres
 from beachhead.metadata_server.errors import Conflict
 from beachhead.metadata_server.records import Instance, PostedPassword, Status
-from beachhead.metadata_server.store import Store, open_store
+from beachhead.metadata_server.store import Store, _row, open_store
 from tests.conftest import beachhead
 
 FOLLOW_TIMEOUT_S = 10.0
@@ -159,3 +162,57 @@ def test_a_database_url_with_a_password_is_refused_exit_2(url: str, tmp_path: Pa
     done = beachhead("metadata-server", "--listen", "127.0.0.1:9", "--db", url, "--admin-token-file", str(token))
     assert done.returncode == 2 and "--db" in done.stderr and "PGPASSWORD" in done.stderr
     assert "s3cr3t-pw" not in done.stderr + done.stdout
+
+
+async def test_a_miss_for_an_unpublished_address_finds_nothing(opened: Opener) -> None:
+    store = await opened()
+    await store.put(_instance("i-a", mac="00:50:56:00:00:0a"))
+    assert await store.look_up("127.0.0.77") is False
+    assert await store.look_up("127.0.0.78", ["00:50:56:00:00:0f"]) is False
+    assert store.by_ip("127.0.0.77") is None and [instance.instance_id for instance in store.all()] == ["i-a"]
+
+
+def _written_elsewhere(url: str, *instances: Instance) -> None:
+    """Rows as another server's publish writes them, without its notification: what a
+    server sees of that publish until the notification arrives."""
+    with psycopg.connect(url, autocommit=True) as db:
+        for instance in instances:
+            db.execute(store_postgres.UPSERT, _row(instance))
+
+
+async def test_a_postgres_store_finds_in_the_database_what_was_not_notified(postgres_url: str) -> None:
+    store = open_store(postgres_url)
+    await store.open()
+    try:
+        by_ip, by_mac = _instance("i-ip", ip="127.0.0.7"), _instance("i-mac", ip=None, mac="00:50:56:00:00:0c")
+        _written_elsewhere(postgres_url, by_ip, by_mac)
+        assert store.by_ip("127.0.0.7") is None and store.by_mac("00:50:56:00:00:0c") is None
+        assert await store.look_up("127.0.0.7") is True
+        found = store.by_ip("127.0.0.7")
+        assert found is not None and found.instance_id == "i-ip" and found.user_data == by_ip.user_data
+        assert await store.look_up("127.0.0.8", ["00:50:56:00:00:0c"]) is True
+        assert store.by_mac("00:50:56:00:00:0c") is not None
+        assert await store.look_up("127.0.0.9", ["00:50:56:00:00:0d"]) is False
+    finally:
+        await store.close()
+
+
+def test_the_postgres_look_up_is_one_indexed_query(postgres_url: str) -> None:
+    # Enough rows that a sequential scan would cost more than the unique indexes.
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute(store_postgres.SCHEMA)
+        db.execute(
+            "INSERT INTO instances (instance_id, ip, mac, hostname, meta_data, user_data, created, updated) "
+            "SELECT 'i-' || n, '10.1.' || (n / 250) || '.' || (n % 250), "
+            "'00:50:56:00:' || lpad(to_hex(n / 256), 2, '0') || ':' || lpad(to_hex(n % 256), 2, '0'), "
+            "'h', '{}', '\\x00'::bytea, 0, 0 FROM generate_series(1, 5000) AS n"
+        )
+        db.execute("ANALYZE instances")
+        cursor = psycopg.ClientCursor(db)
+        for query, parameters, indexes in (
+            (store_postgres.LOOK_UP, ("10.9.9.9",), {"instances_ip"}),
+            (store_postgres.LOOK_UP_BY_MAC, ("10.9.9.9", ["00:50:56:ff:00:01"]), {"instances_ip", "instances_mac"}),
+        ):
+            plan = "\n".join(row[0] for row in cursor.execute(f"EXPLAIN {query}", parameters).fetchall())
+            assert "Seq Scan" not in plan, plan
+            assert all(index in plan for index in indexes), plan

@@ -1,7 +1,8 @@
 """Two real `beachhead metadata-server` processes on one PostgreSQL database serve one
 set of instances: publish through one, cloud-init fetches through the other; a phone
 home reaching one answers a long-poll held by the other; an IMDSv2 token issued by one
-is accepted by the other (and a forged one by neither)."""
+is accepted by the other (and a forged one by neither); a guest asking the other before
+the publication's notification reached it is found in the database."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import psycopg
 import pytest
 
+from beachhead.metadata_server import store_postgres
+from beachhead.metadata_server.records import Instance
+from beachhead.metadata_server.store import _row
 from tests.metadata.conftest import MetadataServer, cloudinit
 
 Guest = Callable[[str], aiohttp.ClientSession]
@@ -101,3 +106,22 @@ async def test_an_imdsv2_token_from_one_is_accepted_by_the_other(
         headers = {"X-aws-ec2-metadata-token": tampered}
         async with guest("127.0.0.1").get(server.url + "/latest/meta-data/", headers=headers) as response:
             assert response.status == 401
+
+
+async def test_a_guest_asking_the_other_before_the_notification_arrives_is_served(
+    pair: tuple[MetadataServer, MetadataServer], postgres_url: str, guest: Guest
+) -> None:
+    first, second = pair
+    now = time.time()
+    published = Instance("i-early", "127.0.0.3", None, "early-01", USER_DATA.encode(), created=now, updated=now)
+    # Written as the first server's publish writes it, its notification withheld: the
+    # second server can only find it in the database.
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute(store_postgres.UPSERT, _row(published))
+    async with guest("127.0.0.3").get(second.url + "/user-data") as response:
+        assert response.status == 200
+        assert await response.read() == USER_DATA.encode()
+    async with guest("127.0.0.4").get(second.url + "/meta-data") as response:
+        assert response.status == 404  # nothing published for this one, in the index or the database
+    # The fetch recorded by the second server is notified: the first learns the instance from it.
+    await _seen(first, "i-early", guest)
