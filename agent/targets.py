@@ -10,6 +10,11 @@
 ``connect_timeout=SECONDS`` (the port defaults to 5985 for http, 5986 for https; the OS
 family is Windows).
 
+``vnc://HOST[:PORT]?PARAMETERS`` — a console reached over VNC (RFB), typed into by
+``type`` steps: ``password_env=VAR`` (VNC password authentication; none when absent),
+``name=LABEL``, ``os=linux|windows`` (undeclared unless given), ``layout=us|uk|de|fr|…``,
+``pace_ms=N``, ``connect_timeout=SECONDS`` (the port defaults to 5900; VNC has no user).
+
 ``vsphere://USER@VCENTER[:PORT]/VM?PARAMETERS`` — a VM by name or instance uuid, with:
 
 - the vCenter: ``password_env=VAR`` (required), ``scheme=http|https``, ``insecure=1``,
@@ -21,7 +26,9 @@ family is Windows).
   ``winrm_transport=ntlm|basic|certificate``, ``winrm_port=N``, ``winrm_scheme=http|https``,
   ``winrm_ca_file=PATH``, ``winrm_cert_pem=PATH``, ``winrm_cert_key_pem=PATH``, ``winrm_insecure=1``;
 - ``console=usb|vnc|rdp``, ``address=IP-OR-HOSTNAME`` (instead of the address VMware Tools
-  reports), ``name=LABEL``, ``os=linux|windows``, ``connect_timeout=SECONDS``.
+  reports), ``name=LABEL``, ``os=linux|windows``, ``connect_timeout=SECONDS``;
+- for ``type`` steps: ``layout=us|uk|de|fr|…`` (the guest's keyboard layout) and
+  ``pace_ms=N`` (milliseconds between key events), unless a step gives its own.
 
 The SSH and WinRM routes of a VM chain from its guest login: each exists when
 ``guest_user`` or one of its own parameters is given, its user defaults to ``guest_user``
@@ -126,6 +133,7 @@ WINRM_URI_PARAMETERS = ("password_env", "transport", "scheme", "ca_file", "cert_
 SCHEME_PARAMETERS: dict[str, frozenset[str]] = {
     "ssh": frozenset({"key", "known_hosts", "password_env", "passphrase_env", "name", "os", "connect_timeout"}),
     "winrm": frozenset({*WINRM_URI_PARAMETERS, "name", "connect_timeout"}),
+    "vnc": frozenset({"password_env", "name", "os", "layout", "pace_ms", "connect_timeout"}),
     "vsphere": frozenset(
         {
             "password_env",
@@ -141,10 +149,13 @@ SCHEME_PARAMETERS: dict[str, frozenset[str]] = {
             *WINRM_ROUTE_PARAMETERS,
             "console",
             "address",
+            "layout",
+            "pace_ms",
         }
     ),
 }
-DEFAULT_PORTS = {"ssh": SSH_PORT, "vsphere": 443, "winrm": WINRM_PORTS[WinrmScheme.HTTP]}
+VNC_PORT = 5900
+DEFAULT_PORTS = {"ssh": SSH_PORT, "vsphere": 443, "winrm": WINRM_PORTS[WinrmScheme.HTTP], "vnc": VNC_PORT}
 HTTP_PORT = 80
 MAX_PORT = 65535
 TRUE_WORDS, FALSE_WORDS = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no"})
@@ -229,6 +240,8 @@ class Target:
     winrm: WinrmRoute | None = None
     console: ConsoleKind | None = None
     address: str | None = None
+    layout: str | None = None  # keyboard layout for type steps (checked by the keys plugin)
+    pace_ms: float | None = None  # milliseconds between key events for type steps
     # A pyVmomi ServiceInstance its caller already logged in (beachhead.vsphere_target):
     # used instead of a login of Beachhead's own; never part of the URI or the journal.
     session: Any = field(default=None, repr=False, compare=False)
@@ -238,6 +251,17 @@ class Target:
         """``host:port`` for messages."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def _pace_ms(value: str, bad: Callable[[str | None, str], InputError]) -> float:
+    """``pace_ms=N``: 0 to 10,000 milliseconds."""
+    try:
+        pace = float(value)
+    except ValueError:
+        raise bad("pace_ms", f"must be a number of milliseconds, got {brief(value)}") from None
+    if not 0 <= pace <= 10_000:
+        raise bad("pace_ms", f"must be 0 to 10000 milliseconds, got {brief(value)}")
+    return pace
 
 
 def parse_target(
@@ -316,6 +340,8 @@ def _parse_target(
         raise bad("user", f"no vCenter user in {brief(uri)} (expected vsphere://user@vcenter/VM)")
     if scheme == "winrm" and not user:
         raise bad("user", f"no user in {brief(uri)} (expected winrm://USER@HOST)")
+    if scheme == "vnc" and user:
+        raise bad("user", f"VNC has no user, only a password (?password_env=VAR): {brief(uri)}")
     if scheme == "ssh" and params.get("known_hosts") == HostKeyPolicy.VSPHERE:
         raise bad(
             "known_hosts",
@@ -378,8 +404,12 @@ def _parse_target(
     else:
         ssh = _chained_ssh_route(params, guest_user, guest_password, (host_keys, known_hosts), bad)
         winrm = _chained_winrm_route(params, guest_user, guest_password, bad)
-    console = _choice(params.get("console"), ConsoleKind, bad, "console")
+    console = ConsoleKind.VNC if scheme == "vnc" else _choice(params.get("console"), ConsoleKind, bad, "console")
     address = _address(params["address"], bad) if "address" in params else None
+    layout = params.get("layout") or None
+    if layout is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", layout):
+        raise bad("layout", f"not a keyboard layout name: {brief(layout)} (e.g. us, de, fr)")
+    pace_ms = _pace_ms(params["pace_ms"], bad) if "pace_ms" in params else None
 
     default_name = f"{user}@{host}" if user else host
     if uri_port:
@@ -405,6 +435,8 @@ def _parse_target(
         ssh=ssh,
         winrm=winrm,
         console=console,
+        layout=layout,
+        pace_ms=pace_ms,
         address=address,
     )
 

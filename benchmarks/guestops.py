@@ -93,7 +93,7 @@ class Lab:
     @property
     def linux(self) -> list[dict[str, Any]]:
         """The lab's Linux VMs."""
-        return [vm for vm in self.description["vms"] if vm["os"] == "linux"]
+        return [vm for vm in self.description["vms"] if vm["os"] == "linux" and vm.get("console") != "qemu"]
 
     def uri(self, vm: dict[str, Any]) -> str:
         """The vsphere:// target of ``vm``, its passwords in this process's environment."""

@@ -11,6 +11,13 @@ APT_PACKAGES=(
   dnsmasq-base isc-dhcp-client               # the lab's DHCP server and its guests' client
   cloud-init                                 # the real client the metadata server is tested with
   postgresql libpq5                          # the metadata server's shared store (tests start their own server)
+  qemu-system-x86 qemu-system-data           # the lab's console VM (TCG), its keymaps
+  x11proto-dev                               # keysymdef.h: the keysym names in those keymaps, as characters
+  busybox-static dropbear-bin                # the console VM's initramfs: shell, SSH server for its recipes
+  fonts-dejavu-core                          # the pty consoles' screenshots are drawn in DejaVu Sans Mono
+  xrdp xorgxrdp freerdp2-shadow-x11 xvfb xterm # the RDP consoles the rdp keys backend is tested against
+  tigervnc-standalone-server tigervnc-tools x11-xkb-utils # the VNC consoles (Xvnc, vncpasswd, setxkbmap) the vnc keys backend is tested against
+  tesseract-ocr tesseract-ocr-eng            # OCR of console screenshots (<waitFor>, verify)
 )
 case ",${1:-}," in
   *,bench,*) APT_PACKAGES+=(nginx-light) ;; # the metadata benchmark's baseline
@@ -53,6 +60,7 @@ fi
 if command -v systemctl >/dev/null && [ "$(id -u)" -eq 0 ]; then
   systemctl disable --quiet nginx 2>/dev/null || true
   systemctl disable --quiet postgresql 2>/dev/null || true # tests start their own, on loopback
+  systemctl disable --quiet xrdp xrdp-sesman 2>/dev/null || true # tests and the lab start their own
 fi
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

@@ -61,7 +61,9 @@ def _lab_guests(env: dict[str, str], keep: bool) -> Iterator[list[str]]:
     vcenter = lab["vcenter"]
     env["BEACHHEAD_DEMO_VCENTER_PASSWORD"] = vcenter["password"]
     uris = []
-    for vm in lab["vms"]:  # the lab has Linux and Windows VMs only
+    for vm in lab["vms"]:
+        if vm.get("console") == "qemu":
+            continue  # a console VM has no network, tools or login until a recipe is typed at it
         variable = "BEACHHEAD_DEMO_PASSWORD_" + re.sub(r"\W", "_", vm["name"]).upper()
         env[variable] = vm["guest_password"]
         uri = (

@@ -25,7 +25,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the isolated sshd acc
 T = TypeVar("T")
 
 TESTS = Path(__file__).parent
-ROOT_ONLY_FIXTURES = {"password_env", "lab_session"}  # they skip the test without root
+ROOT_ONLY_FIXTURES = {"password_env", "lab_session", "xrdp_peer"}  # they skip the test without root
 OWN_SSHD_MODULES = {TESTS / "test_demo.py"}  # start a LocalSshd of their own, not the fixture
 
 
@@ -44,11 +44,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marks.add("metadata")
         if path.is_relative_to(TESTS / "windows"):
             marks.add("windows")
+        if path.is_relative_to(TESTS / "console"):
+            marks.add("console")
         if "sshd" in fixtures or path in OWN_SSHD_MODULES:
             marks.add("sshd")
         if fixtures & ROOT_ONLY_FIXTURES or needs_root.mark in item.iter_markers("skipif"):
             marks.add("root")
-        if not marks & {"lab", "metadata", "windows", "sshd"}:
+        if not marks & {"lab", "metadata", "windows", "sshd", "console"}:
             marks.add("unit")
         for name in sorted(marks):
             item.add_marker(name)

@@ -605,3 +605,55 @@ MAC1, MAC2 = "00:50:56:00:00:01", "00:50:56:00:00:02"
 )
 def test_preferred_address(nics: list[tuple[str, list[str]]], reported: str, expected: str | None) -> None:
     assert preferred_address(nics, reported) == expected
+
+
+# --- vnc:// consoles ---------------------------------------------------------------------
+
+
+def test_vnc_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VNC_PW", "s3cret")
+    target = parse_target("vnc://127.0.0.1:5901?password_env=VNC_PW&layout=de&name=con&os=linux&connect_timeout=5")
+    assert (target.scheme, target.host, target.port, target.user) == ("vnc", "127.0.0.1", 5901, None)
+    assert target.console is ConsoleKind.VNC
+    assert target.password == Secret("s3cret")
+    assert (target.name, target.os, target.layout, target.connect_timeout) == ("con", OsFamily.LINUX, "de", 5.0)
+    assert target.ssh is None and target.winrm is None
+    assert "s3cret" not in target.uri and "s3cret" not in repr(target)
+
+
+def test_vnc_target_defaults() -> None:
+    target = parse_target("vnc://console.example.invalid")
+    assert (target.port, target.password, target.os, target.name) == (5900, None, None, "console.example.invalid")
+    assert target.console is ConsoleKind.VNC
+    assert parse_target("vnc://[::1]:5905").name == "::1:5905"
+
+
+@pytest.mark.parametrize(
+    ("uri", "field", "reason"),
+    [
+        ("vnc://user@host", "user", "VNC has no user"),
+        ("vnc://host/display", "path", "take no path"),
+        ("vnc://host?key=/x", "key", "unknown parameter"),
+        ("vnc://host?console=rdp", "console", "unknown parameter"),
+        ("vnc://host?password_env=BEACHHEAD_UNSET_VARIABLE", "password_env", "is not set"),
+        ("vnc://host?layout=../de", "layout", "not a keyboard layout"),
+        ("vnc://host:0", "port", "invalid port"),
+    ],
+)
+def test_bad_vnc_targets(uri: str, field: str, reason: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_target(uri)
+    assert caught.value.where == field
+    assert reason in caught.value.reason
+
+
+def test_vnc_target_as_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text("- {scheme: vnc, host: 127.0.0.1, port: 5901, layout: fr}\n")
+    (target,) = load_targets_file(path)
+    assert (target.uri, target.port, target.layout, target.console) == (
+        "vnc://127.0.0.1:5901?layout=fr",
+        5901,
+        "fr",
+        ConsoleKind.VNC,
+    )

@@ -40,7 +40,8 @@ from beachhead.agent.secrets import MASK, REDACTOR
 # -- what counts as a secret ---------------------------------------------------------------
 _SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "cookie")
 _SECRET_SUFFIXES = ("token", "ticket")
-_SECRET_NAMES = frozenset({"pwd", "sessionid", "session_id", "privatekey", "private_key", "keydata"})
+# ``usbHidCode``: keystrokes PutUsbScanCodes types, which may spell a password.
+_SECRET_NAMES = frozenset({"pwd", "sessionid", "session_id", "privatekey", "private_key", "keydata", "usbhidcode"})
 # Elements masked whatever their name says: WS-Security headers and SAML assertions.
 _SECRET_ELEMENTS = frozenset({"Security", "Assertion"})
 # Guest environment settings (``NAME=value``): values masked, names kept, as in the journal.

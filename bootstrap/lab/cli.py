@@ -20,7 +20,8 @@ def _print(description: dict[str, Any], json_output: bool, headline: str) -> Non
     click.echo(headline)
     click.echo(f"vCenter  {vcenter['url']}  user {vcenter['username']}  CA {vcenter['ca_file'] or '(plain http)'}")
     for vm in description["vms"]:
-        click.echo(f"  {vm['name']:<12} {vm['os']:<8} {vm['guest_id']:<26} {vm['ip']:<15} {vm['guest_username']}")
+        login = vm["guest_username"] or f"({vm.get('console')} console, no login)"
+        click.echo(f"  {vm['name']:<12} {vm['os']:<8} {vm['guest_id']:<26} {vm['ip']:<15} {login}")
     if network := description.get("network"):
         click.echo(
             f"Network  {network['bridge']} {network['subnet']}  gateway {network['gateway']}  "

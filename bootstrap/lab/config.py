@@ -18,6 +18,7 @@ from beachhead.agent.yamlio import LineDict, at_line, load_yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 OS_FAMILIES = ("linux", "windows")
+CONSOLES = ("pty", "qemu")  # a shell on a pseudo-terminal in the guest; a QEMU machine (qemu_vm.py)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 _GUEST_ID = re.compile(r"^[A-Za-z0-9_]+Guest$")
 _USERNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,63}$")
@@ -36,9 +37,10 @@ class VmSpec:
     name: str
     guest_id: str
     os: str
-    guest_username: str
+    guest_username: str  # empty for a console VM (it has no guest login)
     guest_password: str | None = None
     cloudbase_init: bool = False  # Windows: run the cloudbase-init stand-in at each boot
+    console: str = "pty"  # "qemu": a QEMU console VM, with no VMware Tools, sshd or guest login
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def load_config(path: Path | None = None) -> LabConfig:
     vms: list[VmSpec] = []
     for index, entry in enumerate(vms_data, start=1):
         vm = _Reader(source, entry, f"vms[{index}]")
-        vm.check_keys({"name", "guest_id", "os", "guest_username", "guest_password", "cloudbase_init"})
+        vm.check_keys({"name", "guest_id", "os", "guest_username", "guest_password", "cloudbase_init", "console"})
         name = vm.required("name", _NAME)
         if any(existing.name == name for existing in vms):
             raise vm.bad("name", f"VM name {name!r} appears twice")
@@ -153,14 +155,24 @@ def load_config(path: Path | None = None) -> LabConfig:
         cloudbase_init = vm.flag("cloudbase_init", False)
         if cloudbase_init and os_family != "windows":
             raise vm.bad("cloudbase_init", "cloudbase-init runs on Windows guests only")
+        console = vm.text("console", "pty") or "pty"
+        if console not in CONSOLES:
+            raise vm.bad("console", f"must be one of {', '.join(CONSOLES)}")
+        if console == "qemu":
+            if os_family != "linux":
+                raise vm.bad("console", "a QEMU console VM runs Linux (os: linux)")
+            for key in ("guest_username", "guest_password", "cloudbase_init"):
+                if key in vm.mapping:
+                    raise vm.bad(key, "a QEMU console VM has no guest login, VMware Tools or cloudbase-init")
         vms.append(
             VmSpec(
                 name=name,
                 guest_id=vm.required("guest_id", _GUEST_ID),
                 os=os_family,
-                guest_username=vm.required("guest_username", _USERNAME),
+                guest_username="" if console == "qemu" else vm.required("guest_username", _USERNAME),
                 guest_password=vm.text("guest_password", None),
                 cloudbase_init=cloudbase_init,
+                console=console,
             )
         )
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from beachhead.bootstrap.lab import dhcp, guests, system
+from beachhead.bootstrap.lab import dhcp, guests, qemu_vm, system
 from beachhead.bootstrap.lab.build import launcher_binary
 from beachhead.bootstrap.lab.certs import ensure_certificates
 from beachhead.bootstrap.lab.config import LabConfig, VmSpec, generated_password
@@ -133,7 +133,21 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
     vms: list[dict[str, Any]] = []
     runtime_vms: list[dict[str, Any]] = []
     clients: dict[int, dhcp.GuestDhcp] = {}
+    image: qemu_vm.ConsoleImage | None = None
+    if any(vm.console == "qemu" for vm in config.vms):
+        say("console VM: Debian's kernel and the busybox initramfs (cached after the first time)")
+        image = qemu_vm.console_image()
     for index, vm in enumerate(config.vms):
+        if vm.console == "qemu":
+            assert image is not None
+            say(f"console VM {vm.name}: tap interface on {config.bridge}")
+            state.data["host_interfaces"].append(qemu_vm.tap_name(index))
+            public, launcher_entry = qemu_vm.prepare(
+                vm.name, vm.guest_id, str(config.guest_ip(index)), _mac(index), index, config.bridge, directory, image
+            )
+            vms.append(public)
+            runtime_vms.append(launcher_entry)
+            continue
         say(f"guest {vm.name}: network namespace, files, accounts, DHCP client")
         public, launcher_entry, client = _start_guest(config, index, vm, directory, state)
         vms.append(public)
@@ -227,6 +241,7 @@ def _start_guest(
         "guest_password": password,
         "ssh_host_key": layout.ssh_host_public_key() if linux else None,
         "cloudbase_init": vm.cloudbase_init,
+        "console": "pty",
     }
     runtime = {
         **{key: public[key] for key in ("name", "os", "guest_id", "ip", "guest_username", "guest_password")},
@@ -319,6 +334,7 @@ def down() -> list[str]:
     if system.alive(data.get("launcher_pid"), LAUNCHER_MARKER):
         system.stop_process(data["launcher_pid"], LAUNCHER_MARKER)
         removed.append(f"vCenter launcher (pid {data['launcher_pid']})")
+    removed += qemu_vm.stop_leftovers(lab_dir() / "guests")  # a crashed launcher's console VMs
     for pid in data.get("dhclients", []):
         system.stop_process(pid, dhcp.DHCLIENT_MARKER, timeout=2)
     for pid in data.get("holders", []):

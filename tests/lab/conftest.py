@@ -35,6 +35,7 @@ vms:
   - {{name: lin-03, guest_id: debian12_64Guest, os: linux, guest_username: admin}}
   - {{name: win-01, guest_id: windows2019srv_64Guest, os: windows, guest_username: Administrator,
       cloudbase_init: true}}
+  - {{name: con-01, guest_id: otherLinux64Guest, os: linux, console: qemu}}
 """ + "".join(f"  - {{name: {name}, guest_id: debian12_64Guest, os: linux, guest_username: root}}\n" for name in FLEET)
 
 

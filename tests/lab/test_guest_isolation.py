@@ -21,7 +21,8 @@ def _in_guest(name: str, script: str) -> subprocess.CompletedProcess[str]:
     """Run ``script`` as root inside guest ``name``'s namespaces, as its processes run
     (the holder pids are in the lab's state, which only root reads)."""
     state = json.loads((LAB_DIR / "state.json").read_text())
-    holder = dict(zip((vm["name"] for vm in state["vms"]), state["holders"], strict=True))[name]
+    names = [vm["name"] for vm in state["vms"] if vm["console"] == "pty"]  # console VMs have no holder
+    holder = dict(zip(names, state["holders"], strict=True))[name]
     return subprocess.run(
         ["nsenter", "--target", str(holder), "--mount", "--net", "--uts", "sh", "-c", script],
         capture_output=True,

@@ -25,8 +25,11 @@ def test_up_json_contract_and_idempotence(lab_config: Path, lab: dict[str, Any])
     assert lab["vcenter"]["url"] == "https://127.0.0.1:443/sdk"
     assert Path(lab["vcenter"]["ca_file"]).is_file()
     for vm in lab["vms"]:
-        assert {"name", "os", "guest_id", "ip", "guest_username", "guest_password"} <= set(vm)
-        assert (vm["ssh_host_key"] or "").startswith("ssh-ed25519 ") == (vm["os"] == "linux")
+        assert {"name", "os", "guest_id", "ip", "guest_username", "guest_password", "console"} <= set(vm)
+        has_sshd = vm["os"] == "linux" and vm["console"] == "pty"
+        assert (vm["ssh_host_key"] or "").startswith("ssh-ed25519 ") == has_sshd
+    consoles = {vm["name"]: vm for vm in lab["vms"] if vm["console"] == "qemu"}
+    assert Path(consoles["con-01"]["qmp_socket"]).parent == Path(consoles["con-01"]["serial_log"]).parent
     assert sorted(vm["os"] for vm in lab["vms"]).count("linux") >= 2
     assert any(vm["os"] == "windows" for vm in lab["vms"])
 
@@ -57,7 +60,7 @@ def test_pyvmomi_defaults_connect_and_the_certificate_verifies_against_the_lab_c
 
 
 def test_vms_are_the_labs(vc: Vc) -> None:
-    for guest in vc.lab["vms"]:
+    for guest in (vm for vm in vc.lab["vms"] if vm["console"] == "pty"):  # console VMs run no tools
         vm = vc.vm(guest["name"])
         assert vm.config.guestId == guest["guest_id"]
         wait_for(lambda vm=vm: vm.guest.toolsRunningStatus == "guestToolsRunning", what=f"{guest['name']} tools")

@@ -38,6 +38,7 @@ type guest struct {
 	consoleCmd *exec.Cmd
 	daemons    []*exec.Cmd
 	adopt      *powerRecord // what an earlier launcher left running, taken over at power-on
+	qemu       *qemuMachine // a console VM's running QEMU (qemu_console.go)
 	python     string       // runs the Windows stand-in (its programs and WinRM endpoint)
 }
 
@@ -157,6 +158,10 @@ func (g *guest) inGuest(pid int64) bool {
 // running after the boot delay. A guest an earlier launcher left running is taken
 // over instead: its services and programs go on, only the console starts again.
 func (g *guest) powerOn() {
+	if g.qemuConsole() {
+		g.powerOnQemu()
+		return
+	}
 	g.mu.Lock()
 	g.generation++
 	generation := g.generation
@@ -344,6 +349,7 @@ func (g *guest) powerOff() {
 		}
 	}
 	g.daemons = nil
+	g.stopQemu()
 	deadline := time.Now().Add(5 * time.Second)
 	for pids := g.pids(); len(pids) > 0 && time.Now().Before(deadline); pids = g.pids() {
 		for _, pid := range pids {

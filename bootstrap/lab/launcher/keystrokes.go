@@ -65,6 +65,9 @@ func (l *lab) typeScanCodes(vm *simulator.VirtualMachine, spec types.UsbScanCode
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.qemuConsole() {
+		return g.typeQemu(spec)
+	}
 	if g.console == nil {
 		return 0, &types.InvalidState{}
 	}

@@ -57,6 +57,7 @@ func (l *lab) install() {
 	l.installAuthManager(manager)
 	simulator.InstallUnsetFetchCollector()
 	simulator.UsbScanCodes = l.typeScanCodes
+	simulator.Screenshot = l.screenshot
 	simulator.Map.AddHandler(&powerWatcher{lab: l})
 }
 

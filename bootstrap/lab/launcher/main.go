@@ -42,6 +42,8 @@ type vmConfig struct {
 	Wsman *wsmanConfig `json:"wsman"`
 	// CloudbaseInit is what a Windows guest runs at each boot (nil: nothing).
 	CloudbaseInit *cloudbaseInitConfig `json:"cloudbase_init"`
+	// Qemu is how a console VM (console "qemu") boots; nil for the pty-console guests.
+	Qemu *qemuConfig `json:"qemu"`
 }
 
 // labConfig is the runtime configuration written by bootstrap/lab.

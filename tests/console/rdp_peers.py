@@ -1,0 +1,191 @@
+"""RDP servers on loopback for the rdp console tests: Debian's xrdp (xorgxrdp backend,
+through :mod:`beachhead.bootstrap.lab.xrdp`) and FreeRDP's X11 shadow server
+(``freerdp-shadow-cli``) sharing an Xvfb display. Each session is an xterm whose shell
+appends what is typed to a file (``cat >> FILE``) the tests read back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from beachhead.bootstrap.lab import xrdp
+
+START_TIMEOUT_S = 15.0
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {HOST}:{port} after {START_TIMEOUT_S}s: {log.read_text(errors='replace')}")
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+@dataclass
+class RdpPeer:
+    """A running RDP server whose session types into :attr:`typed`."""
+
+    name: str
+    port: int
+    username: str
+    password: str
+    typed: Path
+    uid: int
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    cleanup: Path | None = None
+
+    def clear(self) -> None:
+        """Empty the typed file (the shell appends, so it goes on at offset 0)."""
+        self.typed.write_bytes(b"")
+
+    def text(self) -> str:
+        """What arrived so far."""
+        return self.typed.read_text(errors="replace")
+
+    def log_text(self) -> str:
+        """The server's logs, for failure messages."""
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.logs if p.exists())
+
+    def stop(self) -> None:
+        """End every process of the peer."""
+        for process in reversed(self.processes):
+            _stop(process)
+        if self.cleanup is not None:
+            shutil.rmtree(self.cleanup, ignore_errors=True)
+
+
+def _typed_file(directory: Path, uid: int) -> Path:
+    typed = directory / "typed.txt"
+    typed.touch()
+    os.chown(typed, uid, uid)
+    return typed
+
+
+def start_xrdp(workdir: Path) -> RdpPeer:
+    """xrdp + xrdp-sesman with private configuration on a free loopback port. The
+    session runs as the console's login, which must reach its files: they live in a
+    directory of their own under /tmp (pytest's are 0700), removed at :meth:`stop`."""
+    directory = Path(tempfile.mkdtemp(prefix="beachhead-xrdp-"))
+    directory.chmod(0o755)
+    port, sesman_port, password = free_port(), free_port(), secrets.token_urlsafe(12)
+    typed = _typed_file(directory, xrdp.DEFAULT_UID)
+    console = xrdp.prepare(
+        directory / "xrdp",
+        address=HOST,
+        port=port,
+        username="bhconsole",
+        password=password,
+        session_command=["sh", "-c", f"exec cat >> {typed}"],
+        sesman_port=sesman_port,
+        display_offset=40 + port % 40,
+    )
+    log = workdir / "xrdp.out"
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        xrdp.command(console),
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    peer = RdpPeer("xrdp", port, "bhconsole", password, typed, xrdp.DEFAULT_UID, [process], cleanup=directory)
+    peer.logs = [log, console.log_dir / "xrdp.log", console.log_dir / "sesman.log", console.log_dir / "session.log"]
+    try:
+        _wait_listening(port, process, log)
+    except Exception:
+        peer.stop()
+        raise
+    return peer
+
+
+def start_shadow(directory: Path, width: int = 1024, height: int = 768) -> RdpPeer:
+    """Xvfb with a full-screen xterm, shared by ``freerdp-shadow-cli`` on a free port
+    (no authentication: the shadow server shows the display to anyone who connects)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    uid = os.getuid()
+    typed = _typed_file(directory, uid)
+    port = free_port()
+    display = f":{100 + port % 400}"
+    logs = {name: directory / f"{name}.log" for name in ("xvfb", "xterm", "shadow")}
+    env = {**os.environ, "DISPLAY": display}
+    peer = RdpPeer("freerdp-shadow", port, "bhconsole", "unused", typed, uid)
+    peer.logs = list(logs.values())
+    try:
+        xvfb = subprocess.Popen(
+            ["Xvfb", display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+            stdin=subprocess.DEVNULL,
+            stdout=logs["xvfb"].open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        peer.processes.append(xvfb)
+        socket_file = Path(f"/tmp/.X11-unix/X{display[1:]}")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not socket_file.exists():
+            if time.monotonic() > deadline or xvfb.poll() is not None:
+                raise RuntimeError(f"Xvfb {display} did not start: {logs['xvfb'].read_text()}")
+            time.sleep(0.05)
+        xterm = subprocess.Popen(
+            [
+                "xterm",
+                "-fa",
+                "DejaVu Sans Mono",
+                "-fs",
+                "11",
+                "-geometry",
+                "400x200+0+0",
+                "-e",
+                "sh",
+                "-c",
+                f"exec cat >> {typed}",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logs["xterm"].open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        peer.processes.append(xterm)
+        shadow = subprocess.Popen(
+            ["freerdp-shadow-cli", f"/port:{port}", f"/bind-address:{HOST}", "-auth"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logs["shadow"].open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        peer.processes.append(shadow)
+        _wait_listening(port, shadow, logs["shadow"])
+    except Exception:
+        peer.stop()
+        raise
+    return peer
