@@ -265,7 +265,9 @@ def worker(name: str, setup_file: Path) -> int:
     if name == "asyncssh":
         import asyncssh  # noqa: F401 (imported before the baseline RSS, as beachhead's modules are)
     else:
-        import beachhead.agent.api  # noqa: F401
+        from beachhead.agent.registry import default_plugins
+
+        default_plugins()  # loaded once per process, as by any caller that runs more than one plan
     before = _rss_kib()
     cpu_before = time.process_time()
     started = time.perf_counter()
