@@ -38,6 +38,8 @@ from beachhead.bootstrap.local_sshd import password_hash
 DEFAULT_UID = 61391
 #: sesman numbers X displays from this offset; consoles sharing a host use different ones.
 DEFAULT_DISPLAY_OFFSET = 40
+SESSIONS = 8  # sesman's MaxSessions: the display numbers a console may take from its offset
+LAST_DISPLAY = 999
 XORG = "/usr/lib/xorg/Xorg"
 
 
@@ -50,6 +52,7 @@ class XrdpConsole:
     port: int
     username: str
     uid: int
+    display_offset: int = DEFAULT_DISPLAY_OFFSET
 
     @property
     def log_dir(self) -> Path:
@@ -106,6 +109,28 @@ def _certificate(directory: Path, address: str) -> tuple[Path, Path]:
     return cert, key
 
 
+def _display_lock(display: int) -> Path:
+    return Path(f"/tmp/.X{display}-lock")  # noqa: S108 (X's own fixed path)
+
+
+def free_display_offset(low: int = DEFAULT_DISPLAY_OFFSET) -> int:
+    """The first display number from ``low`` followed by :data:`SESSIONS` free ones (no
+    X server's lock file). An Xorg ended with its console (SIGKILL of the namespace)
+    leaves its ``/tmp/.X<N>-lock`` behind, as the namespace hides only
+    ``/tmp/.X11-unix``; sesman takes such a display for one in use, and refuses the
+    session once its whole range is taken."""
+    for offset in range(low, LAST_DISPLAY - SESSIONS):
+        if not any(_display_lock(n).exists() for n in range(offset, offset + SESSIONS)):
+            return offset
+    raise RuntimeError(f"no {SESSIONS} free X displays from :{low}")
+
+
+def remove_display_locks(console: XrdpConsole) -> None:
+    """Remove the X lock files of ``console``'s displays, once its processes have ended."""
+    for display in range(console.display_offset, console.display_offset + SESSIONS):
+        _display_lock(display).unlink(missing_ok=True)
+
+
 def prepare(
     directory: Path,
     *,
@@ -127,7 +152,7 @@ def prepare(
     is kept only as a SHA-512 crypt hash in the private shadow file (0600)."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    console = XrdpConsole(directory, address, port, username, uid)
+    console = XrdpConsole(directory, address, port, username, uid, display_offset)
     for sub in ("etc", "run", "x11", "log", "home"):
         (directory / sub).mkdir(exist_ok=True)
     (directory / "run" / "sockdir").mkdir(exist_ok=True)
@@ -213,7 +238,7 @@ def prepare(
                 },
                 "Sessions": {
                     "X11DisplayOffset": str(display_offset),
-                    "MaxSessions": "8",
+                    "MaxSessions": str(SESSIONS),
                     "KillDisconnected": "true",
                     "DisconnectedTimeLimit": "0",
                     "IdleTimeLimit": "0",

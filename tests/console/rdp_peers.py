@@ -5,48 +5,18 @@ appends what is typed to a file (``cat >> FILE``) the tests read back."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from beachhead.bootstrap.lab import xrdp
-
-START_TIMEOUT_S = 15.0
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {HOST}:{port} after {START_TIMEOUT_S}s: {log.read_text(errors='replace')}")
-
-
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+from tests.console.peer_processes import HOST, START_TIMEOUT_S, free_display, free_port, stop, wait_listening, x_lock
 
 
 @dataclass
@@ -62,6 +32,7 @@ class RdpPeer:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     cleanup: Path | None = None
+    after_stop: Callable[[], None] | None = None  # run once its processes have ended
 
     def clear(self) -> None:
         """Empty the typed file (the shell appends, so it goes on at offset 0)."""
@@ -78,7 +49,9 @@ class RdpPeer:
     def stop(self) -> None:
         """End every process of the peer."""
         for process in reversed(self.processes):
-            _stop(process)
+            stop(process)
+        if self.after_stop is not None:
+            self.after_stop()
         if self.cleanup is not None:
             shutil.rmtree(self.cleanup, ignore_errors=True)
 
@@ -106,7 +79,7 @@ def start_xrdp(workdir: Path) -> RdpPeer:
         password=password,
         session_command=["sh", "-c", f"exec cat >> {typed}"],
         sesman_port=sesman_port,
-        display_offset=40 + port % 40,
+        display_offset=xrdp.free_display_offset(),
     )
     log = workdir / "xrdp.out"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -118,9 +91,10 @@ def start_xrdp(workdir: Path) -> RdpPeer:
         start_new_session=True,
     )
     peer = RdpPeer("xrdp", port, "bhconsole", password, typed, xrdp.DEFAULT_UID, [process], cleanup=directory)
+    peer.after_stop = lambda: xrdp.remove_display_locks(console)
     peer.logs = [log, console.log_dir / "xrdp.log", console.log_dir / "sesman.log", console.log_dir / "session.log"]
     try:
-        _wait_listening(port, process, log)
+        wait_listening(port, process, log)
     except Exception:
         peer.stop()
         raise
@@ -134,10 +108,12 @@ def start_shadow(directory: Path, width: int = 1024, height: int = 768) -> RdpPe
     uid = os.getuid()
     typed = _typed_file(directory, uid)
     port = free_port()
-    display = f":{100 + port % 400}"
+    number = free_display(100)
+    display = f":{number}"
     logs = {name: directory / f"{name}.log" for name in ("xvfb", "xterm", "shadow")}
     env = {**os.environ, "DISPLAY": display}
     peer = RdpPeer("freerdp-shadow", port, "bhconsole", "unused", typed, uid)
+    peer.after_stop = lambda: x_lock(number).unlink(missing_ok=True)
     peer.logs = list(logs.values())
     try:
         xvfb = subprocess.Popen(
@@ -184,7 +160,7 @@ def start_shadow(directory: Path, width: int = 1024, height: int = 768) -> RdpPe
             start_new_session=True,
         )
         peer.processes.append(shadow)
-        _wait_listening(port, shadow, logs["shadow"])
+        wait_listening(port, shadow, logs["shadow"])
     except Exception:
         peer.stop()
         raise

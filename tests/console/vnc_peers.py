@@ -4,66 +4,17 @@ lab's console VM image (a root shell on tty1, its serial port a file)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HOST = "127.0.0.1"
-START_TIMEOUT_S = 20.0
+from tests.console.peer_processes import HOST, free_display, free_port, stop, wait_listening, x_lock
+
 XTERM_FONT = ("-fa", "DejaVu Sans Mono", "-fs", "14")
 # Bytes go to the file as typed: no line editing, echo, flow control or signals.
 RAW_INPUT = "stty -icanon -echo -ixon -isig"
 QEMU_VNC_BASE_PORT = 5900
-
-
-def free_port(low: int = 1024) -> int:
-    """A TCP port free on loopback now (at least ``low``)."""
-    if low <= 1024:
-        with socket.socket() as probe:
-            probe.bind((HOST, 0))
-            return int(probe.getsockname()[1])
-    for port in range(low, low + 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port from {low}")
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Return once something accepts connections on ``port``; fail if ``process`` exits."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {HOST}:{port} after {START_TIMEOUT_S}s: {log.read_text(errors='replace')}")
-
-
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    """Kill ``process`` and its process group, and reap it."""
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-
-
-def _free_display() -> int:
-    for number in range(40, 100):
-        if not Path(f"/tmp/.X{number}-lock").exists() and not Path(f"/tmp/.X11-unix/X{number}").exists():
-            return number
-    raise RuntimeError("no free X display number in 40-99")
 
 
 @dataclass
@@ -99,6 +50,7 @@ class XvncPeer:
         for process in self.xterms:
             stop(process)
         stop(self.process)
+        x_lock(self.display).unlink(missing_ok=True)  # left behind by a server killed outright
 
 
 def start_xvnc(directory: Path, security: str = "VncAuth") -> XvncPeer:
@@ -110,7 +62,7 @@ def start_xvnc(directory: Path, security: str = "VncAuth") -> XvncPeer:
     password_file.touch(mode=0o600)
     password_file.write_bytes(obfuscated)
     for _attempt in range(3):
-        display, port = _free_display(), free_port()
+        display, port = free_display(40), free_port()
         log = directory / "xvnc.log"
         process = subprocess.Popen(
             [
