@@ -75,9 +75,11 @@ class AdminApi:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self._token):
             raise Unauthorized("Authorization", "a valid admin bearer token is required")
 
-    def _existing(self, request: web.Request) -> Instance:
+    async def _existing(self, request: web.Request) -> Instance:
         instance_id = check_instance_id(request.match_info["instance_id"])
         instance = self.store.get(instance_id)
+        if instance is None and await self.store.look_up_id(instance_id):
+            instance = self.store.get(instance_id)  # published through another server just now
         if instance is None:
             raise NotFound("instance", f"no instance {instance_id}")
         return instance
@@ -90,13 +92,13 @@ class AdminApi:
     async def show(self, request: web.Request) -> web.Response:
         """One instance, without its data."""
         self.authorize(request)
-        return web.json_response(self._existing(request).summary())
+        return web.json_response((await self._existing(request)).summary())
 
     async def data(self, request: web.Request) -> web.Response:
         """One instance as published: the ``PUT`` body's fields (data as base64), so a
         client can keep what it is about to replace and put it back."""
         self.authorize(request)
-        instance = self._existing(request)
+        instance = await self._existing(request)
         document: dict[str, Any] = {"ip": instance.ip, "mac": instance.mac, "hostname": instance.hostname}
         document["user_data"] = base64.b64encode(instance.user_data).decode()
         if instance.meta_data:
@@ -112,7 +114,7 @@ class AdminApi:
         """The password the guest posted, as posted (base64 of the ciphertext):
         ``{"instance_id", "password", "posted_at"}``, both null when none was posted."""
         self.authorize(request)
-        instance = self._existing(request)
+        instance = await self._existing(request)
         posted = instance.password
         return web.json_response(
             {
@@ -126,7 +128,7 @@ class AdminApi:
         """Forget the posted password (as ``nova clear-password``): the guest may post
         again. 204, or 404 for an unknown instance."""
         self.authorize(request)
-        instance = self._existing(request)
+        instance = await self._existing(request)
         await self.store.clear_password(instance.instance_id)
         log.info("metadata.password_cleared", instance=instance.instance_id)
         return web.Response(status=204)
@@ -146,7 +148,7 @@ class AdminApi:
     async def revoke(self, request: web.Request) -> web.Response:
         """Remove an instance: its guest is no longer served. 204, or 404."""
         self.authorize(request)
-        instance = self._existing(request)
+        instance = await self._existing(request)
         await self.store.delete(instance.instance_id)
         await self.events.changed()
         log.info("metadata.revoked", instance=instance.instance_id)
@@ -157,7 +159,7 @@ class AdminApi:
         has happened (at once if it already had) with ``{"event", "happened", "at"}``,
         or after the timeout with ``happened: false``."""
         self.authorize(request)
-        instance = self._existing(request)
+        instance = await self._existing(request)
         try:
             event = GuestEvent(request.query.get("event", ""))
         except ValueError:

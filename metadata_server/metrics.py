@@ -157,6 +157,11 @@ class TimedStore:
         async with self._metrics.timed("look_up"):
             return await self.inner.look_up(ip, macs)
 
+    async def look_up_id(self, instance_id: str) -> bool:
+        """Look for an instance id the index misses in the database (timed)."""
+        async with self._metrics.timed("look_up"):
+            return await self.inner.look_up_id(instance_id)
+
     async def put(self, instance: Instance) -> bool:
         """Create or replace (timed)."""
         async with self._metrics.timed("put"):

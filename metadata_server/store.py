@@ -104,6 +104,10 @@ class Store(Protocol):
         database itself holds for them into the index (another server may have just
         written it), at the cost of one indexed query; whether anything was found."""
 
+    async def look_up_id(self, instance_id: str) -> bool:
+        """The same for an instance id the index does not know (an admin request reaching
+        this server before another's publication was notified)."""
+
     async def put(self, instance: Instance) -> bool:
         """Create or replace; True when it was created. Raises :class:`Conflict` when
         another instance has the same address or MAC."""
@@ -277,6 +281,10 @@ class SqliteStore(IndexedInstances):
     async def look_up(self, ip: str, macs: Sequence[str] = ()) -> bool:
         """False, at no cost: no other server writes this file, so the index holds every
         record."""
+        return False
+
+    async def look_up_id(self, instance_id: str) -> bool:
+        """False, at no cost, for the same reason."""
         return False
 
     def _probe(self) -> None:

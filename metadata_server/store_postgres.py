@@ -71,6 +71,7 @@ SELECT = f"SELECT {COLUMNS} FROM instances"  # noqa: S608 - constant text
 # An index miss: by address, and by the MACs a lease file or vCenter gave (the unique indexes).
 LOOK_UP = f"{SELECT} WHERE ip = %s"
 LOOK_UP_BY_MAC = f"{LOOK_UP} OR mac = ANY(%s)"
+LOOK_UP_ID = f"{SELECT} WHERE instance_id = %s"
 # A replaced record keeps its posted password and its first publication time.
 KEPT_ON_REPLACE = {"instance_id", "created", "password", "password_at"}
 UPSERT = (
@@ -168,6 +169,15 @@ class PostgresStore(IndexedInstances):
             for row in rows:
                 self._index(_instance(row))
             return bool(rows)
+
+    async def look_up_id(self, instance_id: str) -> bool:
+        """The same for an instance id: one query over the primary key."""
+        async with self._available(), self._lock:
+            cursor = await (await self._connection()).execute(LOOK_UP_ID, (instance_id,))
+            row = await cursor.fetchone()
+            if row is not None:
+                self._index(_instance(row))
+            return row is not None
 
     # -- following other servers ------------------------------------------------------
     async def _listen(self) -> psycopg.AsyncConnection[Any]:

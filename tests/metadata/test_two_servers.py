@@ -125,3 +125,19 @@ async def test_a_guest_asking_the_other_before_the_notification_arrives_is_serve
         assert response.status == 404  # nothing published for this one, in the index or the database
     # The fetch recorded by the second server is notified: the first learns the instance from it.
     await _seen(first, "i-early", guest)
+
+
+async def test_an_admin_request_before_the_notification_arrives_finds_the_instance(
+    pair: tuple[MetadataServer, MetadataServer], postgres_url: str, guest: Guest
+) -> None:
+    _, second = pair
+    now = time.time()
+    published = Instance("i-admin-early", "127.0.0.5", None, "early-02", USER_DATA.encode(), created=now, updated=now)
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # published, its notification withheld
+        db.execute(store_postgres.UPSERT, _row(published))
+    headers = {"Authorization": f"Bearer {second.token}"}
+    async with guest("127.0.0.1").get(f"{second.url}/admin/instances/i-admin-early", headers=headers) as response:
+        assert response.status == 200
+        assert (await response.json())["hostname"] == "early-02"
+    async with guest("127.0.0.1").get(f"{second.url}/admin/instances/i-nobody", headers=headers) as response:
+        assert response.status == 404  # in neither the index nor the database
