@@ -147,15 +147,22 @@ def postgres() -> Iterator[LocalPostgres]:
 DATABASES = itertools.count()
 
 
+def create_database(server: LocalPostgres, name: str) -> str:
+    """Create the empty database ``name`` on ``server``; its URL."""
+    import psycopg
+
+    with psycopg.connect(server.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return server.url(name)
+
+
 @pytest.fixture
 def postgres_url(postgres: LocalPostgres) -> Iterator[str]:
     """A fresh, empty database on the session's PostgreSQL server; dropped after the test."""
     import psycopg
 
     name = f"test_{os.getpid()}_{next(DATABASES)}"
-    with psycopg.connect(postgres.url(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield postgres.url(name)
+    yield create_database(postgres, name)
     with psycopg.connect(postgres.url(), autocommit=True) as admin:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 

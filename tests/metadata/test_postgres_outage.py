@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 
 import aiohttp
-import psycopg
 import pytest
 
 from beachhead.bootstrap.local_postgres import LocalPostgres
 from beachhead.metadata_server.errors import StoreUnavailable
 from beachhead.metadata_server.store import open_store
-from tests.metadata.conftest import MetadataServer, free_port
+from tests.metadata.conftest import MetadataServer, create_database, free_port
 
 Guest = Callable[[str], aiohttp.ClientSession]
 RECOVER_TIMEOUT_S = 30.0
@@ -36,10 +35,7 @@ def own_postgres() -> Iterator[LocalPostgres]:
 @pytest.fixture
 def outage_url(own_postgres: LocalPostgres) -> Iterator[str]:
     """A fresh database on that server; the server is running again after the test."""
-    name = f"outage_{next(DATABASES)}"
-    with psycopg.connect(own_postgres.url(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield own_postgres.url(name)
+    yield create_database(own_postgres, f"outage_{next(DATABASES)}")
     if own_postgres.pid() is None:
         own_postgres.start()
 

@@ -108,16 +108,20 @@ async def test_an_imdsv2_token_from_one_is_accepted_by_the_other(
             assert response.status == 401
 
 
+def _publish_unnotified(postgres_url: str, instance_id: str, ip: str, hostname: str) -> None:
+    """Write an instance as a server's publish writes it, its notification withheld: the
+    other servers can only find it in the database."""
+    now = time.time()
+    published = Instance(instance_id, ip, None, hostname, USER_DATA.encode(), created=now, updated=now)
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute(store_postgres.UPSERT, _row(published))
+
+
 async def test_a_guest_asking_the_other_before_the_notification_arrives_is_served(
     pair: tuple[MetadataServer, MetadataServer], postgres_url: str, guest: Guest
 ) -> None:
     first, second = pair
-    now = time.time()
-    published = Instance("i-early", "127.0.0.3", None, "early-01", USER_DATA.encode(), created=now, updated=now)
-    # Written as the first server's publish writes it, its notification withheld: the
-    # second server can only find it in the database.
-    with psycopg.connect(postgres_url, autocommit=True) as db:
-        db.execute(store_postgres.UPSERT, _row(published))
+    _publish_unnotified(postgres_url, "i-early", "127.0.0.3", "early-01")
     async with guest("127.0.0.3").get(second.url + "/user-data") as response:
         assert response.status == 200
         assert await response.read() == USER_DATA.encode()
@@ -131,10 +135,7 @@ async def test_an_admin_request_before_the_notification_arrives_finds_the_instan
     pair: tuple[MetadataServer, MetadataServer], postgres_url: str, guest: Guest
 ) -> None:
     _, second = pair
-    now = time.time()
-    published = Instance("i-admin-early", "127.0.0.5", None, "early-02", USER_DATA.encode(), created=now, updated=now)
-    with psycopg.connect(postgres_url, autocommit=True) as db:  # published, its notification withheld
-        db.execute(store_postgres.UPSERT, _row(published))
+    _publish_unnotified(postgres_url, "i-admin-early", "127.0.0.5", "early-02")
     headers = {"Authorization": f"Bearer {second.token}"}
     async with guest("127.0.0.1").get(f"{second.url}/admin/instances/i-admin-early", headers=headers) as response:
         assert response.status == 200
