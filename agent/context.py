@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from beachhead.agent.channel import Capability
+from beachhead.agent.channel import Capability, Unmet
 from beachhead.agent.errors import BeachheadError, ChannelError, InputError
 from beachhead.agent.journal import Journal, RunDirectory
 from beachhead.agent.output import OutputSink
@@ -181,6 +181,20 @@ class TargetContext:
             return self.os
         await self.refresh()
         return self.os if self.snapshot is not None else None
+
+    def powered_on_unmet(self, powered_off: str = "the VM is powered off") -> list[Unmet]:
+        """Why a channel that needs the VM running cannot serve now: its vCenter cannot
+        be reached, its state is not known yet, or it is powered off (``powered_off``
+        says what that means for the channel); empty when the VM runs."""
+        if self.vm_problem:
+            return [Unmet(self.vm_problem)]
+        if self.snapshot is None:
+            return [Unmet("the VM's state is not known yet", transient=True)]
+        from beachhead.agent.vsphere.states import VmState
+
+        if not self.snapshot.satisfies(VmState.POWERED_ON):
+            return [Unmet(powered_off, transient=True)]
+        return []
 
     def guest_address(self) -> str | None:
         """Where network channels reach the guest: the target's ``address``, an ssh://

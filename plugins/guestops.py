@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from beachhead.agent.channel import Capability, ChannelInfo, Direction, Medium, Prerequisite, Unmet
 from beachhead.agent.hookspecs import hookimpl
 from beachhead.agent.targets import OsFamily
-from beachhead.agent.vsphere.states import VmState
 
 if TYPE_CHECKING:
     from beachhead.agent.context import TargetContext
@@ -42,14 +41,10 @@ class GuestopsChannel:
         """The guest login, the vCenter, a powered-on VM, guest operations ready."""
         if not target.target.guest_user or target.target.guest_password is None:
             return [Unmet("no guest login (guest_user and guest_password_env)")]
-        if target.vm_problem:
-            return [Unmet(target.vm_problem)]
-        snapshot = target.snapshot
-        if snapshot is None:
-            return [Unmet("the VM's state is not known yet", transient=True)]
-        if not snapshot.satisfies(VmState.POWERED_ON):
-            return [Unmet("the VM is powered off", transient=True)]
-        if not snapshot.guestops_ready:
+        if unmet := target.powered_on_unmet():
+            return unmet
+        assert target.snapshot is not None
+        if not target.snapshot.guestops_ready:
             return [Unmet("guest operations not ready (VMware Tools not running)", transient=True)]
         return []
 

@@ -223,15 +223,8 @@ class KeysChannel:
         address and a Windows login (rdp); a vnc:// target always has one."""
         if target.target.scheme == "vnc":
             return []
-        if target.vm_problem:
-            return [Unmet(target.vm_problem)]
-        snapshot = target.snapshot
-        if snapshot is None:
-            return [Unmet("the VM's state is not known yet", transient=True)]
-        from beachhead.agent.vsphere.states import VmState
-
-        if not snapshot.satisfies(VmState.POWERED_ON):
-            return [Unmet("the VM is powered off: its console types nothing", transient=True)]
+        if unmet := target.powered_on_unmet("the VM is powered off: its console types nothing"):
+            return unmet
         if console_kind(target.target) is ConsoleKind.RDP:
             user, password = _windows_login(target.target)
             if user is None or password is None:
@@ -248,8 +241,6 @@ class KeysChannel:
             return KeysSession(target, kind)
         try:
             return KeysSession(target, kind, await open_backend(target, kind, None))
-        except ChannelUnavailable:
-            raise
         except ImportError as exc:
             raise ChannelUnavailable(NAME, target.target.name, f"console={kind} is not installed ({exc})") from None
 
