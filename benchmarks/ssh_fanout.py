@@ -264,7 +264,7 @@ def worker(name: str, setup_file: Path) -> int:
     work = IMPLEMENTATIONS[name]
     if name == "asyncssh":
         import asyncssh  # noqa: F401 (imported before the baseline RSS, as beachhead's modules are)
-    else:
+    elif name == "beachhead":
         from beachhead.agent.registry import default_plugins
 
         default_plugins()  # loaded once per process, as by any caller that runs more than one plan

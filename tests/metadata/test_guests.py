@@ -149,7 +149,7 @@ async def test_forwarded_for_counts_only_from_a_trusted_proxy(
 ) -> None:
     server = start_server("--trusted-proxy", "127.0.0.9/32")
     server.publish("i-two", "--ip", "127.0.0.2")
-    forwarded = {"X-Forwarded-For": "10.9.9.9, 127.0.0.2"}
+    forwarded = {"X-Forwarded-For": "127.0.0.77, 127.0.0.2"}
     url = server.url + "/latest/meta-data/instance-id"
     assert await _get(guest("127.0.0.9"), url, headers=forwarded) == (200, "i-two")
     assert (await _get(guest("127.0.0.5"), url, headers=forwarded))[0] == 404  # not a proxy: its own address counts

@@ -203,15 +203,15 @@ def test_the_postgres_look_up_is_one_indexed_query(postgres_url: str) -> None:
         db.execute(store_postgres.SCHEMA)
         db.execute(
             "INSERT INTO instances (instance_id, ip, mac, hostname, meta_data, user_data, created, updated) "
-            "SELECT 'i-' || n, '10.1.' || (n / 250) || '.' || (n % 250), "
+            "SELECT 'i-' || n, '127.1.' || (n / 250) || '.' || (n % 250), "
             "'00:50:56:00:' || lpad(to_hex(n / 256), 2, '0') || ':' || lpad(to_hex(n % 256), 2, '0'), "
             "'h', '{}', '\\x00'::bytea, 0, 0 FROM generate_series(1, 5000) AS n"
         )
         db.execute("ANALYZE instances")
         cursor = psycopg.ClientCursor(db)
         for query, parameters, indexes in (
-            (store_postgres.LOOK_UP, ("10.9.9.9",), {"instances_ip"}),
-            (store_postgres.LOOK_UP_BY_MAC, ("10.9.9.9", ["00:50:56:ff:00:01"]), {"instances_ip", "instances_mac"}),
+            (store_postgres.LOOK_UP, ("127.0.0.254",), {"instances_ip"}),
+            (store_postgres.LOOK_UP_BY_MAC, ("127.0.0.254", ["00:50:56:ff:00:01"]), {"instances_ip", "instances_mac"}),
         ):
             plan = "\n".join(row[0] for row in cursor.execute(f"EXPLAIN {query}", parameters).fetchall())
             assert "Seq Scan" not in plan, plan
