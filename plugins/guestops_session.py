@@ -311,13 +311,8 @@ class GuestopsSession:
     # -- transfers --------------------------------------------------------------------------
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
-            wire_log = self.vcenter.wire_log
-            traces = [wire_log.trace_config()] if wire_log is not None else []
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.vcenter.ssl_context() or False, limit=8),
-                timeout=aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT_S, sock_connect=30),
-                trace_configs=traces,
-            )
+            timeout = aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT_S, sock_connect=30)
+            self._http = self.vcenter.http_session(timeout, send_session=False, limit=8)
         return self._http
 
     def _transfer_url(self, url: str) -> str:

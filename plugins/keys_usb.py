@@ -222,16 +222,7 @@ class UsbConsole:
         folder, _, name = match.group("path").strip("/").rpartition("/")
         location = (match.group("datastore"), folder, str(datacenter.name))
         url = datastore_file_url(self.vcenter.http_base(), location, name)
-        wire_log = self.vcenter.wire_log
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.vcenter.address.ssl_context() or False),
-                cookies={"vmware_soap_session": self.vcenter.session_cookie()},
-                timeout=aiohttp.ClientTimeout(total=60),
-                trace_configs=[wire_log.trace_config()] if wire_log is not None else [],
-            ) as http,
-            http.get(url) as response,
-        ):
+        async with self.vcenter.http_session(aiohttp.ClientTimeout(total=60)) as http, http.get(url) as response:
             if response.status >= 300:
                 raise ChannelError(NAME, self.target_name, f"screenshot download: HTTP {response.status}")
             png = await response.read()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiohttp
 import structlog
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
@@ -246,6 +247,21 @@ class VCenter:
             context = getattr(self.stub, "schemeArgs", {}).get("context")
             return context if isinstance(context, ssl.SSLContext) else self.address.ssl_context()
         return self.address.ssl_context()
+
+    def http_session(
+        self, timeout: aiohttp.ClientTimeout, *, send_session: bool = True, limit: int = 100
+    ) -> aiohttp.ClientSession:
+        """An HTTP client for the vCenter's and its hosts' own URLs (datastore files,
+        guest file transfers): certificates checked as the SOAP connection checks them,
+        the session cookie sent when ``send_session`` (transfer URLs carry a ticket of
+        their own instead), every exchange written to the run's wire log."""
+        wire_log = self._wire_log
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context() or False, limit=limit),
+            cookies={"vmware_soap_session": self.session_cookie()} if send_session else None,
+            timeout=timeout,
+            trace_configs=[wire_log.trace_config()] if wire_log is not None else [],
+        )
 
     def session_cookie(self) -> str:
         """The ``vmware_soap_session`` cookie value, for datastore and transfer HTTP calls."""

@@ -80,15 +80,8 @@ async def vm_logs(vcenter: VCenter, vm: Any) -> list[LogFile]:
     name, location = await vcenter.call(lambda: (vm.name, log_location(vm)))
     datastore, folder, _ = location
     names = await vcenter.call(_log_names, vm, datastore, folder)
-    cookies = {"vmware_soap_session": vcenter.session_cookie()}
     logs = []
-    wire_log = vcenter.wire_log
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=vcenter.ssl_context() or False),
-        cookies=cookies,
-        timeout=aiohttp.ClientTimeout(total=300),
-        trace_configs=[wire_log.trace_config()] if wire_log is not None else [],
-    ) as http:
+    async with vcenter.http_session(aiohttp.ClientTimeout(total=300)) as http:
         for log_name in names:
             async with http.get(datastore_file_url(vcenter.http_base(), location, log_name)) as response:
                 if response.status == 404:
