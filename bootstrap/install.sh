@@ -11,8 +11,9 @@ APT_PACKAGES=(
   dnsmasq-base isc-dhcp-client               # the lab's DHCP server and its guests' client
   cloud-init                                 # the real client the metadata server is tested with
   postgresql libpq5                          # the metadata server's shared store (tests start their own server)
-  qemu-system-x86 qemu-system-data           # the lab's console VM (TCG), its keymaps
-  x11proto-dev                               # keysymdef.h: the keysym names in those keymaps, as characters
+  qemu-system-x86 qemu-system-data           # the lab's console VM (TCG) and its firmware
+  libxkbcommon-dev xkb-data libx11-data      # keyboard layouts (xkb-data through libxkbcommon) and libX11's Compose table
+  gcc python3-dev                            # PyPI xkbcommon has no wheel: pip builds its cffi module
   busybox-static dropbear-bin                # the console VM's initramfs: shell, SSH server for its recipes
   fonts-dejavu-core                          # the pty consoles' screenshots are drawn in DejaVu Sans Mono
   xrdp xorgxrdp freerdp2-shadow-x11 xvfb xterm # the RDP consoles the rdp keys backend is tested against

@@ -7,27 +7,26 @@ USB usage codes and RDP scan codes are derived from, and carries the X11 keysym 
 keysym-based backends (VNC) send instead.
 
 A :class:`Layout` turns text into key events for one keyboard layout. Its data is
-QEMU's keymaps (``/usr/share/qemu/keymaps/NAME``, Debian's qemu-system-data; generated
-by ``qemu-keymap`` from xkb-data): one ``KEYSYM SCANCODE [shift] [altgr]`` line per
-character a key types at each level, and keysym names resolve to characters through
-X11's ``keysymdef.h`` (Debian's x11proto-dev). A character no key types directly but
-that decomposes into a base letter and an accent is typed as the layout's dead key
-for that accent followed by the letter.
+xkb-data compiled by libxkbcommon (the ``xkbcommon`` binding): for every key of the
+main block, the characters each of its levels types and the modifiers (Shift, AltGr)
+that select the level; XKB keycode minus 8 is the set-1 make code there. A layout is
+the xkb default variant (``de``, ``fr``: dead keys included, as Debian and Windows
+install them) unless a variant is named (``de-nodeadkeys``). A character no key types
+is typed as a dead key then a character when libX11's Compose table (through
+libxkbcommon's compose API) composes it from that pair: ``ê`` is dead circumflex then
+``e``, and a dead key's own spacing accent (``^`` on ``de``) is the dead key then space.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from beachhead.agent.errors import InputError
-
-KEYMAP_DIR = Path("/usr/share/qemu/keymaps")
-KEYSYMDEF = Path("/usr/include/X11/keysymdef.h")
 
 
 @dataclass(frozen=True)
@@ -47,12 +46,15 @@ class Key:
 @dataclass(frozen=True)
 class KeyEvent:
     """One key going down or up; ``keysym`` and ``text`` say what a press produces at
-    the level its modifiers select (for keysym and Unicode backends)."""
+    the level its modifiers select (for keysym and Unicode backends). ``dead`` marks the
+    dead key that starts a composed character: a keysym backend, which sends the
+    composed character's keysym with the next key, leaves those events out."""
 
     key: Key
     down: bool
     keysym: int
     text: str | None = None
+    dead: bool = False  # a dead key (and its modifiers) before the key it composes with
 
 
 def _key(name: str, scancode: int, keysym: int) -> Key:
@@ -100,36 +102,23 @@ NAMED_KEYS: dict[str, Key] = {
 # Control characters in literal text are the keys that type them.
 _CONTROL_CHARACTERS = {"\n": NAMED_KEYS["enter"], "\r": NAMED_KEYS["enter"], "\t": NAMED_KEYS["tab"]}
 
-# The accent each dead key adds, by the combining character that unicodedata's
-# decomposition puts after the base letter.
-_DEAD_KEYS = {
-    "\u0300": "dead_grave",
-    "\u0301": "dead_acute",
-    "\u0302": "dead_circumflex",
-    "\u0303": "dead_tilde",
-    "\u0308": "dead_diaeresis",
-    "\u030a": "dead_abovering",
-    "\u030c": "dead_caron",
-    "\u0327": "dead_cedilla",
-}
-
 # Windows keyboard layout ids (KLIDs), announced by RDP clients.
 WINDOWS_LAYOUT_IDS = {
-    "en-us": 0x0409,
-    "en-gb": 0x0809,
+    "us": 0x0409,
+    "gb": 0x0809,
     "de": 0x0407,
-    "de-ch": 0x0807,
+    "ch": 0x0807,
+    "ch(fr)": 0x100C,
     "fr": 0x040C,
-    "fr-be": 0x080C,
-    "fr-ca": 0x0C0C,
-    "fr-ch": 0x100C,
+    "be": 0x080C,
+    "ca": 0x0C0C,
     "es": 0x040A,
     "it": 0x0410,
     "nl": 0x0413,
     "pt": 0x0816,
-    "pt-br": 0x0416,
-    "sv": 0x041D,
-    "da": 0x0406,
+    "br": 0x0416,
+    "se": 0x041D,
+    "dk": 0x0406,
     "no": 0x0414,
     "fi": 0x040B,
     "pl": 0x0415,
@@ -137,40 +126,24 @@ WINDOWS_LAYOUT_IDS = {
     "hu": 0x040E,
     "ru": 0x0419,
     "tr": 0x041F,
-    "ja": 0x0411,
+    "jp": 0x0411,
 }
 
-LAYOUT_ALIASES = {"us": "en-us", "uk": "en-gb", "gb": "en-gb"}
+# Short and QEMU-style names for xkb layouts.
+LAYOUT_ALIASES = {"uk": "gb", "en-us": "us", "en-gb": "gb"}
 
-_LINE = re.compile(r"^(\S+)\s+(0x[0-9a-fA-F]+)((?:\s+\S+)*)\s*$")
-_DEFINE = re.compile(r"^#define XK_(\S+)\s+(0x[0-9a-fA-F]+)\s*(?:/\*\s*\(?U\+([0-9A-Fa-f]+))?")
+XKB_RULES_LIST = Path("/usr/share/X11/xkb/rules/evdev.lst")
+COMPOSE_LOCALE = "en_US.UTF-8"  # libX11's Compose table for UTF-8 locales
 _ISO_KEY = 0x56  # the key between left Shift and Z that only 105-key (ISO) keyboards have
+_NAME = re.compile(r"^([a-z]{2,8})(?:-([a-z0-9_]+)|\(([a-z0-9_]+)\))?$")
+_SHIFT_MASK, _LEVEL3_MASK = 0x01, 0x80  # xkb's Shift and Mod5 (LevelThree, AltGr)
+_KEYPAD = re.compile(r"^KP")
 
 
-@functools.cache
-def keysyms() -> dict[str, tuple[int, str | None]]:
-    """Every X11 keysym name with its value and the character it types (``None`` for
-    function keys and dead keys), from ``keysymdef.h``."""
-    try:
-        text = KEYSYMDEF.read_text(encoding="ascii", errors="replace")
-    except OSError as err:
-        raise InputError(
-            str(KEYSYMDEF), "keysyms", f"cannot read X11 keysyms ({err.strerror}): install x11proto-dev"
-        ) from None
-    table: dict[str, tuple[int, str | None]] = {}
-    for line in text.splitlines():
-        match = _DEFINE.match(line)
-        if match:
-            name, value, codepoint = match.groups()
-            table.setdefault(name, (int(value, 16), chr(int(codepoint, 16)) if codepoint else None))
-    return table
-
-
-def _keysym_of(name: str) -> tuple[int, str | None] | None:
-    if re.fullmatch(r"U[0-9A-Fa-f]{4,6}", name):
-        codepoint = int(name[1:], 16)
-        return 0x01000000 | codepoint, chr(codepoint)
-    return keysyms().get(name)
+def _keysym_of_char(char: str) -> int:
+    # Latin-1 keysyms are their code points; every other character has a Unicode keysym.
+    codepoint = ord(char)
+    return codepoint if 0x20 <= codepoint <= 0xFF else 0x01000000 | codepoint
 
 
 @dataclass(frozen=True)
@@ -190,15 +163,18 @@ class _Stroke:
 class Layout:
     """A keyboard layout: which key, at which level, types each character."""
 
-    def __init__(self, name: str, strokes: dict[str, _Stroke], dead: dict[str, _Stroke]) -> None:
+    def __init__(
+        self, name: str, strokes: dict[str, _Stroke], composed: dict[str, tuple[_Stroke, _Stroke]], windows_id: int
+    ) -> None:
         self.name = name
         self._strokes = strokes
-        self._dead = dead
+        self._composed = composed
+        self._windows_id = windows_id
 
     @property
     def windows_layout_id(self) -> int:
         """The layout's Windows KLID (0x0409 for US English), for RDP."""
-        return WINDOWS_LAYOUT_IDS.get(self.name, 0x0409)
+        return self._windows_id
 
     def can_type(self, char: str) -> bool:
         """True when the layout has keys that type ``char``."""
@@ -217,12 +193,11 @@ class Layout:
         stroke = self._strokes.get(char)
         if stroke is not None:
             return self._typed(stroke, char)
-        decomposed = unicodedata.normalize("NFD", char)
-        if len(decomposed) == 2 and decomposed[1] in _DEAD_KEYS:
-            dead = self._dead.get(_DEAD_KEYS[decomposed[1]])
-            base = self._strokes.get(decomposed[0])
-            if dead is not None and base is not None:
-                return self._typed(dead, None) + self._typed(base, char)
+        composed = self._composed.get(char)
+        if composed is not None:
+            dead, base = composed
+            dead_events = [replace(event, dead=True) for event in self._typed(dead, None)]
+            return dead_events + self._typed(replace(base, keysym=_keysym_of_char(char)), char)
         raise InputError(f"layout {self.name}", "text", f"no key types {char!r} (U+{ord(char):04X})")
 
     def events_for_text(self, text: str) -> list[KeyEvent]:
@@ -252,50 +227,107 @@ def hold(modifiers: Sequence[Key], events: Iterable[KeyEvent]) -> list[KeyEvent]
 
 
 def layout_names() -> list[str]:
-    """The layouts QEMU's keymaps provide, plus the short aliases (``us``, ``uk``)."""
-    names = sorted(path.name for path in KEYMAP_DIR.glob("*") if path.is_file()) if KEYMAP_DIR.is_dir() else []
-    return sorted(set(names) | {alias for alias, target in LAYOUT_ALIASES.items() if target in names})
+    """The xkb layouts xkb-data lists, plus the short aliases (``uk``)."""
+    try:
+        lines = XKB_RULES_LIST.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    names: set[str] = set()
+    in_layouts = False
+    for line in lines:
+        if line.startswith("!"):
+            in_layouts = line.strip() == "! layout"
+        elif in_layouts and line.strip():
+            names.add(line.split()[0])
+    return sorted(names | {alias for alias, target in LAYOUT_ALIASES.items() if target in names and "-" not in alias})
 
 
 def load_layout(name: str) -> Layout:
-    """The layout ``name`` (``us``, ``uk``, ``de``, ``fr``, or any QEMU keymap name, in
-    any case), read once per process."""
-    canonical = LAYOUT_ALIASES.get(name.lower(), name.lower())
-    path = KEYMAP_DIR / canonical
-    if "/" in canonical or not path.is_file():
-        known = ", ".join(layout_names()) or f"none: {KEYMAP_DIR} is missing (install qemu-system-data)"
-        raise InputError(str(path), "layout", f"unknown keyboard layout {name!r} (known: {known})")
-    return _load_layout(canonical)
+    """The layout ``name``: an xkb layout (``us``, ``uk``, ``de``, ``fr``, ...; in any
+    case) in its default variant, or ``LAYOUT-VARIANT`` / ``LAYOUT(VARIANT)``
+    (``de-nodeadkeys``); compiled once per process."""
+    lowered = name.lower()
+    lowered = LAYOUT_ALIASES.get(lowered, lowered)
+    match = _NAME.match(lowered)
+    layout, variant = (match.group(1), match.group(2) or match.group(3) or "") if match else ("", "")
+    if not match or layout not in layout_names():
+        known = ", ".join(layout_names()) or f"none: {XKB_RULES_LIST} is missing (install xkb-data)"
+        raise InputError(name, "layout", f"unknown keyboard layout {name!r} (known: {known})")
+    return _load_layout(layout, variant)
 
 
 @functools.cache
-def _load_layout(canonical: str) -> Layout:
-    path = KEYMAP_DIR / canonical
+def _load_layout(layout: str, variant: str) -> Layout:
+    name = f"{layout}({variant})" if variant else layout
+    try:
+        import xkbcommon.xkb as xkb
+    except ImportError as err:  # the binding loads libxkbcommon through cffi
+        raise InputError(name, "layout", f"cannot load libxkbcommon ({err})") from None
+    context = xkb.Context()
+    try:
+        keymap = context.keymap_new_from_names(layout=layout, variant=variant or None)
+    except xkb.XKBKeymapCreationFailure:
+        raise InputError(name, "layout", f"unknown keyboard layout {name!r} (xkb cannot compile it)") from None
     strokes: dict[str, _Stroke] = {}
-    dead: dict[str, _Stroke] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        match = _LINE.match(line)
-        if not match:
-            continue
-        name_, code, flags = match.group(1), int(match.group(2), 16), set(match.group(3).split())
-        if flags & {"numlock", "inhibit"} or (canonical == "en-us" and code == _ISO_KEY):
+    dead: dict[int, _Stroke] = {}
+    for keycode in range(keymap.min_keycode(), keymap.max_keycode() + 1):
+        scancode = keycode - 8
+        if not 0x01 <= scancode <= 0x58 or keymap.num_layouts_for_key(keycode) == 0:
+            continue  # characters are on the main block; the rest differ from set 1
+        if _KEYPAD.match(keymap.key_get_name(keycode) or "") or (layout == "us" and scancode == _ISO_KEY):
             continue  # keypad duplicates; and US keyboards (ANSI, 104 keys) lack the ISO key
-        found = _keysym_of(name_)
-        if found is None:
-            continue
-        keysym, char = found
-        stroke = _Stroke(code, "shift" in flags, "altgr" in flags, keysym)
-        if name_.startswith("dead_"):
-            dead.setdefault(name_, stroke)
-            continue
-        variants = [(char, stroke)]
-        if "addupper" in flags and char is not None and char.upper() != char:
-            upper = _keysym_of(name_.upper()) or (keysym, char.upper())
-            variants.append((char.upper(), _Stroke(code, True, stroke.altgr, upper[0])))
-        for typed, candidate in variants:
-            if typed is None or typed in _CONTROL_CHARACTERS:
+        for level in range(keymap.num_levels_for_key(keycode, 0)):
+            masks = [
+                m for m in keymap.key_get_mods_for_level(keycode, 0, level) if not m & ~(_SHIFT_MASK | _LEVEL3_MASK)
+            ]
+            syms = keymap.key_get_syms_by_level(keycode, 0, level)
+            if not masks or len(syms) != 1:
                 continue
-            current = strokes.get(typed)
-            if current is None or candidate.cost < current.cost:
-                strokes[typed] = candidate
-    return Layout(canonical, strokes, dead)
+            mask = min(masks, key=lambda m: bin(m).count("1"))
+            stroke = _Stroke(scancode, bool(mask & _SHIFT_MASK), bool(mask & _LEVEL3_MASK), syms[0])
+            if (xkb.keysym_get_name(syms[0]) or "").startswith("dead_"):
+                if syms[0] not in dead or stroke.cost < dead[syms[0]].cost:
+                    dead[syms[0]] = stroke
+                continue
+            char = xkb.keysym_to_string(syms[0])
+            if char is None or len(char) != 1 or not char.isprintable():
+                continue
+            current = strokes.get(char)
+            if current is None or stroke.cost < current.cost:
+                strokes[char] = stroke
+    return Layout(
+        name,
+        strokes,
+        _composed(xkb, context, strokes, dead),
+        WINDOWS_LAYOUT_IDS.get(name, WINDOWS_LAYOUT_IDS.get(layout, 0x0409)),
+    )
+
+
+def _composed(
+    xkb: Any, context: Any, strokes: dict[str, _Stroke], dead: dict[int, _Stroke]
+) -> dict[str, tuple[_Stroke, _Stroke]]:
+    """Each character the Compose table makes from one of the layout's dead keys and a
+    character it types, when no key types it directly: (dead key, that character)."""
+    if not dead:
+        return {}
+    try:
+        table = context.compose_table_new_from_locale(COMPOSE_LOCALE)
+    except xkb.XKBComposeTableCreationFailure:
+        raise InputError(COMPOSE_LOCALE, "layout", "cannot read libX11's Compose table (install libx11-data)") from None
+    state = table.compose_state_new()
+    composed: dict[str, tuple[_Stroke, _Stroke]] = {}
+    # A dead key's own accent is often the dead key twice (dead diaeresis then space is '"').
+    for dead_stroke in sorted(dead.values(), key=lambda stroke: stroke.cost):
+        for stroke in [*strokes.values(), dead_stroke]:
+            state.reset()
+            state.feed(dead_stroke.keysym)
+            state.feed(stroke.keysym)
+            if state.get_status() != xkb.ComposeStatus.XKB_COMPOSE_COMPOSED:
+                continue
+            char = state.get_utf8()
+            if not char or len(char) != 1 or char in strokes:
+                continue
+            current = composed.get(char)
+            if current is None or dead_stroke.cost + stroke.cost < current[0].cost + current[1].cost:
+                composed[char] = (dead_stroke, stroke)
+    return composed

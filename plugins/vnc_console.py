@@ -56,6 +56,8 @@ class VncConsole:
         client = self._client
         for event in events:
             keycode = xt_keycode(event.key.scancode) if client.extended_keys else 0
+            if event.dead and not keycode:
+                continue  # a keysym server types the composed character's keysym itself
             if keycode:
                 client.extended_key(event.keysym, keycode, event.down)
             else:

@@ -187,7 +187,7 @@ def test_compiled_actions_split_at_enter_and_keep_text_out_of_repr() -> None:
         ('<waitFor "x" 5q>', 0, '<waitFor "x" 5q>', "not a positive duration"),
         ('<waitFor "x" 0s>', 0, '<waitFor "x" 0s>', "not a positive duration"),
         ("a\x00b", 1, "\\x00", "NUL"),
-        ("ok é", 3, "é", "no key types this character on the en-us layout"),
+        ("ok é", 3, "é", "no key types this character on the us layout"),
         ("€", 0, "€", "no key types"),
         ("<éOn>", None, None, None),  # not a token: '<' then 'é': typed as text, é then rejected
     ],
@@ -259,7 +259,7 @@ def test_a_plan_with_malformed_text_is_refused_before_anything_runs(tmp_path: Pa
         ('{text: "x", verify: maybe}', "must be true or false"),
         ('{text: "x", speed: 3}', "unknown field"),
         ('""', "non-empty"),
-        ('{text: "ü"}', "no key types this character on the en-us layout"),
+        ('{text: "ü"}', "no key types this character on the us layout"),
     ],
 )
 def test_bad_type_steps(tmp_path: Path, body: str, reason: str) -> None:
@@ -280,7 +280,7 @@ def test_the_target_layout_and_pace(tmp_path: Path) -> None:
     base = "vsphere://u@vc.invalid/vm?password_env=NO_SUCH_VARIABLE_SET&connect_timeout=1"
     env = {"NO_SUCH_VARIABLE_SET": "x"}
     refused = beachhead("run", str(plan), "--target", base, env=env)
-    assert refused.returncode == 2 and "no key types this character on the en-us layout" in refused.stderr
+    assert refused.returncode == 2 and "no key types this character on the us layout" in refused.stderr
     for bad, reason in (("&layout=../x", "not a keyboard layout name"), ("&pace_ms=-1", "0 to 10000")):
         refused = beachhead("run", str(plan), "--target", base + bad, env=env)
         assert refused.returncode == 2 and reason in refused.stderr, refused.stderr

@@ -1,4 +1,4 @@
-"""Keyboard layouts from QEMU's keymaps: which key at which level types a character on
+"""Keyboard layouts from xkb-data through libxkbcommon: which key at which level types a character on
 us, uk, de and fr, AltGr, dead keys, and the errors for what cannot be typed."""
 
 from __future__ import annotations
@@ -74,18 +74,74 @@ def test_characters(layout: str, char: str, expected: list[tuple[int, bool]]) ->
     assert strokes(layout, char) == expected
 
 
-def test_dead_keys_on_fr() -> None:
-    # ë: no key types it; the dead diaeresis then e does.
-    events = load_layout("fr").events_for_char("ë")
-    dead, letter = events[:-2], events[-2:]
-    assert [e.key.name for e in dead if e.key.scancode != ALT_GR] == ["dead", "dead"]
-    assert [(e.key.scancode, e.down) for e in letter] == plain(0x12)
-    assert letter[0].text == "ë" and all(e.text is None for e in dead)
+DEAD_CIRCUMFLEX, DEAD_DIAERESIS, DEAD_ACUTE, DEAD_GRAVE, DEAD_TILDE = 0xFE52, 0xFE57, 0xFE51, 0xFE50, 0xFE53
+
+
+def dead_then(layout: str, char: str) -> tuple[tuple[int, list[tuple[int, bool]]], list[tuple[int, bool]]]:
+    """((dead keysym, its events), the events of the key after it) typing ``char``."""
+    events = load_layout(layout).events_for_char(char)
+    dead = [e for e in events if e.dead]
+    rest = [e for e in events if not e.dead]
+    assert dead and events[: len(dead)] == dead, f"{char!r} on {layout} starts with a dead key"
+    assert [e.text for e in rest if e.text] == [char] and all(e.text is None for e in dead)
+    keysyms = {e.keysym for e in dead if e.key.name == "dead"}
+    assert len(keysyms) == 1
+    return (keysyms.pop(), [(e.key.scancode, e.down) for e in dead]), [(e.key.scancode, e.down) for e in rest]
+
+
+# The default xkb variants (what Debian and Windows install): dead keys, composed by
+# libX11's Compose table. fr: ^ key (AD11) dead circumflex, Shift+^ dead diaeresis;
+# de: ^ key (TLDE) dead circumflex, the key right of ß dead acute, Shift on it dead grave.
+@pytest.mark.parametrize(
+    ("layout", "char", "dead", "after"),
+    [
+        ("fr", "ê", (DEAD_CIRCUMFLEX, plain(0x1A)), plain(0x12)),
+        ("fr", "â", (DEAD_CIRCUMFLEX, plain(0x1A)), plain(0x10)),  # a is AZERTY's AD01
+        ("fr", "ô", (DEAD_CIRCUMFLEX, plain(0x1A)), plain(0x18)),
+        ("fr", "Ô", (DEAD_CIRCUMFLEX, plain(0x1A)), with_held([SHIFT], 0x18)),
+        ("fr", "ë", (DEAD_DIAERESIS, with_held([SHIFT], 0x1A)), plain(0x12)),
+        ("fr", "ï", (DEAD_DIAERESIS, with_held([SHIFT], 0x1A)), plain(0x17)),
+        ("fr", "¨", (DEAD_DIAERESIS, with_held([SHIFT], 0x1A)), with_held([SHIFT], 0x1A)),  # Compose: twice
+        ("de", "^", (DEAD_CIRCUMFLEX, plain(0x29)), plain(0x39)),  # the dead key, then space
+        ("de", "ê", (DEAD_CIRCUMFLEX, plain(0x29)), plain(0x12)),
+        ("de", "â", (DEAD_CIRCUMFLEX, plain(0x29)), plain(0x1E)),
+        ("de", "ô", (DEAD_CIRCUMFLEX, plain(0x29)), plain(0x18)),
+        ("de", "é", (DEAD_ACUTE, plain(0x0D)), plain(0x12)),
+        ("de", "`", (DEAD_GRAVE, with_held([SHIFT], 0x0D)), plain(0x39)),
+        ("de", "à", (DEAD_GRAVE, with_held([SHIFT], 0x0D)), plain(0x1E)),
+    ],
+)
+def test_dead_key_sequences(
+    layout: str, char: str, dead: tuple[int, list[tuple[int, bool]]], after: list[tuple[int, bool]]
+) -> None:
+    assert dead_then(layout, char) == (dead, after)
+
+
+def test_the_nodeadkeys_variant_types_accents_directly() -> None:
+    assert strokes("de-nodeadkeys", "^") == plain(0x29)
+    assert strokes("de(nodeadkeys)", "^") == strokes("de-nodeadkeys", "^")
+    assert not any(e.dead for e in load_layout("fr-nodeadkeys").events_for_text("^¨"))
+    assert not load_layout("fr-nodeadkeys").can_type("ê")  # no dead key composes it
+    assert load_layout("de-nodeadkeys").windows_layout_id == 0x0407
+
+
+def test_composed_characters_carry_their_own_keysym() -> None:
+    # A keysym backend leaves the dead events out and sends the composed keysym.
+    events = load_layout("fr").events_for_char("ê")
+    assert [(e.keysym, e.down) for e in events if not e.dead] == [(0xEA, True), (0xEA, False)]
+    assert {e.keysym for e in events if e.dead and e.key.name == "dead"} == {DEAD_CIRCUMFLEX}
+
+
+def test_what_the_layouts_do_not_compose() -> None:
+    assert not load_layout("fr").can_type("ñ")  # fr and de have no dead tilde
+    assert not load_layout("de").can_type("ñ")
+    assert not any(e.dead for e in load_layout("us").events_for_text("^`~'\""))
 
 
 def test_alias_names_and_windows_layout_ids() -> None:
     assert load_layout("US").name == load_layout("us").name
-    assert load_layout("us").name == "en-us" and load_layout("uk").name == "en-gb"
+    assert load_layout("us").name == "us" and load_layout("uk").name == "gb"
+    assert load_layout("en-gb").name == "gb"
     assert (load_layout("us").windows_layout_id, load_layout("de").windows_layout_id) == (0x0409, 0x0407)
     assert {"us", "uk", "de", "fr"} <= set(layout_names())
 
@@ -110,6 +166,8 @@ def test_what_cannot_be_typed() -> None:
         load_layout("xx")
     with pytest.raises(InputError, match="unknown keyboard layout"):
         load_layout("../etc/passwd")
+    with pytest.raises(InputError, match="xkb cannot compile it"):
+        load_layout("de-nosuchvariant")
 
 
 def test_press_and_hold() -> None:

@@ -38,6 +38,10 @@ from beachhead.bootstrap.lab.system import LabError, run
 KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = (Path("/usr/sbin/dropbear"), Path("/usr/bin/dropbearkey"))
+# OpenSSH's SFTP server (openssh-server's dependency), where Debian's dropbear runs it,
+# so an SSH session's file transfers work once a recipe has started dropbear.
+SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
+SFTP_SERVER_IN_GUEST = "usr/lib/sftp-server"
 QEMU = Path("/usr/bin/qemu-system-x86_64")
 NIC_MODULE = "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"
 READY_LINE = "beachhead-console: ready"
@@ -208,7 +212,7 @@ def _busybox_applets() -> list[str]:
 def _fingerprint(kernel: Path, libraries: list[Path]) -> str:
     """A hash of every host file the initramfs is made of, and of this file."""
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    for path in (BUSYBOX, *DROPBEAR, *libraries, kernel / "e1000.ko"):
+    for path in (BUSYBOX, *DROPBEAR, SFTP_SERVER, *libraries, kernel / "e1000.ko"):
         digest.update(str(path).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -225,6 +229,7 @@ def _build_initramfs(kernel: Path, libraries: list[Path]) -> bytes:
     archive.symlink("init", "/bin/busybox")
     for binary in DROPBEAR:
         archive.file(str(binary).lstrip("/"), binary.read_bytes(), 0o755)
+    archive.file(SFTP_SERVER_IN_GUEST, SFTP_SERVER.read_bytes(), 0o755)
     for library in libraries:
         archive.file(str(library).lstrip("/"), library.resolve().read_bytes(), 0o755)
     archive.file("lib/modules/e1000.ko", (kernel / "e1000.ko").read_bytes())
@@ -237,10 +242,10 @@ def _build_initramfs(kernel: Path, libraries: list[Path]) -> bytes:
 
 def console_image() -> ConsoleImage:
     """The kernel and initramfs the console VMs boot, made first if the cache lacks them."""
-    if not QEMU.exists() or not BUSYBOX.exists() or not all(path.exists() for path in DROPBEAR):
+    if not QEMU.exists() or not BUSYBOX.exists() or not all(path.exists() for path in (*DROPBEAR, SFTP_SERVER)):
         raise LabError("the console VM needs qemu-system-x86, busybox-static and dropbear-bin (bootstrap/install.sh)")
     kernel = kernel_dir()
-    libraries = _libraries(DROPBEAR)
+    libraries = _libraries((*DROPBEAR, SFTP_SERVER))
     initrd = cache_dir() / f"console-initramfs-{_fingerprint(kernel, libraries)}.cpio.gz"
     if not initrd.exists():
         partial = initrd.with_suffix(".part")

@@ -2,7 +2,10 @@
 syntax (:mod:`beachhead.plugins.boot_command`), through the ``keys`` channel.
 
 ``- type: "root<enter><wait>ip a<enter>"`` or
-``- type: {text: ..., layout: de, pace_ms: 20, verify: true, timeout: 120}``.
+``- type: {text: ..., layout: de, pace_ms: 20, verify: true, timeout: 120}`` or, instead
+of ``text``, a recipe (:mod:`beachhead.plugins.recipes`):
+``- type: {recipe: linux/console-ssh, with: {authorized_key: "ssh-ed25519 ..."}}``, its
+parameters from ``with:``, the target (``address=``) and the recipe defaults.
 
 The whole text is parsed and compiled for the layout (``us`` unless given) when the plan
 is read: a malformed token or a character the layout cannot type is bad input, and
@@ -34,6 +37,7 @@ from beachhead.agent.stepkinds import CheckContext, Operation, StepKind
 from beachhead.agent.targets import Target
 from beachhead.plugins.boot_command import Action, Keys, Token, Wait, WaitFor, compile_tokens, key_count, parse
 from beachhead.plugins.keyboard import NAMED_KEYS, KeyEvent, load_layout, press
+from beachhead.plugins.recipes import Recipe, load_recipe
 
 DEFAULT_LAYOUT = "us"
 VERIFY_ATTEMPTS = 3
@@ -41,6 +45,7 @@ VERIFY_SETTLE_S = 2.0  # how long a typed line may take to show before it counts
 VERIFY_POLL_S = 0.3
 RETYPE_MIN_PACE_S = 0.01  # a line retyped is paced at least this much, doubling per retry
 MAX_PACE_MS = 10_000
+RECIPE_CHECK_ADDRESS = "192.0.2.1"  # TEST-NET-1: only to parse a recipe before a target is known
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class TypeStep:
     pace_ms: float | None = None
     verify: bool = False
     timeout: float | None = None
+    recipe: Recipe | None = None
     kind: ClassVar[str] = "type"
 
     def layout_for(self, target: Target) -> str:
@@ -62,7 +68,10 @@ class TypeStep:
     def actions_for(self, target: Target, where: str = "type") -> tuple[Action, ...]:
         """The actions typing the text on ``target``'s layout (:class:`InputError`
         naming the offset of a character the layout has no key for)."""
-        return tuple(compile_tokens(self.tokens, load_layout(self.layout_for(target)), where=where))
+        tokens = self.tokens
+        if self.recipe is not None:  # the target's address fills the recipe's ${address}
+            tokens = tuple(parse(self.recipe.render(target.address, where), where=where))
+        return tuple(compile_tokens(tokens, load_layout(self.layout_for(target)), where=where))
 
     def describe(self) -> str:
         """Human description of the step (counts only: the text may be a password)."""
@@ -93,10 +102,15 @@ class Type(StepKind):
             body = {"text": body}
             mapping = parent
         else:
-            body = reader.fields(body, where, parent, {"text"}, {"layout", "pace_ms", "verify", "timeout"})
+            options = {"layout", "pace_ms", "verify", "timeout"}
+            if isinstance(body, dict) and "recipe" in body:
+                body = reader.fields(body, where, parent, {"recipe"}, options | {"with"})
+            else:
+                body = reader.fields(body, where, parent, {"text"}, options)
             mapping = body
-        text = body["text"]
-        text_where = where if mapping is parent else f"{where}.text"
+        recipe = _recipe(body, reader, where) if "recipe" in body else None
+        text = body["text"] if recipe is None else _render_for_check(recipe, reader, where, body)
+        text_where = where if mapping is parent else f"{where}.{'text' if recipe is None else 'recipe'}"
         if not isinstance(text, str) or not text:
             raise reader.error(text_where, "must be a non-empty string of boot_command text", mapping, "text")
         layout_name = body.get("layout")
@@ -127,6 +141,7 @@ class Type(StepKind):
             None if pace is None else float(pace),
             verify,
             timeout,
+            recipe,
         )
 
     def check(self, step: TypeStep, target: Target, context: CheckContext) -> str | None:
@@ -255,6 +270,32 @@ def _shows(screen: str, expected: str) -> bool:
     bottom = rows[-(2 + len(expected) // 40) :]
     # A wrapped line continues on the next row, with or without the space it wrapped at.
     return wanted in " ".join(bottom) or wanted in "".join(bottom)
+
+
+def _recipe(body: Any, reader: PlanReader, where: str) -> Recipe:
+    """The step's ``recipe`` with its ``with:`` parameters (strings or numbers)."""
+    name, params = body["recipe"], body.get("with", {})
+    if not isinstance(name, str):
+        raise reader.error(
+            f"{where}.recipe", f"must be a recipe name such as linux/console-ssh, got {brief(name)}", body
+        )
+    if not isinstance(params, dict) or not all(
+        isinstance(v, str | int) and not isinstance(v, bool) for v in params.values()
+    ):
+        raise reader.error(f"{where}.with", "must be a mapping of parameter names to strings or numbers", body, "with")
+    try:
+        return load_recipe(name, {str(k): str(v) for k, v in params.items()}, f"{where}.recipe")
+    except InputError as exc:
+        raise reader.error(exc.where, exc.reason, body, "recipe") from None
+
+
+def _render_for_check(recipe: Recipe, reader: PlanReader, where: str, body: Any) -> str:
+    """The recipe's text with a stand-in address (the target's comes at check time),
+    so its syntax is checked when the plan is read."""
+    try:
+        return recipe.render(RECIPE_CHECK_ADDRESS, f"{where}.recipe")
+    except InputError as exc:
+        raise reader.error(exc.where, exc.reason, body, "recipe") from None
 
 
 @hookimpl

@@ -108,6 +108,28 @@ async def test_xrdp_german_layout_with_altgr(xrdp_peer: RdpPeer) -> None:
         await console.close()
 
 
+# Characters only the default variants' dead keys type (dead key + letter; ^ and ` as
+# dead key + space, ¨ as the dead diaeresis twice), each line ending in a plain letter.
+DEAD_KEY_TEXTS = {"fr": "fenêtre âme hôte Noël maïs ¨ Ô x\n", "de": "fenêtre âme hôte café à la ^2 `x` x\n"}
+
+
+@pytest.mark.parametrize("name", sorted(DEAD_KEY_TEXTS))
+async def test_xrdp_dead_keys(xrdp_peer: RdpPeer, name: str) -> None:
+    text = DEAD_KEY_TEXTS[name]
+    layout = load_layout(name)
+    events = layout.events_for_text(text)
+    assert any(event.dead for event in events)
+    console = await open_ready(xrdp_peer, layout_id=layout.windows_layout_id)
+    try:
+        await console.send(events)
+        await arrived(xrdp_peer, text)
+    finally:
+        await console.close()
+    # The session's xterm composes the dead keys (libX11's Compose) and, in the C
+    # locale, writes Latin-1.
+    assert xrdp_peer.typed.read_bytes() == text.encode("latin-1")
+
+
 async def test_screenshot_shows_the_typed_text(xrdp_peer: RdpPeer) -> None:
     console = await open_ready(xrdp_peer)
     try:

@@ -19,11 +19,12 @@ from tests.console.vnc_peers import HOST, XvncPeer
 from tests.console.vnc_typing import type_into_xterm
 
 TEXTS = {
-    # y/z swapped, umlauts, AltGr's @{}[]\|~€µ, and the dead keys' spacing accents (^, grave, acute):
-    # xterm here composes no dead keys, so they arrive as typed.
-    "de": 'Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich.\nyzYZ@{}[]\\|~<>#"€µ°§$%&/()=?^`\u00b4\n',
+    # y/z swapped, umlauts, AltGr's @{}[]\|~€µ. Not ^, ` or the acute accent: on the default de variant
+    # those keys are dead keys, typed as dead key + space, which this xterm does not compose.
+    "de": 'Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich.\nyzYZ@{}[]\\|~<>#"€µ°§$%&/()=?\n',
     # AZERTY letters and digits (Shift), accented letters on their own keys, AltGr's ~#{[|`\^@]}.
-    "fr": "Portez ce vieux whisky au juge blond qui fume.\nazqwAZQW&é\"'(-è_çà)=~#{[|`\\^@]}¨£µ§ù*%!:;,?./123\n",
+    # Not ¨: on the default fr variant it is the dead diaeresis (typed twice), not composed here.
+    "fr": "Portez ce vieux whisky au juge blond qui fume.\nazqwAZQW&é\"'(-è_çà)=~#{[|`\\^@]}£µ§ù*%!:;,?./123\n",
 }
 
 
@@ -58,3 +59,19 @@ def test_the_texts_need_altgr() -> None:
         name: [e for e in load_layout(name).events_for_text(TEXTS[name]) if e.key.name == "altGr"] for name in TEXTS
     }
     assert all(altgr.values()), "each text has characters only AltGr types"
+
+
+@pytest.mark.parametrize("layout", ["fr"], indirect=True)
+async def test_keysyms_type_composed_characters_directly(xvnc_peer: XvncPeer, layout: str, tmp_path: Path) -> None:
+    # The layout types these with dead keys; over keysyms the server needs no dead key
+    # (it maps each keysym to a key itself), so only the composed keysyms go.
+    text = "fenêtre âme hôte Noël maïs ¨ Ô\n"
+    events = load_layout(layout).events_for_text(text)
+    assert any(event.dead for event in events)
+    client = await RfbClient.connect(HOST, xvnc_peer.port, xvnc_peer.password, timeout_s=20, extended_keys=False)
+    console = VncConsole(client)
+    try:
+        arrived = await type_into_xterm(xvnc_peer, console, events, text.encode(), tmp_path)
+    finally:
+        await console.close()
+    assert arrived.decode("utf-8", "replace") == text

@@ -1,0 +1,101 @@
+"""``<waitFor "TEXT">`` and ``verify: true`` (plugins/steps/type.py's Typist, OCR from
+plugins/screen_text.py) over the VNC framebuffer and the RDP bitmap updates, against the
+real peers: TigerVNC's Xvnc with an xterm shell, QEMU's VNC console, Debian's xrdp."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from beachhead.plugins.boot_command import compile_tokens, parse
+from beachhead.plugins.keyboard import load_layout
+from beachhead.plugins.screen_text import TextNotOnScreen
+from beachhead.plugins.steps.type import Typist
+from beachhead.plugins.vnc_console import VncConsole
+from tests.conftest import await_until
+from tests.console.rdp_peers import RdpPeer
+from tests.console.test_rdp_console import open_ready
+from tests.console.test_vnc_qemu import booted  # noqa: F401  (the module's booted console VM)
+from tests.console.vnc_peers import HOST, QemuPeer, XvncPeer
+
+
+def _sum_line() -> tuple[str, str]:
+    """A shell line adding two numbers drawn now, and its result (not on the line itself)."""
+    rng = random.Random()
+    while True:
+        a, b = rng.randrange(10_000, 50_000), rng.randrange(10_000, 50_000)
+        line = f"expr {a} + {b}"
+        if str(a + b) not in line:
+            return line, str(a + b)
+
+
+async def _perform(backend: Any, text: str, pace_s: float = 0.0, *, verify: bool = False) -> Typist:
+    typist = Typist(backend, pace_s)
+    await typist.perform(compile_tokens(parse(text, where="test"), load_layout("us"), where="test"), verify=verify)
+    return typist
+
+
+async def _xterm_shell(peer: XvncPeer, console: VncConsole) -> None:
+    """Wait until the fresh xterm's shell has the keyboard (a probe's result is shown)."""
+    line, result = _sum_line()
+    for _ in range(10):  # the window takes the keyboard once it is mapped
+        try:
+            await _perform(console, f'{line}<enter><waitFor "{result}" 3s>')
+            return
+        except TextNotOnScreen:
+            continue
+    pytest.fail("the xterm's shell never read the keyboard")
+
+
+async def test_vnc_xterm_wait_for_and_timeout(xvnc_peer: XvncPeer) -> None:
+    xterm = xvnc_peer.xterm("PS1='$ ' exec sh -i", name="screen-wait")
+    console = await VncConsole.open(HOST, xvnc_peer.port, xvnc_peer.password, timeout_s=20)
+    try:
+        await _xterm_shell(xvnc_peer, console)
+        line, result = _sum_line()
+        await _perform(console, f'{line}<enter><waitFor "{result}" 30s>')
+        with pytest.raises(TextNotOnScreen) as caught:
+            await _perform(console, '<waitFor "never-shown-here" 2s>')
+        message = str(caught.value)
+        assert "never-shown-here" in message and "2s" in message
+        assert result in caught.value.screen_text
+    finally:
+        await console.close()
+        xterm.kill()
+        xterm.wait(timeout=10)
+
+
+async def test_qemu_vnc_wait_for_and_verify_retypes(booted: QemuPeer) -> None:  # noqa: F811
+    console = await VncConsole.open(HOST, booted.port, booted.password, timeout_s=20)
+    try:
+        line, result = _sum_line()
+        await _perform(console, f'{line}<enter><waitFor "{result}" 30s>', pace_s=0.002)
+        with pytest.raises(TextNotOnScreen, match="not there after 2s"):
+            await _perform(console, '<waitFor "never-shown-here" 2s>')
+        # Unpaced, QEMU's input queue drops keys (console-facts.md): verify sees the
+        # line garbled, erases it and retypes it slower before Enter.
+        line, result = _sum_line()
+        padding = " ".join(["true"] * 30)  # three rows: enough keys that some drop
+        typist = await _perform(console, f'{padding}; {line}<enter><waitFor "{result}" 30s>', verify=True)
+        assert typist.retyped >= 1
+    finally:
+        await console.close()
+
+
+async def test_rdp_wait_for_and_timeout(xrdp_peer: RdpPeer) -> None:
+    console = await open_ready(xrdp_peer)
+    try:
+        word = "".join(random.choices("abcdefghjkmnpqrstuvwxyz", k=8)) + str(random.randrange(100, 999))
+        await _perform(console, f'{word}<enter><waitFor "{word}" 30s>')
+        with pytest.raises(TextNotOnScreen, match="not there after 2s") as caught:
+            await _perform(console, '<waitFor "never-shown-here" 2s>')
+        assert word in caught.value.screen_text
+        # A line that arrives intact is typed once, then Enter.
+        other = "verified " + str(random.randrange(1000, 9999))
+        typist = await _perform(console, f"{other}<enter>", verify=True)
+        assert typist.retyped == 0
+        await await_until(lambda: other + "\n" in xrdp_peer.text(), 30, "the verified line in the file")
+    finally:
+        await console.close()
