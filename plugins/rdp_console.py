@@ -31,6 +31,9 @@ SECURITIES = ("tls", "rdp")
 #: Desktop size asked for; servers may answer with another (the screenshot follows it).
 DEFAULT_SIZE = (1024, 768)
 CLOSE_TIMEOUT_S = 3.0
+# A key event the server does not take within this long (a stalled or refused session
+# whose socket no longer drains) fails the send instead of waiting for ever.
+SEND_TIMEOUT_S = 10.0
 #: Characters a Unicode event does not type in a terminal: sent as their keys instead.
 _UNICODE_AS_SCANCODE = {"\n": 0x1C, "\r": 0x1C, "\t": 0x0F}
 # MS-RDPBCGR 2.2.8.1.1.1.1 / 2.2.9.1.1.3: a Data PDU (pduType 7) whose pduType2 is
@@ -141,7 +144,12 @@ class RdpConsole:
         if self._closed or self._connection.disconnected_evt.is_set():
             sending.close()
             raise ChannelError(CHANNEL, self._target, "the RDP session has ended", retryable=True)
-        _, error = await sending
+        try:
+            _, error = await asyncio.wait_for(sending, SEND_TIMEOUT_S)
+        except TimeoutError:
+            raise ChannelError(
+                CHANNEL, self._target, f"the RDP server took no {what} within {SEND_TIMEOUT_S:g}s", retryable=True
+            ) from None
         if error is not None:
             raise ChannelError(CHANNEL, self._target, f"sending a {what} failed: {error}", retryable=True)
 
