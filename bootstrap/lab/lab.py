@@ -241,7 +241,7 @@ def _start_guest(
         "guest_password": password,
         "ssh_host_key": layout.ssh_host_public_key() if linux else None,
         "cloudbase_init": vm.cloudbase_init,
-        "console": "pty",
+        "console": "pty" if linux else "rdp",
     }
     runtime = {
         **{key: public[key] for key in ("name", "os", "guest_id", "ip", "guest_username", "guest_password")},
@@ -254,6 +254,14 @@ def _start_guest(
         "guest_uid": uid,
         "wsman": winrm,
         "cloudbase_init": cloudbase_init,
+        # A Windows guest's console: xrdp at its address (bootstrap/lab/xrdp.py).
+        "rdp": None
+        if linux
+        else {
+            "dir": str(layout.root.with_name(vm.name + ".rdp")),
+            "port": 3389,
+            "log": str(layout.root.with_name(vm.name + ".rdp.log")),
+        },
     }
     client = dhcp.GuestDhcp(
         vm.name, netns, holder, ip, layout.dhclient_leases, layout.dhclient_pid, layout.dhclient_log

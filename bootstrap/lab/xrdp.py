@@ -290,8 +290,10 @@ def command(console: XrdpConsole) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m beachhead.bootstrap.lab.xrdp --dir DIR --address IP --port N --user U
-    [--uid N] [--cwd DIR] -- COMMAND...``: prepare and serve a console (the password is
-    read from the environment variable ``BEACHHEAD_XRDP_PASSWORD``)."""
+    [--uid N] [--cwd DIR] [--display-offset N] -- COMMAND...``: prepare and serve a
+    console (the password is read from the environment variable
+    ``BEACHHEAD_XRDP_PASSWORD``). Without ``--display-offset`` the console takes the
+    first free range of X displays (:func:`free_display_offset`), as seen where it runs."""
     parser = argparse.ArgumentParser(prog="beachhead.bootstrap.lab.xrdp")
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--address", required=True)
@@ -299,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--user", required=True)
     parser.add_argument("--uid", type=int, default=DEFAULT_UID)
     parser.add_argument("--cwd")
+    parser.add_argument("--display-offset", type=int)
     parser.add_argument("session_command", nargs="+")
     args = parser.parse_args(argv)
     password = os.environ.pop("BEACHHEAD_XRDP_PASSWORD", "")
@@ -313,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         password=password,
         session_command=args.session_command,
         uid=args.uid,
+        display_offset=free_display_offset() if args.display_offset is None else args.display_offset,
         session_dir=args.cwd,
     )
     os.execvp("unshare", command(console))  # noqa: S606 - replaces this process with the console

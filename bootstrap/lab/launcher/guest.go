@@ -261,6 +261,9 @@ func (g *guest) startDaemons() {
 	if c := g.cfg.CloudbaseInit; g.windows() && c != nil {
 		g.startCloudbaseInit(c)
 	}
+	if r := g.cfg.Rdp; g.windows() && r != nil && g.python != "" {
+		g.startRdp(r)
+	}
 	if g.cfg.SshdConfig != "" {
 		sshd := g.system("/", nil, "/usr/sbin/sshd", "-D", "-e", "-f", g.cfg.SshdConfig)
 		sshd.Stderr = g.logFile(g.cfg.Root + ".sshd.log")
@@ -270,6 +273,32 @@ func (g *guest) startDaemons() {
 		}
 	}
 	g.startConsole()
+}
+
+// rdpConfig is a Windows guest's RDP console: xrdp (bootstrap/lab/xrdp.py) on the
+// guest's address whose session is the Windows stand-in's cmd.exe.
+type rdpConfig struct {
+	Dir  string `json:"dir"`
+	Port int    `json:"port"`
+	Log  string `json:"log"`
+}
+
+// startRdp serves the guest's RDP console; the password reaches xrdp.py through its
+// environment, never a command line. The session runs as the guest's uid (root for a
+// Windows guest, whose drive is root's), and xrdp.py picks X displays no one holds.
+func (g *guest) startRdp(r *rdpConfig) {
+	env := []string{"BEACHHEAD_XRDP_PASSWORD=" + g.cfg.GuestPassword}
+	rdp := g.system("/", env, g.python, "-m", "beachhead.bootstrap.lab.xrdp", "--dir", r.Dir,
+		"--address", g.cfg.IP, "--port", strconv.Itoa(r.Port), "--user", g.cfg.GuestUsername,
+		"--uid", strconv.Itoa(g.cfg.GuestUID), "--", g.python, "-m", "beachhead.bootstrap.lab.windows.run", "--root", g.cfg.Root, "--", "cmd.exe")
+	out := g.logFile(r.Log)
+	rdp.Stdout, rdp.Stderr = out, out
+	if err := rdp.Start(); err != nil {
+		g.logf("Guest: RDP console did not start: %v", err)
+		return
+	}
+	g.daemons = append(g.daemons, rdp)
+	go func() { _ = rdp.Wait() }()
 }
 
 // startCloudbaseInit runs the cloudbase-init stand-in, as the service runs at a Windows

@@ -42,6 +42,8 @@ type vmConfig struct {
 	Wsman *wsmanConfig `json:"wsman"`
 	// CloudbaseInit is what a Windows guest runs at each boot (nil: nothing).
 	CloudbaseInit *cloudbaseInitConfig `json:"cloudbase_init"`
+	// Rdp is a Windows guest's RDP console (xrdp on 3389; nil: none).
+	Rdp *rdpConfig `json:"rdp"`
 	// Qemu is how a console VM (console "qemu") boots; nil for the pty-console guests.
 	Qemu *qemuConfig `json:"qemu"`
 }
