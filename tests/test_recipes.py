@@ -25,24 +25,28 @@ def test_the_shipped_recipes() -> None:
 @pytest.mark.parametrize("name", ["linux/console-ssh", "windows/enable-winrm"])
 def test_every_recipe_parses_and_types_on_the_us_layout(name: str) -> None:
     params = {"authorized_key": KEY} if name.startswith("linux") else {}
-    text = load_recipe(name, params, "w").render("192.0.2.7")
+    text = load_recipe(name, params, "w").render("127.0.0.7")
     actions = compile_tokens(parse(text, where="w"), load_layout("us"), where="w")
     assert actions and "${" not in text
 
 
 def test_parameters_from_the_step_the_target_and_the_defaults() -> None:
     recipe = load_recipe("linux/console-ssh", {"authorized_key": KEY, "interface": "ens3"}, "w")
-    text = recipe.render("10.213.0.9")
-    assert "ip addr add 10.213.0.9/24 dev ens3<enter>" in text
+    text = recipe.render("127.0.0.9")
+    assert "ip addr add 127.0.0.9/24 dev ens3<enter>" in text
     assert "ip route" not in text  # no gateway given: its line is left out
     assert f"echo '{KEY}' > /root/.ssh/authorized_keys<enter>" in text
-    given = load_recipe("linux/console-ssh", {"authorized_key": KEY, "address": "10.1.2.3", "gateway": "10.1.2.1"}, "w")
-    assert "ip addr add 10.1.2.3/24 dev eth0<enter>ip route add default via 10.1.2.1<enter>" in given.render("10.9.9.9")
+    given = load_recipe(
+        "linux/console-ssh", {"authorized_key": KEY, "address": "127.1.2.3", "gateway": "127.1.2.1"}, "w"
+    )
+    assert "ip addr add 127.1.2.3/24 dev eth0<enter>ip route add default via 127.1.2.1<enter>" in given.render(
+        "127.9.9.9"
+    )
 
 
 def test_a_missing_parameter_is_named() -> None:
     with pytest.raises(InputError, match="needs the parameter authorized_key"):
-        load_recipe("linux/console-ssh", {}, "w").render("10.213.0.9")
+        load_recipe("linux/console-ssh", {}, "w").render("127.0.0.9")
 
 
 @pytest.mark.parametrize(
@@ -72,6 +76,6 @@ def test_the_address_comes_from_the_target(tmp_path: Path) -> None:
     refused = beachhead("run", str(plan), "--target", TARGET, env={"NO_SUCH_VARIABLE_SET": "x"})
     assert refused.returncode == 2 and "needs the parameter address" in refused.stderr, refused.stderr
     addressed = beachhead(
-        "run", str(plan), "--target", TARGET + "&address=10.213.0.9", env={"NO_SUCH_VARIABLE_SET": "x"}
+        "run", str(plan), "--target", TARGET + "&address=127.0.0.9", env={"NO_SUCH_VARIABLE_SET": "x"}
     )
     assert addressed.returncode != 2, addressed.stderr  # checked; then vc.invalid is unreachable

@@ -22,7 +22,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeachheadTestKeyOnly test"
 @pytest.mark.parametrize("name", available())
 async def test_recipe_types_exactly(name: str, xvnc_peer: XvncPeer, tmp_path: Path) -> None:
     params = {"authorized_key": KEY} if name.startswith("linux/") else {}
-    text = load_recipe(name, params, "w").render("192.0.2.7")
+    text = load_recipe(name, params, "w").render("127.0.0.7")
     actions = compile_tokens(parse(text, where="w"), load_layout("us"), where="w")
     assert all(isinstance(action, Keys) for action in actions)  # no waits: all typed
     events = [event for action in actions if isinstance(action, Keys) for event in action.events]

@@ -3,9 +3,9 @@ Linux guests over SSH and win-01 over WinRM, and undoes it on every guest."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.conftest import beachhead, run_demo
 
 LINUX = ("lin-01", "lin-02", "lin-03")
@@ -35,7 +35,7 @@ def test_demo_runs_on_the_lab_guests_and_undoes(lab_session: Path, tmp_path: Pat
     for guest in LINUX:
         assert f"host: {guest}\n" in demo.stdout  # the report configure.sh wrote in that guest
     assert "host: WIN-01" in demo.stdout  # the report cmd wrote in win-01, downloaded over WinRM
-    guests_dir = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "guests"
+    guests_dir = lab_dir() / "guests"
     for home in ("lin-01/root", "lin-02/root", "lin-03/home/admin", "win-01/C/Users/Administrator"):
         assert (guests_dir / home).is_dir()
         assert not (guests_dir / home / "beachhead-demo").exists()  # undone in the guest

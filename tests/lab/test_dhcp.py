@@ -5,7 +5,6 @@ through a real resolver. Checked with plain tools: ``ip``, the lease files, sock
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import threading
@@ -16,7 +15,9 @@ from typing import Any
 
 import pytest
 
-LAB_DIR = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab"))
+from beachhead.bootstrap.lab.lab import lab_dir
+
+LAB_DIR = lab_dir()
 METADATA = "169.254.169.254"
 GATEWAY = "10.213.0.1"
 # Connects to ADDRESS:PORT and prints what the server says (run inside a guest).

@@ -8,9 +8,10 @@ import os
 import pytest
 from pyVmomi import vim
 
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.lab.conftest import Vc, wait_for
 
-GUESTS = os.path.join(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab"), "guests")
+GUESTS = str(lab_dir() / "guests")
 
 
 def _ready(vc: Vc, name: str) -> vim.VirtualMachine:

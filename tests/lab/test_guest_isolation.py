@@ -4,16 +4,16 @@ host's /etc, /opt, /srv, /usr/local and /var are overlaid with upper layers of i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.lab.conftest import Vc
 
-LAB_DIR = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab"))
+LAB_DIR = lab_dir()
 PLACES = ("/etc/bh-isolation", "/opt/bh-isolation", "/usr/local/bh-isolation", "/var/lib/bh-isolation")
 
 

@@ -17,10 +17,11 @@ import pytest
 from pyVim.task import WaitForTask
 
 from beachhead.agent.output import KEPT_BYTES
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.conftest import BEACHHEAD, beachhead, processes_mentioning, write_plan
 from tests.lab.conftest import FLEET, Vc, wait_for
 
-GUESTS = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "guests"
+GUESTS = lab_dir() / "guests"
 
 
 def _results(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:

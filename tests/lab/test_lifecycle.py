@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from pyVmomi import vim
 
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.conftest import beachhead
 from tests.lab.conftest import Vc, wait_for
 
-LAB_DIR = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab"))
+LAB_DIR = lab_dir()
 
 
 def _leftovers() -> list[str]:

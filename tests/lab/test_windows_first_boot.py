@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,13 @@ import requests
 from pyVim.task import WaitForTask
 from winrm.protocol import Protocol
 
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.conftest import beachhead, write_plan
 from tests.lab.conftest import Vc, lab_metadata_server
 from tests.metadata.cloudbase_init import client_certificate
 from tests.metadata.conftest import MetadataServer
 
-TOOLS = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "guests" / "win-01.tools"
+TOOLS = lab_dir() / "guests" / "win-01.tools"
 USER_DATA = "#ps1_sysnative\nWrite-Output 'first boot'\n"
 UPN = "administrator@win-01.lab.invalid"
 

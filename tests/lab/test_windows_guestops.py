@@ -19,10 +19,11 @@ import pytest
 from pyVmomi import vim
 
 from beachhead.agent.windows_scripts import POWERSHELL_BOOTSTRAP
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.conftest import BEACHHEAD, beachhead, processes_mentioning, write_plan
 from tests.lab.conftest import Vc, wait_for
 
-GUESTS = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "guests"
+GUESTS = lab_dir() / "guests"
 Spec = vim.vm.guest.ProcessManager.ProgramSpec
 
 

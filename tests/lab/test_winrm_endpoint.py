@@ -4,16 +4,15 @@ through the Windows stand-in and write into the guest's drive; power-off stops i
 
 from __future__ import annotations
 
-import os
 import socket
-from pathlib import Path
 
 import winrm
 from pyVim.task import WaitForTask
 
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.lab.conftest import Vc, wait_for
 
-GUESTS = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "guests"
+GUESTS = lab_dir() / "guests"
 
 
 def _listening(ip: str, port: int) -> bool:

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from beachhead.bootstrap.lab.lab import lab_dir
 from tests.conftest import beachhead, write_plan
 
-GUESTS = Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab")) / "guests"
+GUESTS = lab_dir() / "guests"
 
 
 def _result(stdout: str) -> dict[str, Any]:
