@@ -228,10 +228,16 @@ def hold(modifiers: Sequence[Key], events: Iterable[KeyEvent]) -> list[KeyEvent]
 
 def layout_names() -> list[str]:
     """The xkb layouts xkb-data lists, plus the short aliases (``uk``)."""
+    return list(_layout_names())
+
+
+@functools.cache
+def _layout_names() -> tuple[str, ...]:
+    # Read once per process: every load_layout (each type step, each target) asks.
     try:
         lines = XKB_RULES_LIST.read_text(encoding="utf-8").splitlines()
     except OSError:
-        return []
+        return ()
     names: set[str] = set()
     in_layouts = False
     for line in lines:
@@ -239,7 +245,9 @@ def layout_names() -> list[str]:
             in_layouts = line.strip() == "! layout"
         elif in_layouts and line.strip():
             names.add(line.split()[0])
-    return sorted(names | {alias for alias, target in LAYOUT_ALIASES.items() if target in names and "-" not in alias})
+    return tuple(
+        sorted(names | {alias for alias, target in LAYOUT_ALIASES.items() if target in names and "-" not in alias})
+    )
 
 
 def load_layout(name: str) -> Layout:
