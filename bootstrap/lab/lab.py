@@ -36,6 +36,9 @@ LAUNCHER_MARKER = "launcher-"
 DEFAULT_BRIDGE = LabConfig.bridge
 
 
+RDP_PORT = 3389  # a Windows guest's RDP console (xrdp), at the guest's address
+
+
 def lab_dir() -> Path:
     """The lab's state directory."""
     return Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab"))
@@ -241,7 +244,8 @@ def _start_guest(
         "guest_password": password,
         "ssh_host_key": layout.ssh_host_public_key() if linux else None,
         "cloudbase_init": vm.cloudbase_init,
-        "console": "pty" if linux else "rdp",
+        "console": "pty",  # what PutUsbScanCodes types into
+        "rdp_port": None if linux else RDP_PORT,  # a Windows guest's console is also xrdp's
     }
     runtime = {
         **{key: public[key] for key in ("name", "os", "guest_id", "ip", "guest_username", "guest_password")},
@@ -259,7 +263,7 @@ def _start_guest(
         if linux
         else {
             "dir": str(layout.root.with_name(vm.name + ".rdp")),
-            "port": 3389,
+            "port": RDP_PORT,
             "log": str(layout.root.with_name(vm.name + ".rdp.log")),
         },
     }

@@ -303,6 +303,7 @@ def prepare(
         "ssh_host_key": None,
         "cloudbase_init": False,
         "console": "qemu",
+        "rdp_port": None,
         "qmp_socket": qemu["qmp_socket"],
         "serial_log": qemu["serial_log"],
     }

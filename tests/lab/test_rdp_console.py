@@ -26,7 +26,7 @@ GUESTS = lab_dir() / "guests"
 @pytest.mark.timeout(240, func_only=True)  # not the wait for the lab lock
 def test_1kib_into_win01_over_rdp(tmp_path: Path, lab: dict[str, Any], vc: Vc, vsphere_uri: Callable[..., str]) -> None:
     [win] = [vm for vm in lab["vms"] if vm["name"] == "win-01"]
-    assert win["console"] == "rdp"
+    assert win["rdp_port"] == 3389
     vm = vc.vm("win-01")
     wait_for(lambda: vm.guest.guestOperationsReady, what="win-01 booted")
     typed = GUESTS / "win-01" / "C" / "Users" / "Administrator" / "typed.txt"
