@@ -7,5 +7,6 @@ bash bootstrap/install.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/mypy examples   # scripts, not a package: checked on their own
 # --durations: the slowest tests, to keep the suite inside its CI time budget.
 exec .venv/bin/pytest --durations=25 "$@"

@@ -19,7 +19,7 @@ from beachhead.agent.yamlio import LineDict, at_line, load_yaml
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 OS_FAMILIES = ("linux", "windows")
 CONSOLES = ("pty", "qemu")  # a shell on a pseudo-terminal in the guest; a QEMU machine (qemu_vm.py)
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+VM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")  # also a namespace and a host name
 _GUEST_ID = re.compile(r"^[A-Za-z0-9_]+Guest$")
 _USERNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,63}$")
 _BRIDGE = re.compile(r"^[a-z][a-z0-9]{0,14}$")
@@ -146,7 +146,7 @@ def load_config(path: Path | None = None) -> LabConfig:
     for index, entry in enumerate(vms_data, start=1):
         vm = _Reader(source, entry, f"vms[{index}]")
         vm.check_keys({"name", "guest_id", "os", "guest_username", "guest_password", "cloudbase_init", "console"})
-        name = vm.required("name", _NAME)
+        name = vm.required("name", VM_NAME)
         if any(existing.name == name for existing in vms):
             raise vm.bad("name", f"VM name {name!r} appears twice")
         os_family = vm.required("os")

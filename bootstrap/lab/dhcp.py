@@ -18,7 +18,9 @@ runs and no name server reaches the guest.
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -90,6 +92,14 @@ class LabNetwork:
         """dnsmasq's log (every DHCP exchange, with the options sent)."""
         return self.directory / "dnsmasq.log"
 
+    @property
+    def hosts_dir(self) -> Path:
+        """Fixed assignments added while dnsmasq runs (clones): one file per VM, read
+        by dnsmasq as it appears (``--dhcp-hostsdir``). Beside the state directory,
+        not in it: dnsmasq reads it after dropping root, and the state directory is
+        root's only (it holds the passwords)."""
+        return hosts_dir(self.directory)
+
     def public(self) -> dict[str, Any]:
         """The ``network`` object of ``lab up --json``."""
         return {
@@ -148,7 +158,8 @@ def dnsmasq_argv(network: LabNetwork, hosts: Sequence[DhcpHost], first_guest: ip
         "--except-interface=lo",
         f"--listen-address={gateway}",
         f"--dhcp-range={first_guest},{last},{network.subnet.netmask},{DYNAMIC_LEASE}",
-        *(f"--dhcp-host={host.mac},{host.ip},{host.name},infinite" for host in hosts),
+        *(f"--dhcp-host={_host_line(host)}" for host in hosts),
+        f"--dhcp-hostsdir={network.hosts_dir}",
         f"--dhcp-option=option:classless-static-route,{routes}",
         "--dhcp-authoritative",
         f"--dhcp-leasefile={network.leases}",
@@ -163,6 +174,7 @@ def spawn_dnsmasq(
 ) -> subprocess.Popen[bytes]:
     """Start dnsmasq (in the foreground of its own session, logging to its log)."""
     network.pid_file.unlink(missing_ok=True)
+    network.hosts_dir.mkdir(mode=0o755, exist_ok=True)
     with network.log.open("ab") as log:
         return subprocess.Popen(
             dnsmasq_argv(network, hosts, first_guest),
@@ -171,6 +183,32 @@ def spawn_dnsmasq(
             stderr=log,
             start_new_session=True,
         )
+
+
+def hosts_dir(directory: Path) -> Path:
+    """The DHCP hosts directory of the lab whose state directory is ``directory``."""
+    return directory.with_name(directory.name + "-dhcp-hosts")
+
+
+def _host_line(host: DhcpHost) -> str:
+    return f"{host.mac},{host.ip},{host.name},infinite"
+
+
+def add_host(network: LabNetwork, host: DhcpHost) -> None:
+    """Give ``host`` its fixed address from now on (the running dnsmasq reads the file
+    as it appears)."""
+    partial = network.hosts_dir / f".{host.name}.part"
+    partial.write_text(_host_line(host) + "\n")
+    partial.replace(network.hosts_dir / host.name)
+
+
+def remove_host(network: LabNetwork, name: str) -> None:
+    """Forget ``name``'s fixed assignment: dnsmasq drops records of removed files only
+    when it rereads them, on SIGHUP."""
+    (network.hosts_dir / name).unlink(missing_ok=True)
+    pid = leftover_dnsmasq(network.directory)
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
 
 
 def wait_for_dnsmasq(process: subprocess.Popen[bytes], network: LabNetwork) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -101,15 +102,44 @@ def prepare_linux_root(layout: GuestLayout, hostname: str, ip: str, username: st
     (root / "var/tmp").chmod(0o1777)
     (root / "root").chmod(0o700)
     etc = root / "etc"
-    (etc / "ssh").mkdir(parents=True, exist_ok=True)
-    (etc / "hostname").write_text(hostname + "\n")
-    (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{ip}\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     # No name server: lookups stay inside the guest (and fail fast) instead of waiting
     # on, or leaking to, the host's resolver.
     (etc / "resolv.conf").write_text("# lab guest: names resolve from /etc/hosts only\nnameserver 127.0.0.1\n")
-
     uid = _write_accounts(root, username, password)
+    _write_identity(layout, hostname, ip)
+    return uid
 
+
+def prepare_clone_root(source: GuestLayout, layout: GuestLayout, hostname: str, ip: str) -> None:
+    """A clone's guest root: a copy of the source guest's files (its accounts, its
+    changes to ``/etc``, ``/var`` and the rest, its home directories), as a clone's
+    disk is a copy of the source's, with its own host name, address and SSH host key
+    (as a template generalized for cloning gets at first boot)."""
+    # cp -a, not shutil: the overlays' upper layers hold whiteouts (device nodes) and
+    # opaque directories (trusted.* xattrs) that record what the guest deleted.
+    copied = subprocess.run(
+        ["cp", "-a", "--no-target-directory", str(source.root), str(layout.root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if copied.returncode != 0:
+        raise LabError(f"copying guest {source.root.name}'s files for its clone failed: {copied.stderr.strip()}")
+    shutil.rmtree(layout.root / ".overlay-work")
+    for directory in OVERLAID_DIRS:
+        layout.overlay_work(directory).mkdir(parents=True, exist_ok=True)
+    for key in (layout.ssh_host_key, layout.ssh_host_key.with_suffix(".pub")):
+        key.unlink(missing_ok=True)
+    _write_identity(layout, hostname, ip)
+
+
+def _write_identity(layout: GuestLayout, hostname: str, ip: str) -> None:
+    """What makes a Linux guest this machine: host name, ``/etc/hosts``, its sshd's
+    host key (made when missing) and configuration (listening on ``ip``)."""
+    etc = layout.root / "etc"
+    (etc / "ssh").mkdir(parents=True, exist_ok=True)
+    (etc / "hostname").write_text(hostname + "\n")
+    (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{ip}\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     ensure_privsep_dir()  # guests share the host's /run
     host_key = layout.ssh_host_key
     if not host_key.exists():
@@ -132,7 +162,15 @@ def prepare_linux_root(layout: GuestLayout, hostname: str, ip: str, username: st
             ]
         )
     )
-    return uid
+
+
+def login_uid(layout: GuestLayout, username: str) -> int:
+    """The uid of the guest login ``username`` in the guest's own ``/etc/passwd``."""
+    for line in (layout.root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == username:
+            return int(fields[2])
+    raise LabError(f"guest {layout.root.name}: no account {username!r} in its /etc/passwd")
 
 
 def _write_accounts(root: Path, username: str, password: str) -> int:

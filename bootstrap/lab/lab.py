@@ -210,10 +210,12 @@ def _start_network(config: LabConfig, network: dhcp.LabNetwork, state: LabState,
 
 
 def _start_guest(
-    config: LabConfig, index: int, vm: VmSpec, directory: Path, state: LabState
+    config: LabConfig, index: int, vm: VmSpec, directory: Path, state: LabState, clone_of: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], dhcp.GuestDhcp]:
     """One guest's namespace, veth pair, root directory and holder. Returns its public
-    description, its entry in the launcher's configuration and its DHCP client."""
+    description, its entry in the launcher's configuration and its DHCP client. A
+    Linux clone (``clone_of`` names its source VM) starts from a copy of the source
+    guest's files."""
     netns, host_if = system.netns_name(vm.name), _host_if(index)
     state.data["namespaces"].append(netns)
     state.data["host_interfaces"].append(host_if)
@@ -224,7 +226,10 @@ def _start_guest(
     linux, uid = vm.os == "linux", 0
     winrm: dict[str, str] | None = None
     cloudbase_init: dict[str, str | int] | None = None
-    if linux:
+    if linux and clone_of:
+        guests.prepare_clone_root(guests.GuestLayout(layout.root.with_name(clone_of)), layout, vm.name, ip)
+        uid = guests.login_uid(layout, vm.guest_username)
+    elif linux:
         uid = guests.prepare_linux_root(layout, vm.name, ip, vm.guest_username, password)
     else:
         guests.prepare_windows_root(layout, vm.guest_username)
@@ -246,6 +251,7 @@ def _start_guest(
         "cloudbase_init": vm.cloudbase_init,
         "console": "pty",  # what PutUsbScanCodes types into
         "rdp_port": None if linux else RDP_PORT,  # a Windows guest's console is also xrdp's
+        "clone_of": clone_of,
     }
     runtime = {
         **{key: public[key] for key in ("name", "os", "guest_id", "ip", "guest_username", "guest_password")},
@@ -259,6 +265,7 @@ def _start_guest(
         "wsman": winrm,
         "cloudbase_init": cloudbase_init,
         # A Windows guest's console: xrdp at its address (bootstrap/lab/xrdp.py).
+        "clone_of": clone_of or "",
         "rdp": None
         if linux
         else {
@@ -324,9 +331,14 @@ def restart_vcenter(down_s: float = 0.0, progress: Progress | None = None) -> La
         ready = _start_launcher(launcher_binary(), runtime, directory, state, adopt=True)
     finally:
         state.save()
-    before = {vm["name"]: vm["moref"] for vm in state.data["vms"]}
-    if ready["vms"] != before:
-        raise LabError(f"the restarted vCenter gave the VMs other ids: {ready['vms']} instead of {before}")
+    before = {vm["name"]: vm["moref"] for vm in state.data["vms"] if not vm.get("clone_of")}
+    mine = {name: moref for name, moref in ready["vms"].items() if name in before}
+    if mine != before:
+        raise LabError(f"the restarted vCenter gave the VMs other ids: {mine} instead of {before}")
+    # Clones are created again after the lab's own VMs, so their ids may change.
+    for vm in state.data["vms"]:
+        vm["moref"] = ready["vms"].get(vm["name"], vm["moref"])
+    state.save()
     return state
 
 
@@ -366,6 +378,7 @@ def down() -> list[str]:
             system.delete_link(bridge)
             removed.append(f"bridge {bridge}")
     directory = lab_dir()
+    shutil.rmtree(dhcp.hosts_dir(directory), ignore_errors=True)
     if directory.is_dir():
         # Keep the CA across labs so clients that trust it keep working.
         for child in directory.iterdir():

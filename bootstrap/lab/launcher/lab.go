@@ -179,7 +179,13 @@ func (w *powerWatcher) Reference() types.ManagedObjectReference {
 	return types.ManagedObjectReference{Type: "LabPowerWatcher", Value: "labPowerWatcher"}
 }
 
-func (w *powerWatcher) PutObject(mo.Reference)                    {}
+// PutObject sees every new object, tasks before they run (see clones.go).
+func (w *powerWatcher) PutObject(obj mo.Reference) {
+	if task, ok := obj.(*simulator.Task); ok {
+		w.wrapTask(task)
+	}
+}
+
 func (w *powerWatcher) RemoveObject(types.ManagedObjectReference) {}
 
 func (w *powerWatcher) UpdateObject(obj mo.Reference, changes []types.PropertyChange) {

@@ -46,6 +46,8 @@ type vmConfig struct {
 	Rdp *rdpConfig `json:"rdp"`
 	// Qemu is how a console VM (console "qemu") boots; nil for the pty-console guests.
 	Qemu *qemuConfig `json:"qemu"`
+	// CloneOf names the VM this one was cloned from (clones.go); empty for the lab's own.
+	CloneOf string `json:"clone_of"`
 }
 
 // labConfig is the runtime configuration written by bootstrap/lab.
