@@ -7,16 +7,13 @@ printed), 2 for bad input (the file, field and reason are printed; nothing ran),
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
 import resource
-import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -26,7 +23,7 @@ from rich.text import Text
 from beachhead import __version__
 from beachhead.agent.api import RunReport, resume_run, run_plan
 from beachhead.agent.errors import BeachheadError, InputError
-from beachhead.agent.exits import errors_exit
+from beachhead.agent.exits import errors_exit, run_async
 from beachhead.agent.explain import CAPABILITY_ORDER, Explanation, explain_channels
 from beachhead.agent.hook_cli import customize_command
 from beachhead.agent.journal import RunDirectory, default_runs_dir
@@ -42,8 +39,6 @@ from beachhead.agent.undo import Undoer, describe_entry
 if TYPE_CHECKING:
     from beachhead.agent.vsphere.vmlogs import LogFile
 
-T = TypeVar("T")
-INTERRUPTED = 130
 MAX_FAILURES_SHOWN = 10
 MAX_STEP_TABLE_TARGETS = 12  # runs of at most this many targets list every step
 
@@ -74,25 +69,6 @@ runs_dir_option = click.option(
     default=None,
     help="Where run directories live [default: $BEACHHEAD_RUNS_DIR or ~/.local/state/beachhead/runs].",
 )
-
-
-def _run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; SIGINT and SIGTERM cancel it cleanly (sessions closed, journal
-    entries marked interrupted) and exit with status 130."""
-
-    async def main() -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, task.cancel)
-        return await coro
-
-    try:
-        return asyncio.run(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        click.echo("interrupted", err=True)
-        sys.exit(INTERRUPTED)
 
 
 class PluginCommands(click.Group):
@@ -419,7 +395,7 @@ def run(
                 )
 
         try:
-            report = _run_async(go())
+            report = run_async(go())
         except SystemExit:
             if run_ids:
                 click.echo(f"run {run_ids[0]} interrupted: see beachhead journal {run_ids[0]}", err=True)
@@ -480,7 +456,7 @@ def undo(run_id: str, force: bool, json_output: bool, connect_timeout: float, ru
     with errors_exit():
         run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
         undoer = Undoer(run_dir, default_plugins(), connect_timeout=connect_timeout, force=force)
-        report = _run_async(undoer.undo())
+        report = run_async(undoer.undo())
         if json_output:
             click.echo(json.dumps(report.to_json()))
         else:
@@ -545,7 +521,7 @@ def channels(json_output: bool, target_uri: str | None, os_family: str | None, c
             target = parse_target(target_uri)
             family = OsFamily(os_family) if os_family else None
             settings = RunSettings(connect_timeout=connect_timeout)
-            explanation = _run_async(explain_channels(target, family, plugins, settings))
+            explanation = run_async(explain_channels(target, family, plugins, settings))
         if json_output:
             click.echo(json.dumps(explanation.to_json(), indent=2))
         else:
@@ -627,7 +603,7 @@ def logs(target_uri: str, output: Path | None, connect_timeout: float) -> None:
             raise InputError(
                 "URI", "scheme", f"logs come from vCenter: give a vsphere:// target, not {target.scheme}://"
             )
-        fetched = _run_async(_fetch_logs(target, connect_timeout, with_diagnostics=output is not None))
+        fetched = run_async(_fetch_logs(target, connect_timeout, with_diagnostics=output is not None))
     if output is None:
         click.echo(fetched[0].text, nl=False)
         return

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from beachhead.agent.errors import InputError
-from beachhead.agent.exits import errors_exit
+from beachhead.agent.exits import errors_exit, run_async
 from beachhead.agent.journal import state_dir
 from beachhead.agent.targets import Target, parse_target
 from beachhead.metadata_server.client import MetadataClient, read_optional, read_token_file
@@ -230,7 +230,7 @@ def metadata_server(
             access_log=access_log,
             metrics_listen=parse_listen(metrics_listen, "--metrics-listen") if metrics_listen else None,
         )
-        asyncio.run(serve(config))
+        asyncio.run(serve(config))  # a server: it handles its own signals
 
 
 def _vcenter(uri: str | None) -> Target | None:
@@ -306,7 +306,7 @@ def publish(
         client = _client(server, token_file)
         if ip is None and mac is None:
             raise InputError("--ip", None, "give --ip or --mac: the server recognises guests by them")
-        summary = asyncio.run(
+        summary = run_async(
             client.publish(
                 instance_id,
                 ip=ip,
@@ -362,7 +362,7 @@ def password(server: str, token_file: Path, instance_id: str, key_path: Path) ->
     with errors_exit():
         key = load_private_key(key_path)
         client = _client(server, token_file)
-        encrypted, public_keys = asyncio.run(_posted_password(client, instance_id))
+        encrypted, public_keys = run_async(_posted_password(client, instance_id))
         if encrypted is None:
             raise MetadataServerError(f"{server}: instance {instance_id} has posted no password yet")
         check_key_matches(key, public_keys, key_path)
@@ -377,7 +377,7 @@ def password(server: str, token_file: Path, instance_id: str, key_path: Path) ->
 def revoke(server: str, token_file: Path, instance_id: str) -> None:
     """Remove an instance: its guest is served nothing more."""
     with errors_exit():
-        asyncio.run(_client(server, token_file).revoke(instance_id))
+        run_async(_client(server, token_file).revoke(instance_id))
     click.echo(f"revoked {instance_id}")
 
 
@@ -387,6 +387,6 @@ def revoke(server: str, token_file: Path, instance_id: str) -> None:
 def list_instances(server: str, token_file: Path) -> None:
     """Every published instance (JSON lines), with when its guest fetched and phoned home."""
     with errors_exit():
-        instances: list[dict[str, Any]] = asyncio.run(_client(server, token_file).instances())
+        instances: list[dict[str, Any]] = run_async(_client(server, token_file).instances())
     for summary in instances:
         click.echo(json.dumps(summary))

@@ -17,7 +17,6 @@ nothing on the lab's consoles (QEMU's input queue drops keys sent in a flood).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import zlib
 from collections.abc import Sequence
@@ -309,7 +308,7 @@ def screenshot(target_uri: str, output: Path | None, connect_timeout: float) -> 
 
     Exit status: 0 saved, 1 the console could not be read, 2 bad input.
     """
-    from beachhead.agent.exits import errors_exit
+    from beachhead.agent.exits import errors_exit, run_async
     from beachhead.agent.targets import parse_target
 
     with errors_exit():
@@ -317,7 +316,7 @@ def screenshot(target_uri: str, output: Path | None, connect_timeout: float) -> 
         if target.scheme not in INFO.target_schemes:
             schemes = ", ".join(f"{scheme}://" for scheme in sorted(INFO.target_schemes))
             raise InputError("URI", "scheme", f"a console is reached through {schemes}, not {target.scheme}://")
-        png = asyncio.run(take_screenshot(target, connect_timeout))
+        png = run_async(take_screenshot(target, connect_timeout))
         path = output or Path(f"{(target.vm or target.name).replace('/', '_')}.png")
         try:
             path.write_bytes(png)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -115,3 +116,28 @@ def test_ctrl_c_cancels_cleanly(sshd: LocalSshd, guest_dir: Path, tmp_path: Path
     # marker (an orphan would live until its `sleep 5` ends, then create it).
     wait_until(lambda: not processes_mentioning(str(marker)), timeout=10, what="the guest command is gone")
     assert not marker.exists()
+
+
+def test_ctrl_c_ends_a_client_command_with_status_130(tmp_path: Path) -> None:
+    """Commands other than `run` (here a metadata admin client waiting on a server that
+    accepts and never answers) end on SIGINT as `run` does: "interrupted", status 130."""
+    token = tmp_path / "token"
+    token.write_text("t" * 32 + "\n")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        process = subprocess.Popen(
+            [str(BEACHHEAD), "metadata", "list", "--server", f"http://127.0.0.1:{port}", "--token-file", str(token)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            server.settimeout(30)
+            connection, _ = server.accept()  # the request is on its way and will get no answer
+            with connection:
+                process.send_signal(signal.SIGINT)
+                _, stderr = process.communicate(timeout=15)
+        finally:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted"
