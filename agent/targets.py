@@ -61,6 +61,7 @@ from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from beachhead.agent.errors import InputError, brief
+from beachhead.agent.known_hosts import known_hosts_problem
 from beachhead.agent.secrets import Secret
 from beachhead.agent.yamlio import LineDict, at_line, load_yaml
 
@@ -577,7 +578,10 @@ def _host_key_check(value: str | None, bad: Any) -> tuple[HostKeyPolicy | None, 
         return HostKeyPolicy.IGNORE, None
     if value == HostKeyPolicy.VSPHERE:
         return HostKeyPolicy.VSPHERE, None
-    return HostKeyPolicy.FILE, _existing_file(value, bad, "known_hosts")
+    path = _existing_file(value, bad, "known_hosts")
+    if (problem := known_hosts_problem(path)) is not None:
+        raise bad("known_hosts", f"{value}: {problem}")
+    return HostKeyPolicy.FILE, path
 
 
 def _port(value: str | None, default: int, bad: Any, field_name: str) -> int:

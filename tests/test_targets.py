@@ -657,3 +657,33 @@ def test_vnc_target_as_a_mapping(tmp_path: Path) -> None:
         "fr",
         ConsoleKind.VNC,
     )
+
+
+SK_KEY = "AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIAEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB"
+
+
+def test_a_known_hosts_file_with_a_malformed_line_is_refused_naming_the_line(tmp_path: Path) -> None:
+    # asyncssh would skip such lines silently, so the mistake would show only as host
+    # keys that cannot be verified.
+    ed25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIEb3LWeX9pDCAsOG5rIkG4xKquOCmD2c2zwfe7dpZBqF"
+    known = tmp_path / "kh"
+    good = [
+        "# comment",
+        "",
+        f"10.0.0.5 ssh-ed25519 {ed25519} root@web1",
+        f"|1|c2FsdA==|aGFzaA== ssh-ed25519 {ed25519}",
+        f"@cert-authority *.lab ssh-ed25519 {ed25519}",
+        "10.0.0.6 sk-ssh-ed25519@openssh.com " + SK_KEY,  # a type asyncssh may not know
+    ]
+    known.write_text("\n".join(good) + "\n")
+    assert parse_target(f"ssh://10.0.0.5?known_hosts={known}").ssh.known_hosts == known.resolve()
+    for line, reason in [
+        (f"ssh-ed25519 {ed25519}", "line 7: expected host names, a key type and a base64 key"),
+        ("10.0.0.7 ssh-ed25519 AAAA!!!!", "line 7: the ssh-ed25519 key is not base64"),
+        (f"10.0.0.7 ssh-rsa {ed25519}", "line 7: the key is not a ssh-rsa key"),
+        (f"@revokd 10.0.0.7 ssh-ed25519 {ed25519}", "line 7: unknown marker @revokd"),
+    ]:
+        known.write_text("\n".join([*good, line]) + "\n")
+        with pytest.raises(InputError, match="known_hosts") as raised:
+            parse_target(f"ssh://10.0.0.5?known_hosts={known}")
+        assert reason in str(raised.value)
