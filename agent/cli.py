@@ -342,7 +342,7 @@ def run(
       vsphere://USER@VCENTER[:PORT]/VM?password_env=VAR&guest_user=NAME&guest_password_env=VAR
                  [&scheme=http|https][&insecure=1][&ca_file=PATH]   (VM: name or instance uuid)
                  [&ssh_user=NAME&ssh_key=PATH&ssh_password_env=VAR&ssh_port=N]
-                 [&known_hosts=PATH|ignore|vsphere][&address=IP]
+                 [&known_hosts=PATH|ignore|vsphere|serial][&address=IP]
                  [&winrm_user=NAME&winrm_password_env=VAR&winrm_transport=ntlm|basic|certificate]
                  [&winrm_scheme=http|https&winrm_port=N][&console=usb|vnc|rdp]
     A vsphere:// target is one VM with every route into it: each step goes over the most

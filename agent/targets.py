@@ -21,7 +21,7 @@ family is Windows).
   ``ca_file=PATH``;
 - the guest-operations login: ``guest_user=NAME``, ``guest_password_env=VAR``;
 - SSH: ``ssh_user=NAME``, ``ssh_key=PATH``, ``ssh_password_env=VAR``,
-  ``ssh_passphrase_env=VAR``, ``ssh_port=N``, ``known_hosts=PATH|ignore|vsphere``;
+  ``ssh_passphrase_env=VAR``, ``ssh_port=N``, ``known_hosts=PATH|ignore|vsphere|serial``;
 - WinRM: ``winrm_user=NAME``, ``winrm_password_env=VAR``,
   ``winrm_transport=ntlm|basic|certificate``, ``winrm_port=N``, ``winrm_scheme=http|https``,
   ``winrm_ca_file=PATH``, ``winrm_cert_pem=PATH``, ``winrm_cert_key_pem=PATH``, ``winrm_insecure=1``;
@@ -33,7 +33,9 @@ family is Windows).
 The SSH and WinRM routes of a VM chain from its guest login: each exists when
 ``guest_user`` or one of its own parameters is given, its user defaults to ``guest_user``
 and its password to the guest password when the users are the same. Host keys are pinned
-from the guest (``known_hosts=vsphere``) by default when there is a guest login.
+from the guest (``known_hosts=vsphere``) by default when there is a guest login; a VM
+without one (no VMware Tools: a console-only guest) can have them pinned from what the
+guest printed to its file-backed serial port (``known_hosts=serial``).
 
 A targets file is a YAML list of such URIs or of mappings with the same fields
 (``host``, ``user``, ``port``, ``vm``, ``scheme`` and the parameters above); a mapping may
@@ -85,6 +87,9 @@ class HostKeyPolicy(StrEnum):
     IGNORE = "ignore"
     #: Against the keys read from the guest through VMware Tools guest operations.
     VSPHERE = "vsphere"
+    #: Against the keys the guest printed to its serial port (a VM serial port backed by
+    #: a datastore file), read through vCenter's datastore file access.
+    SERIAL = "serial"
 
 
 class WinrmTransport(StrEnum):
@@ -349,6 +354,12 @@ def _parse_target(
             "known_hosts=vsphere reads the host keys from the guest through VMware Tools: it needs a "
             "vsphere:// target with guest_user and guest_password_env (for ssh:// give a file or ignore)",
         )
+    if scheme == "ssh" and params.get("known_hosts") == HostKeyPolicy.SERIAL:
+        raise bad(
+            "known_hosts",
+            "known_hosts=serial reads the host keys from the VM's serial port through vCenter: it needs a "
+            "vsphere:// target (for ssh:// give a file or ignore)",
+        )
     host_keys, known_hosts = _host_key_check(params.get("known_hosts"), bad)
     key_file = _existing_file(params["key"], bad, "key") if "key" in params else None
     ca_file = _existing_file(params["ca_file"], bad, "ca_file") if "ca_file" in params else None
@@ -576,8 +587,8 @@ def _host_key_check(value: str | None, bad: Any) -> tuple[HostKeyPolicy | None, 
         return None, None
     if value == HostKeyPolicy.IGNORE:
         return HostKeyPolicy.IGNORE, None
-    if value == HostKeyPolicy.VSPHERE:
-        return HostKeyPolicy.VSPHERE, None
+    if value in (HostKeyPolicy.VSPHERE, HostKeyPolicy.SERIAL):
+        return HostKeyPolicy(value), None
     path = _existing_file(value, bad, "known_hosts")
     if (problem := known_hosts_problem(path)) is not None:
         raise bad("known_hosts", f"{value}: {problem}")

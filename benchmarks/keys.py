@@ -13,10 +13,16 @@ Consoles, each started by the console tests' own peer starters (tests/console/):
   (needs root: the session's account files are mounted in a namespace);
 - ``shadow``: FreeRDP 2's X11 shadow server over an Xvfb xterm doing the same; the
   RDP tests' text (``test_rdp_console.mixed_text``: letters, digits, shifted symbols,
-  spaces, newlines).
+  spaces, newlines);
+- ``con-01``: the vSphere lab's QEMU console VM through the ``usb`` backend
+  (``PutUsbScanCodes``, one key a call when paced, as ``plugins/keys_usb.py`` types),
+  QEMU with its own default ``key-delay-ms``; its shell's ``cat`` copies to the serial
+  port, a file; the ``qemu`` console's text. It needs root and the lab: the benchmark
+  holds the lab lock, brings the default lab up unless one runs, and takes it down
+  again if it started it.
 
 Each run types the text at the backend's default pace (``plugins/keys.py``
-``DEFAULT_PACE_MS``: VNC 10 ms between key events, RDP none) and unpaced, one after the
+``DEFAULT_PACE_MS``: usb 5 ms, VNC 10 ms between key events, RDP none) and unpaced, one after the
 other, and waits (bounded) until every byte arrived or nothing more arrives. Reported per
 console, medians of ``--runs``: characters per second from the start of typing to the
 last byte's arrival, and how many of the characters arrived in place (the longest
@@ -24,9 +30,9 @@ matching blocks; exact means byte for byte). Packer's default pacing, 100 ms aft
 every key event (``PACKER_KEY_INTERVAL``), is not typed: its time is computed from the
 text's key-event count (press and release of each key, modifiers included).
 
-Run it from the repository root (as root for ``xrdp``):
+Run it from the repository root (as root for ``xrdp`` and ``con-01``):
 
-    .venv/bin/python -m benchmarks.keys [--runs 3] [--consoles xvnc,qemu,xrdp,shadow] [--json]
+    .venv/bin/python -m benchmarks.keys [--runs 3] [--consoles xvnc,qemu,xrdp,shadow,con-01] [--json]
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,7 +69,8 @@ PACKER_INTERVAL_S = 0.1
 ARRIVAL_TIMEOUT_S = 60.0  # at 10 ms per event 1 KiB takes about 25 s
 QUIET_S = 2.0  # nothing more arrived for this long: what is lost stays lost
 END = "END-OF-TYPING"
-CONSOLES = ("xvnc", "qemu", "xrdp", "shadow")
+CONSOLES = ("xvnc", "qemu", "xrdp", "shadow", "con-01")
+LAB_CONSOLES = frozenset({"con-01"})
 MODIFIERS = (LEFT_SHIFT, RIGHT_SHIFT, LEFT_CTRL, RIGHT_CTRL, LEFT_ALT, RIGHT_ALT)
 
 
@@ -219,6 +226,67 @@ async def open_rdp(stack: ExitStack, directory: Path, name: str) -> Console:
     return Console(name, ConsoleKind.RDP, console, events, text.encode(), peer.typed.read_bytes, peer.clear)
 
 
+class UsbOnLab:
+    """The usb backend on a lab VM, with the vCenter session it types through; closing
+    ends the shell's ``cat`` and turns echo back on, as the console was found."""
+
+    def __init__(self, console: Any, vcenter: Any) -> None:
+        self.console, self.vcenter = console, vcenter
+
+    async def send(self, events: Sequence[KeyEvent], pace_s: float = 0.0) -> None:
+        """Type ``events``, ``pace_s`` apart."""
+        await self.console.send(events, pace_s)
+
+    async def close(self) -> None:
+        """Ctrl-D to ``cat``, ``stty echo``, log out of vCenter."""
+        from beachhead.plugins.keyboard import hold
+
+        us, pace_s = load_layout("us"), DEFAULT_PACE_MS[ConsoleKind.USB] / 1000
+        try:
+            end_cat = hold([LEFT_CTRL], us.events_for_text("d"))
+            await self.console.send([*end_cat, *us.events_for_text("stty echo\n")], pace_s)
+        finally:
+            await self.vcenter.close()
+
+
+async def open_con01(lab: dict[str, Any]) -> Console:
+    """The lab's con-01 through PutUsbScanCodes, its shell copying lines to the serial port."""
+    from beachhead.agent.secrets import Secret
+    from beachhead.agent.vsphere.connection import VCenter, VCenterAddress
+    from beachhead.plugins.keys_usb import UsbConsole
+    from tests.console.vnc_typing import mixed_text
+
+    entry = next(vm for vm in lab["vms"] if vm["name"] == "con-01")
+    serial_log = Path(entry["serial_log"])
+
+    def serial() -> bytes:
+        return serial_log.read_bytes().replace(b"\r\n", b"\n") if serial_log.exists() else b""
+
+    await wait_for(lambda: b"beachhead-console: ready" in serial(), 120, "con-01's boot")
+    info = lab["vcenter"]
+    address = VCenterAddress("127.0.0.1", 443, info["username"], ca_file=Path(info["ca_file"]))
+    vcenter = await VCenter(address, Secret(info["password"])).open()
+    backend = UsbOnLab(UsbConsole(vcenter, await vcenter.find_vm("con-01"), "con-01"), vcenter)
+    us = load_layout("us")
+    pace_s = DEFAULT_PACE_MS[ConsoleKind.USB] / 1000
+    await asyncio.sleep(2)  # the shell starts on tty1 a moment after the ready line
+    await backend.send(us.events_for_text("\nstty -echo; cat > /dev/ttyS0\n"), pace_s)
+    events, expected = mixed_text(control_keys=False, seed=21)
+    offset = [0]
+
+    def reset() -> None:
+        offset[0] = len(serial())
+
+    def received() -> bytes:
+        text = serial()[offset[0] :]
+        head, marker, _ = text.partition(f"\n{END}".encode())
+        return head if marker else text.removesuffix(b"\n")
+
+    return Console(
+        "con-01", ConsoleKind.USB, backend, events, expected, received, reset, us.events_for_text(f"\n{END}\n")
+    )
+
+
 async def wait_for(condition: Callable[[], object], limit_s: float, what: str) -> None:
     """Wait, bounded, until ``condition()`` holds."""
     deadline = time.monotonic() + limit_s
@@ -231,7 +299,7 @@ async def wait_for(condition: Callable[[], object], limit_s: float, what: str) -
 # -- measuring and reporting -------------------------------------------------------------
 
 
-async def measure(name: str, runs: int, scratch: Path) -> dict[str, Any]:
+async def measure(name: str, runs: int, scratch: Path, lab: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start console ``name``, type the text ``runs`` times at each pace, summarise."""
     with ExitStack() as stack:
         directory = scratch / name
@@ -240,6 +308,9 @@ async def measure(name: str, runs: int, scratch: Path) -> dict[str, Any]:
             console = await open_xvnc(stack, directory)
         elif name == "qemu":
             console = await open_qemu(stack, directory)
+        elif name == "con-01":
+            assert lab is not None
+            console = await open_con01(lab)
         else:
             console = await open_rdp(stack, directory, name)
         try:
@@ -304,6 +375,23 @@ def print_table(document: dict[str, Any]) -> None:
         )
 
 
+@contextmanager
+def running_lab() -> Iterator[dict[str, Any]]:
+    """Hold the lab lock; bring the default lab up unless one runs; down again after if
+    this started it. Yields the lab's description (``lab status --json``)."""
+    from beachhead.bootstrap.lab.config import load_config
+    from beachhead.bootstrap.lab.lab import down, up
+    from beachhead.bootstrap.lab.lock import lab_lock
+
+    with lab_lock():
+        state, started = up(load_config(None), progress=lambda message: print(f"lab: {message}", file=sys.stderr))
+        try:
+            yield state.public()
+        finally:
+            if started:
+                down()
+
+
 def main() -> int:
     """Parse options, start each console, measure, report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -319,13 +407,17 @@ def main() -> int:
     if options.runs < 1:
         parser.error("--runs: at least 1")
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="beachhead-bench-keys-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="beachhead-bench-keys-") as scratch, ExitStack() as lab_stack:
+        lab: dict[str, Any] | None = None
         for name in names:
-            if name == "xrdp" and os.geteuid() != 0:
-                rows.append({"console": name, "unavailable": "needs root (its session mounts account files)"})
+            if name in ("xrdp", *LAB_CONSOLES) and os.geteuid() != 0:
+                why = "its session mounts account files" if name == "xrdp" else "the vSphere lab"
+                rows.append({"console": name, "unavailable": f"needs root ({why})"})
                 continue
             try:
-                rows.append(asyncio.run(measure(name, options.runs, Path(scratch))))
+                if name in LAB_CONSOLES and lab is None:
+                    lab = lab_stack.enter_context(running_lab())
+                rows.append(asyncio.run(measure(name, options.runs, Path(scratch), lab)))
             except Exception as exc:  # a console that cannot start is reported, the others still run
                 print(f"{name}: {exc}", file=sys.stderr)
                 rows.append({"console": name, "unavailable": f"failed: {exc}"})

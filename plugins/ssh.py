@@ -5,7 +5,9 @@ command's stdout and stderr are read block by block as they arrive and handed to
 step's output sink, never collected whole. Uploads land in a temporary file beside the
 destination and are renamed into place, so a failed transfer never leaves a
 half-written file. Every transfer is verified: the guest's size and sha256 must match
-the local file's.
+the local file's (a stat over SFTP and ``sha256sum`` in the guest, sent together). The
+upload data in flight is bounded per run (:func:`upload_requests`), so a wide fan-out does
+not hold every file in memory at once.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ if TYPE_CHECKING:
 NAME = "ssh"
 KEEPALIVE_INTERVAL_S = 30
 READ_BLOCK = 256 * 1024  # at most this much of a command's output is read at once
+# SFTP write data in flight at once: asyncssh pipelines up to 4 MiB per upload (16
+# requests of the server's largest write, 256 KiB on OpenSSH), which 1,000 uploads at once
+# hold in memory together. A run's uploads share UPLOAD_BUDGET; each keeps at least two
+# requests in flight (it never waits a round trip per block) and at most asyncssh's count.
+UPLOAD_BUDGET = 256 * 1024 * 1024
+UPLOAD_MIN_REQUESTS = 2
+
 
 INFO = ChannelInfo(
     name=NAME,
@@ -65,6 +74,15 @@ INFO = ChannelInfo(
 )
 
 
+def upload_requests(concurrency: int, block_size: int) -> int:
+    """How many SFTP writes of ``block_size`` bytes one of ``concurrency`` uploads at
+    once keeps in flight: its share of :data:`UPLOAD_BUDGET`, within the bounds above."""
+    block_size = max(1, block_size)
+    asyncssh_default = max(16, min(4 * 1024 * 1024 // block_size, 128))  # what put() picks itself
+    share = UPLOAD_BUDGET // max(1, concurrency) // block_size
+    return max(UPLOAD_MIN_REQUESTS, min(asyncssh_default, share))
+
+
 def _sftp_path(remote: str) -> str:
     # SFTP starts in the login's home directory; "~/x" means "x" there.
     return remote[2:] if remote.startswith("~/") else remote
@@ -75,10 +93,13 @@ class SshSession:
 
     channel = NAME
 
-    def __init__(self, target_name: str, route: SshRoute, connection: asyncssh.SSHClientConnection) -> None:
+    def __init__(
+        self, target_name: str, route: SshRoute, connection: asyncssh.SSHClientConnection, concurrency: int = 1
+    ) -> None:
         self.target_name = target_name
         self.route = route
         self.connection = connection
+        self.concurrency = concurrency  # uploads at once in the run: their share of UPLOAD_BUDGET
         self._sftp: asyncssh.SFTPClient | None = None
         self._sudo_needs_password: bool | None = None
 
@@ -201,12 +222,22 @@ class SshSession:
         path = _sftp_path(remote)
         partial = _sftp_path(partial) if partial else partial_path(path, secrets.token_hex(4))
         expected_sha, size = await file_sha256(local)
+        # The replaced file's mode is asked for alongside the upload (the server answers
+        # it before it opens the temporary file) and only needed once that is written.
+        replaced = asyncio.ensure_future(self.stat(remote)) if mode is None else None
         try:
-            if mode is None:
-                before = await self.stat(remote)
-                mode = before.mode if before.exists else None
             # sparse=False: a sparse copy writes no trailing hole, so the guest file comes out short.
-            await sftp.put(str(local), partial, sparse=False)
+            block = sftp.limits.max_write_len
+            await sftp.put(
+                str(local),
+                partial,
+                sparse=False,
+                block_size=block,
+                max_requests=upload_requests(self.concurrency, block),
+            )
+            if replaced is not None:
+                before = await replaced
+                mode = before.mode if before.exists else None
             if mode is not None:
                 await sftp.chmod(partial, mode)
             await sftp.posix_rename(partial, path)
@@ -215,6 +246,12 @@ class SshSession:
             raise self._refused(f"upload to {remote}", exc) from exc
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from exc
+        except StepFailed:  # the stat was refused: nothing is replaced yet
+            await self._discard(partial)
+            raise
+        finally:
+            if replaced is not None:
+                await _settle(replaced)
         return await self._verify(remote, expected_sha, size, mode)
 
     async def _discard(self, path: str) -> None:
@@ -222,12 +259,19 @@ class SshSession:
             await (await self.sftp()).remove(path)
 
     async def _verify(self, remote: str, expected_sha: str, size: int, mode: int | None) -> FileInfo:
-        written = await self.stat(remote)
-        if not written.exists or written.size != size:
-            raise VerificationFailed(f"upload to {remote}", f"size in guest {written.size}, expected {size}")
-        if mode is not None and written.mode != mode:
-            raise VerificationFailed(f"upload to {remote}", f"mode in guest {written.mode:o}, expected {mode:o}")
-        actual = await self._remote_sha256(remote) or await self._sha256_by_reading(remote)
+        # The stat (SFTP) and the guest's sha256sum (a command) both read the file in
+        # place, so they go out together: one round trip instead of two.
+        hashing = asyncio.ensure_future(self._remote_sha256(remote))
+        try:
+            written = await self.stat(remote)
+            if not written.exists or written.size != size:
+                raise VerificationFailed(f"upload to {remote}", f"size in guest {written.size}, expected {size}")
+            if mode is not None and written.mode != mode:
+                raise VerificationFailed(f"upload to {remote}", f"mode in guest {written.mode:o}, expected {mode:o}")
+            remote_sha = await hashing
+        finally:
+            await _settle(hashing)
+        actual = remote_sha or await self._sha256_by_reading(remote)
         if actual != expected_sha:
             raise VerificationFailed(f"upload to {remote}", f"sha256 in guest {actual}, expected {expected_sha}")
         return FileInfo(remote, size, actual, written.mode)
@@ -326,6 +370,15 @@ class SshSession:
             await asyncio.wait_for(self.connection.wait_closed(), timeout=5)
 
 
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` if it still runs and wait for it to end. Its result or error is
+    left alone: what needed it either took it already or failed before it could."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # marks it retrieved (no "exception was never retrieved" at exit)
+
+
 async def _pump(reader: asyncssh.SSHReader[bytes], capture: StreamCapture) -> None:
     while block := await reader.read(READ_BLOCK):
         capture.write(block)
@@ -353,9 +406,12 @@ def _endpoint(host: str, port: int) -> str:
 async def _known_hosts(target: TargetContext, route: SshRoute) -> Any:
     """What asyncssh checks the server's host key against: the route's known_hosts
     file (asyncssh's default, ~/.ssh/known_hosts, when it names none), nothing when
-    told to ignore, or the keys read from the guest through guest operations."""
+    told to ignore, the keys read from the guest through guest operations, or those the
+    guest printed to its file-backed serial port, read through vCenter."""
     if route.host_keys is HostKeyPolicy.IGNORE:
         return None
+    if route.host_keys is HostKeyPolicy.SERIAL:
+        return ([asyncssh.import_public_key(key) for key in await _serial_host_keys(target)], [], [])
     if route.host_keys is HostKeyPolicy.VSPHERE:
         from beachhead.plugins.guestops_session import guest_ssh_host_keys
 
@@ -366,6 +422,26 @@ async def _known_hosts(target: TargetContext, route: SshRoute) -> Any:
             )
         return ([asyncssh.import_public_key(key) for key in keys], [], [])
     return str(route.known_hosts) if route.known_hosts is not None else ()
+
+
+async def _serial_host_keys(target: TargetContext) -> list[str]:
+    """The SSH host keys the guest printed to its VM's file-backed serial ports; the
+    channel is unavailable (retryable: the guest may print one yet) when none is there."""
+    from beachhead.agent.vsphere.serial_port import printed_host_keys, read_serial_ports
+
+    name = target.target.name
+    vcenter, vm = await target.vm()
+    ports = await read_serial_ports(vcenter, vm)
+    if not ports:
+        raise ChannelUnavailable(
+            NAME, name, "known_hosts=serial: the VM has no serial port backed by a datastore file", retryable=False
+        )
+    keys = printed_host_keys("".join(ports.values()))
+    if not keys:
+        raise ChannelUnavailable(
+            NAME, name, f"known_hosts=serial: no SSH host key printed on {', '.join(ports)} yet", retryable=True
+        )
+    return keys
 
 
 async def open_session(target: TargetContext) -> SshSession:
@@ -407,7 +483,10 @@ async def open_session(target: TargetContext) -> SshSession:
     try:
         connection = await asyncssh.connect(host, route.port, **options)
     except asyncssh.HostKeyNotVerifiable as exc:
-        pinned = " (pinned from the guest through VMware Tools)" if route.host_keys is HostKeyPolicy.VSPHERE else ""
+        pinned = {
+            HostKeyPolicy.VSPHERE: " (pinned from the guest through VMware Tools)",
+            HostKeyPolicy.SERIAL: " (pinned from what the guest printed on its serial port)",
+        }.get(route.host_keys, "")
         raise unavailable(f"host key of {endpoint} not verifiable{pinned}: {exc.reason}", False) from None
     except asyncssh.PermissionDenied:
         raise unavailable(f"authentication failed for user {options['username']}", False) from None
@@ -421,7 +500,7 @@ async def open_session(target: TargetContext) -> SshSession:
         raise unavailable(f"cannot reach {endpoint}: {exc.strerror or exc}", True) from None
     except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError) as exc:
         raise unavailable(f"cannot use the private key {route.key_file}: {exc}", False) from None
-    return SshSession(name, route, connection)
+    return SshSession(name, route, connection, target.settings.concurrency)
 
 
 class SshChannel:

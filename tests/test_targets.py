@@ -399,6 +399,14 @@ def test_ssh_uri_cannot_pin_keys_from_vsphere(tmp_path: Path, monkeypatch: pytes
     assert "vsphere://" in caught.value.reason
 
 
+def test_host_keys_from_the_serial_port_need_no_guest_login(vsphere_env: None) -> None:
+    serial = parse_target(VC + "&ssh_user=root&known_hosts=serial")
+    assert serial.ssh is not None and serial.ssh.host_keys is HostKeyPolicy.SERIAL and serial.ssh.known_hosts is None
+    with pytest.raises(InputError) as caught:
+        parse_target("ssh://root@host?known_hosts=serial")
+    assert caught.value.where == "known_hosts" and "vsphere://" in caught.value.reason
+
+
 @pytest.mark.parametrize("uri", ["ssh://host:0", "vsphere://u@vc:0/vm?password_env=VC_PW"])
 def test_port_zero_is_rejected(vsphere_env: None, uri: str) -> None:
     with pytest.raises(InputError) as caught:

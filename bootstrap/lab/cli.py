@@ -47,21 +47,37 @@ def lab() -> None:
     default=None,
     help="Lab YAML (VMs, network, vCenter port) [default: bootstrap/lab/default.yaml].",
 )
+@click.option(
+    "--vms",
+    "fleet",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also bring up this many Linux VMs (fleet-0001, fleet-0002, ...: namespace guests "
+    "with sshd, root login, DHCP addresses after the configured VMs'), beside those of the YAML.",
+)
 @click.option("--http", is_flag=True, help="Serve vCenter over plain http instead of https.")
 @click.option("--json", "json_output", is_flag=True, help="Print the lab as one JSON object.")
-def lab_up(config_path: Path | None, http: bool, json_output: bool) -> None:
+def lab_up(config_path: Path | None, fleet: int, http: bool, json_output: bool) -> None:
     """Start the lab; when it already runs, report it. The first start builds the
-    vCenter launcher (cached afterwards)."""
-    from beachhead.bootstrap.lab.config import load_config
+    vCenter launcher (cached afterwards). `--vms 500` adds a fleet of 500 VMs (about
+    a minute on two cores; see bootstrap/lab/README.md)."""
+    from beachhead.bootstrap.lab.config import load_config, with_fleet
     from beachhead.bootstrap.lab.lab import up
 
     with errors_exit():
-        config = load_config(config_path)
+        config = with_fleet(load_config(config_path), fleet)
         state, started = up(config, http=http, progress=None if json_output else _progress)
     if not started and state.data.get("config") != str(config.source.resolve()):
         click.echo(
             f"beachhead: note: the running lab was started from {state.data.get('config')}; "
             f"run `beachhead lab down` first to start it from {config.source}",
+            err=True,
+        )
+    elif not started and len(config.vms) != sum(not vm.get("clone_of") for vm in state.data["vms"]):
+        click.echo(
+            f"beachhead: note: the running lab has {sum(not vm.get('clone_of') for vm in state.data['vms'])} VMs, "
+            f"not {len(config.vms)}; run `beachhead lab down` first to start it with --vms {fleet}",
             err=True,
         )
     _print(state.public(), json_output, "lab started" if started else "lab already running")

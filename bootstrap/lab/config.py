@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 OS_FAMILIES = ("linux", "windows")
 CONSOLES = ("pty", "qemu")  # a shell on a pseudo-terminal in the guest; a QEMU machine (qemu_vm.py)
 VM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")  # also a namespace and a host name
+DEFAULT_SUBNET = "10.213.0.0/22"  # guests from .0.11 on: room for the configured VMs plus a fleet of 1000
+FLEET_PREFIX = "fleet-"
 _GUEST_ID = re.compile(r"^[A-Za-z0-9_]+Guest$")
 _USERNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,63}$")
 _BRIDGE = re.compile(r"^[a-z][a-z0-9]{0,14}$")
@@ -53,7 +55,7 @@ class LabConfig:
     username: str = "administrator@vsphere.local"
     password: str | None = None
     bridge: str = "bhlab0"
-    subnet: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network("10.213.0.0/24"))
+    subnet: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network(DEFAULT_SUBNET))
     boot_delay_s: float = 2.0
     vms: tuple[VmSpec, ...] = ()
 
@@ -112,6 +114,37 @@ class _Reader:
         return value
 
 
+def capacity(subnet: ipaddress.IPv4Network) -> int:
+    """How many VMs have an address in ``subnet``: .11 up to the last before the broadcast."""
+    return subnet.num_addresses - 12
+
+
+def with_fleet(config: LabConfig, count: int) -> LabConfig:
+    """``config`` plus ``count`` Linux VMs named ``fleet-0001``, ``fleet-0002``, ... after
+    the configured ones (so their addresses follow theirs), with root logins sharing one
+    generated password. Refuses, naming the largest
+    fleet that fits, when they do not fit in the subnet or a configured VM has one of
+    their names."""
+    if count < 0:
+        raise InputError("--vms", None, f"{count}: must be 0 or more")
+    room = capacity(config.subnet) - len(config.vms)
+    if count > room:
+        raise InputError(
+            "--vms",
+            None,
+            f"{len(config.vms)} configured VMs and {count} more do not fit in {config.subnet} "
+            f"(at most {max(room, 0)} more); give network.subnet a wider one in the lab YAML",
+        )
+    password = generated_password()  # one for the whole fleet, hashed once
+    fleet = tuple(
+        VmSpec(f"{FLEET_PREFIX}{n:04d}", "debian12_64Guest", "linux", "root", password) for n in range(1, count + 1)
+    )
+    taken = {vm.name for vm in config.vms} & {vm.name for vm in fleet}
+    if taken:
+        raise InputError("--vms", None, f"the lab YAML already has a VM named {sorted(taken)[0]}")
+    return replace(config, vms=config.vms + fleet)
+
+
 def load_config(path: Path | None = None) -> LabConfig:
     """Read and validate a lab file (the shipped default when ``path`` is None)."""
     source = path or DEFAULT_CONFIG
@@ -131,7 +164,7 @@ def load_config(path: Path | None = None) -> LabConfig:
     network = _Reader(source, top.mapping.get("network", LineDict()), "network")
     network.check_keys({"bridge", "subnet"})
     try:
-        subnet = ipaddress.IPv4Network(network.text("subnet", "10.213.0.0/24"))
+        subnet = ipaddress.IPv4Network(network.text("subnet", DEFAULT_SUBNET))
     except ValueError as exc:
         raise network.bad("subnet", f"not an IPv4 network: {exc}") from None
     if not subnet.is_private or subnet.prefixlen > 26:
@@ -140,7 +173,7 @@ def load_config(path: Path | None = None) -> LabConfig:
     vms_data = top.mapping.get("vms")
     if not isinstance(vms_data, list) or not vms_data:
         raise top.bad("vms", "must be a non-empty list of VMs")
-    if len(vms_data) > subnet.num_addresses - 12:
+    if len(vms_data) > capacity(subnet):
         raise top.bad("vms", f"{len(vms_data)} VMs do not fit in {subnet}")
     vms: list[VmSpec] = []
     for index, entry in enumerate(vms_data, start=1):

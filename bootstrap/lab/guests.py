@@ -15,6 +15,7 @@ configuration and hooks, see :mod:`beachhead.bootstrap.lab.dhcp`).
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -23,8 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from beachhead.bootstrap.lab.system import NETNS_DIR, LabError
-from beachhead.bootstrap.local_sshd import ensure_privsep_dir, keygen, password_hash, sudoers
+from beachhead.bootstrap.local_sshd import ensure_privsep_dir, password_hash, sudoers
 
 PRIVATE_DIRS = ("tmp", "root", "home", "var/tmp")
 # Host directories a guest sees through an overlay with an upper layer of its own (the
@@ -143,7 +147,7 @@ def _write_identity(layout: GuestLayout, hostname: str, ip: str) -> None:
     ensure_privsep_dir()  # guests share the host's /run
     host_key = layout.ssh_host_key
     if not host_key.exists():
-        keygen(host_key, f"root@{hostname}")
+        _host_keygen(host_key, f"root@{hostname}")
     layout.sshd_config.write_text(
         "\n".join(
             [
@@ -162,6 +166,25 @@ def _write_identity(layout: GuestLayout, hostname: str, ip: str) -> None:
             ]
         )
     )
+
+
+def _host_keygen(path: Path, comment: str) -> None:
+    """An ed25519 host key pair at ``path`` (0600) and ``path.pub``, as ``ssh-keygen``
+    writes them, made in this process (``up --vms 500`` makes 500)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+        file.write(private)
+    Path(f"{path}.pub").write_text(f"{public.decode()} {comment}\n")
+
+
+@functools.lru_cache(maxsize=64)
+def _password_hash(password: str) -> str:
+    """:func:`password_hash`, once per password (a fleet's VMs share theirs)."""
+    return password_hash(password)
 
 
 def login_uid(layout: GuestLayout, username: str) -> int:
@@ -190,7 +213,7 @@ def _write_accounts(root: Path, username: str, password: str) -> int:
         os.chown(home, uid, uid)
         accounts.append(f"{username}:x:{uid}:{uid}::/home/{username}:/bin/bash")
         groups.append(f"{username}:x:{uid}:")
-    hashed = password_hash(password)
+    hashed = _password_hash(password)
     shadow_lines = []
     for line in accounts:
         name = line.split(":")[0]

@@ -8,6 +8,7 @@ records everything ``down`` has to undo.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -31,6 +32,7 @@ from beachhead.bootstrap.lab.windows import firstboot
 from beachhead.bootstrap.lab.windows.wsman import labsetup as wsman_files
 
 READY_TIMEOUT_S = 45.0
+GUEST_WORKERS = 8  # guests set up at once by `up` (each mostly waits on ip, ssh-keygen, openssl)
 Progress = Callable[[str], None]
 LAUNCHER_MARKER = "launcher-"
 DEFAULT_BRIDGE = LabConfig.bridge
@@ -140,6 +142,26 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
     if any(vm.console == "qemu" for vm in config.vms):
         say("console VM: Debian's kernel and the busybox initramfs (cached after the first time)")
         image = qemu_vm.console_image()
+    guest_indices = [index for index, vm in enumerate(config.vms) if vm.console != "qemu"]
+    started: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    def start_guest(index: int) -> None:
+        public, launcher_entry, client = _start_guest(config, index, config.vms[index], directory, state)
+        pid = dhcp.start_dhclient(client)
+        state.data["dhclients"].append(pid)
+        clients[pid] = client
+        started[index] = public, launcher_entry
+
+    for index in guest_indices[:1]:  # alone: the first `ip netns add` sets up /run/netns
+        say(f"guest {config.vms[index].name}: network namespace, files, accounts, DHCP client")
+        start_guest(index)
+    if rest := guest_indices[1:]:
+        names = [config.vms[index].name for index in rest]
+        say(
+            f"{len(rest)} more guests ({', '.join(names) if len(names) < 6 else names[0] + ' … ' + names[-1]}), "
+            f"{GUEST_WORKERS} at a time: network namespaces, files, accounts, DHCP clients"
+        )
+        _in_parallel(start_guest, rest)
     for index, vm in enumerate(config.vms):
         if vm.console == "qemu":
             assert image is not None
@@ -148,16 +170,10 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
             public, launcher_entry = qemu_vm.prepare(
                 vm.name, vm.guest_id, str(config.guest_ip(index)), _mac(index), index, config.bridge, directory, image
             )
-            vms.append(public)
-            runtime_vms.append(launcher_entry)
-            continue
-        say(f"guest {vm.name}: network namespace, files, accounts, DHCP client")
-        public, launcher_entry, client = _start_guest(config, index, vm, directory, state)
+        else:
+            public, launcher_entry = started[index]
         vms.append(public)
         runtime_vms.append(launcher_entry)
-        pid = dhcp.start_dhclient(client)
-        state.data["dhclients"].append(pid)
-        clients[pid] = client
     say(f"waiting for {len(clients)} guests to get their addresses by DHCP")
     dhcp.wait_for_leases(clients, network)
     password = config.password or generated_password()
@@ -189,11 +205,28 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
             "username": config.username,
             "password": password,
             "ca_file": None if http else str(certificate.ca_file),
+            # SOAP requests served so far, by method (launcher/stats.go)
+            "stats_url": f"{scheme}://{listen}/lab/stats",
         },
         vms=[{**vm, "moref": ready["vms"][vm["name"]]} for vm in vms],
         config=str(config.source.resolve()),
     )
     state.save()
+
+
+def _in_parallel(work: Callable[[int], None], items: list[int]) -> None:
+    """Run ``work`` on each item, :data:`GUEST_WORKERS` at a time (it mostly waits for
+    the commands it runs); the first failure cancels what has not started and is
+    raised once the running ones end."""
+    with concurrent.futures.ThreadPoolExecutor(GUEST_WORKERS, thread_name_prefix="lab-guest") as pool:
+        futures = [pool.submit(work, item) for item in items]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _start_network(config: LabConfig, network: dhcp.LabNetwork, state: LabState, say: Progress) -> None:
@@ -359,13 +392,11 @@ def down() -> list[str]:
         system.stop_process(data["launcher_pid"], LAUNCHER_MARKER)
         removed.append(f"vCenter launcher (pid {data['launcher_pid']})")
     removed += qemu_vm.stop_leftovers(lab_dir() / "guests")  # a crashed launcher's console VMs
-    for pid in data.get("dhclients", []):
-        system.stop_process(pid, dhcp.DHCLIENT_MARKER, timeout=2)
-    for pid in data.get("holders", []):
-        system.stop_process(pid, guests.HOLDER_MARKER, timeout=2)
-    for netns in sorted(set(data.get("namespaces", [])) | set(system.lab_namespaces())):
-        system.delete_namespace(netns)
-        removed.append(f"namespace {netns}")
+    _stop_all(data.get("dhclients", []), dhcp.DHCLIENT_MARKER)
+    _stop_all(data.get("holders", []), guests.HOLDER_MARKER)
+    namespaces = sorted(set(data.get("namespaces", [])) | set(system.lab_namespaces()))
+    _in_parallel(lambda index: system.delete_namespace(namespaces[index]), list(range(len(namespaces))))
+    removed += [f"namespace {netns}" for netns in namespaces]
     for name in data.get("host_interfaces", []):
         if system.link_exists(name):
             system.delete_link(name)
@@ -385,6 +416,21 @@ def down() -> list[str]:
             if child.name != "pki":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     return removed
+
+
+def _stop_all(pids: list[int], marker: str, timeout: float = 2) -> None:
+    """:func:`system.stop_process` for many processes at once: SIGTERM to all, then
+    SIGKILL to those alive ``timeout`` seconds later."""
+    running = [pid for pid in pids if system.alive(pid, marker)]
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while (running := [pid for pid in running if system.alive(pid, marker)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _stop_dnsmasq(recorded: int | None) -> list[str]:

@@ -30,6 +30,23 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def run_batch(netns: str, commands: list[str]) -> None:
+    """Run ``ip`` commands (``link set lo up``) in namespace ``netns`` in one ``ip -batch``;
+    a failure raises :class:`LabError` with its stderr."""
+    try:
+        result = subprocess.run(
+            ["ip", "-n", netns, "-batch", "-"],
+            input="\n".join(commands) + "\n",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise LabError("ip is not installed (run bootstrap/install.sh)") from None
+    if result.returncode != 0:
+        raise LabError(f"ip -n {netns} -batch ({'; '.join(commands)}): {result.stderr.strip()}")
+
+
 def link_exists(name: str) -> bool:
     """Whether a network interface ``name`` exists on the host."""
     return Path("/sys/class/net", name).exists()
@@ -67,12 +84,10 @@ def make_guest_network(netns: str, host_if: str, bridge: str, mac: str) -> None:
         run("ip", "netns", "add", netns)
     if link_exists(host_if):
         run("ip", "link", "del", host_if)
-    run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
-    run("ip", "link", "set", host_if, "master", bridge, "up")
-    inside = ("ip", "-n", netns)
-    run(*inside, "link", "set", "lo", "up")
-    run(*inside, "link", "set", "eth0", "address", mac)
-    run(*inside, "link", "set", "eth0", "up")
+    # Three commands, not one per setting: `up --vms 500` runs this 500 times.
+    peer = ("peer", "name", "eth0", "address", mac, "netns", netns)
+    run("ip", "link", "add", host_if, "master", bridge, "up", "type", "veth", *peer)
+    run_batch(netns, ["link set lo up", "link set eth0 up"])
 
 
 def namespace_pids(netns: str) -> list[int]:

@@ -30,6 +30,7 @@ def shadow_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RdpPeer]:
 
 
 # -- VNC peers (tests/console/vnc_peers.py) ---------------------------------------------
+from tests.conftest import wait_until  # noqa: E402
 from tests.console.vnc_peers import QemuPeer, XvncPeer, start_qemu, start_xvnc  # noqa: E402
 
 
@@ -41,9 +42,22 @@ def xvnc_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XvncPeer]:
     peer.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def qemu_vnc_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuPeer]:
-    """QEMU's VNC server (with a password) in front of the lab's console VM, booted."""
+    """QEMU's VNC server (with a password) in front of the lab's console VM, booted.
+    One boot for every module that types into it (test_vnc_qemu, test_screen_wait): each
+    test leaves the guest's shell at its prompt, echo on."""
     peer = start_qemu(tmp_path_factory.mktemp("qemu-vnc"))
     yield peer
     peer.stop()
+
+
+@pytest.fixture(scope="session")
+def booted(qemu_vnc_peer: QemuPeer) -> QemuPeer:
+    """The console VM with its shell up (it writes its ready line to the serial port)."""
+    wait_until(
+        lambda: "beachhead-console: ready" in qemu_vnc_peer.serial.read_bytes().decode("utf-8", "replace"),
+        60,
+        "the console VM's boot",
+    )
+    return qemu_vnc_peer

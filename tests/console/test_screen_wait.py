@@ -16,7 +16,6 @@ from beachhead.plugins.steps.type import Typist
 from beachhead.plugins.vnc_console import VncConsole
 from tests.console.rdp_peers import RdpPeer
 from tests.console.test_rdp_console import open_ready
-from tests.console.test_vnc_qemu import booted  # noqa: F401  (the module's booted console VM)
 from tests.console.vnc_peers import HOST, QemuPeer, XvncPeer
 
 
@@ -66,7 +65,7 @@ async def test_vnc_xterm_wait_for_and_timeout(xvnc_peer: XvncPeer) -> None:
         xterm.wait(timeout=10)
 
 
-async def test_qemu_vnc_wait_for_and_verify_retypes(booted: QemuPeer) -> None:  # noqa: F811
+async def test_qemu_vnc_wait_for_and_verify_retypes(booted: QemuPeer) -> None:
     console = await VncConsole.open(HOST, booted.port, booted.password, timeout_s=20)
     try:
         line, result = _sum_line()
@@ -76,7 +75,7 @@ async def test_qemu_vnc_wait_for_and_verify_retypes(booted: QemuPeer) -> None:  
         # Unpaced, QEMU's input queue drops keys (console-facts.md): verify sees the
         # line garbled, erases it and retypes it slower before Enter.
         line, result = _sum_line()
-        padding = " ".join(["true"] * 30)  # three rows: enough keys that some drop
+        padding = " ".join(["true"] * 6)  # 50 keys at once: some drop (QEMU's queue holds 16 bytes)
         typist = await _perform(console, f'{padding}; {line}<enter><waitFor "{result}" 30s>', verify=True)
         assert typist.retyped >= 1
     finally:

@@ -1,7 +1,7 @@
 """The vnc keys backend against QEMU's own VNC server in front of the lab's console VM
-(one boot for the module): the handshake with a password, the extended key event
-acknowledgement, the framebuffer after the guest's mode change, and 1 KiB typed into its
-shell, read back from its serial port."""
+(one boot for the session: ``booted``, tests/console/conftest.py): the handshake with a
+password, the extended key event acknowledgement, the framebuffer after the guest's mode
+change, and 1 KiB typed into its shell, read back from its serial port."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from beachhead.plugins.keyboard import LEFT_CTRL, hold, load_layout
 from beachhead.plugins.screen_text import wait_for_text
 from beachhead.plugins.vnc_client import ENCODING_ZLIB, RfbClient
 from beachhead.plugins.vnc_console import VncConsole
-from tests.conftest import await_until, wait_until
+from tests.conftest import await_until
 from tests.console.vnc_peers import HOST, QemuPeer, start_qemu
 from tests.console.vnc_typing import mixed_text
 
@@ -34,13 +34,6 @@ async def _serial_after(peer: QemuPeer, offset: int, marker: str) -> str:
 
 def _serial(peer: QemuPeer) -> str:
     return peer.serial.read_bytes().decode("utf-8", "replace").replace("\r\n", "\n")
-
-
-@pytest.fixture(scope="module")
-def booted(qemu_vnc_peer: QemuPeer) -> QemuPeer:
-    """The console VM with its shell up (it writes its ready line to the serial port)."""
-    wait_until(lambda: "beachhead-console: ready" in _serial(qemu_vnc_peer), 60, "the console VM's boot")
-    return qemu_vnc_peer
 
 
 async def test_handshake_extended_keys_and_framebuffer(booted: QemuPeer) -> None:
@@ -77,6 +70,7 @@ async def test_1kib_typed_into_the_guest(booted: QemuPeer, extended_keys: bool) 
         await console.send(us.events_for_text(f"\n{END}\n"), pace_s=PACE_S)
         arrived = await _serial_after(booted, offset, END)
         await console.send(hold([LEFT_CTRL], us.events_for_text("d")), pace_s=PACE_S)  # cat ends: the shell again
+        await console.send(us.events_for_text("stty echo\n"), pace_s=PACE_S)  # as the next test expects it
     finally:
         await console.close()
     got = arrived.partition(f"\n{END}")[0]

@@ -19,6 +19,7 @@ import pytest
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 
+from beachhead.bootstrap.lab.lab import status as lab_status
 from beachhead.bootstrap.lab.lock import lab_lock
 from tests.conftest import beachhead
 from tests.metadata.conftest import MetadataServer, free_port
@@ -62,10 +63,13 @@ def lab_session(lab_config: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def lab(lab_session: Path) -> dict[str, Any]:
-    """The running lab's description (``beachhead lab status --json``)."""
-    status = beachhead("lab", "status", "--json")
-    assert status.returncode == 0, status.stderr
-    description: dict[str, Any] = json.loads(status.stdout)
+    """The running lab's description, what ``beachhead lab status --json`` prints: read
+    fresh for each test (a clone or an ``up`` changes it) through the function behind that
+    command, in this process, as a CLI start per lab test cost more than many of the tests
+    (test_vcenter checks that the command prints the same)."""
+    state = lab_status()
+    assert state is not None, "the lab is not running (beachhead lab up)"
+    description: dict[str, Any] = json.loads(json.dumps(state.public()))
     return description
 
 

@@ -1,7 +1,9 @@
 """The console recipe on the lab: con-01 (no network, no tools, no login) gets its
 address and dropbear from ``linux/console-ssh`` typed over usb (PutUsbScanCodes); the
-plan waits for port 22 and finishes over ssh, the host key pinned from the ready line
-con-01 wrote to its serial console. Every channel decision is in the run's result."""
+plan waits for port 22 and finishes over ssh. The host key is pinned by Beachhead
+(``known_hosts=serial``): the recipe prints it on con-01's serial port, a VM serial
+port backed by a file on the datastore, which Beachhead reads through vCenter's
+datastore file access. Every channel decision is in the run's result."""
 
 from __future__ import annotations
 
@@ -12,18 +14,18 @@ from typing import Any
 
 import asyncssh
 import yaml
+from pyVmomi import vim
 
 from tests.conftest import beachhead
+from tests.lab.conftest import Vc
 from tests.lab.test_keys_usb import _console_ready, _console_vm_uri
 
 
-def _host_key(serial_log: Path) -> str:
-    """The ``ssh-ed25519 KEY`` of con-01's ready line (its last boot's)."""
-    from beachhead.bootstrap.lab.qemu_vm import READY_LINE
-
-    line = [row for row in serial_log.read_text(errors="replace").splitlines() if row.startswith(READY_LINE)][-1]
-    _name, algorithm, key = line[len(READY_LINE) :].split()[:3]
-    return f"{algorithm} {key}"
+def test_con01_has_a_serial_port_backed_by_a_datastore_file(vc: Vc) -> None:
+    vm = vc.vm("con-01")
+    [port] = [device for device in vm.config.hardware.device if isinstance(device, vim.vm.device.VirtualSerialPort)]
+    assert isinstance(port.backing, vim.vm.device.VirtualSerialPort.FileBackingInfo)
+    assert port.backing.fileName == f"{vm.config.files.logDirectory.rstrip('/')}/serial.log"
 
 
 def test_recipe_moves_a_console_only_vm_to_ssh(
@@ -33,7 +35,6 @@ def test_recipe_moves_a_console_only_vm_to_ssh(
     serial_log = _console_ready(lab, "con-01")
     key = asyncssh.generate_private_key("ssh-ed25519")
     key.write_private_key(str(tmp_path / "id"))
-    (tmp_path / "known_hosts").write_text(f"{guest['ip']} {_host_key(serial_log)}\n")
     (tmp_path / "app.conf").write_text("recipe\n")
     plan = tmp_path / "plan.yaml"
     steps = [
@@ -42,25 +43,20 @@ def test_recipe_moves_a_console_only_vm_to_ssh(
         {"wait": {"port": 22, "timeout": 60}},
         {"upload": {"src": "app.conf", "dest": "/root/app.conf"}},
         {"run": "cat /root/app.conf; ip -4 -o address show eth0"},
+        # Another host key, printed nowhere: the next run must refuse it. The listening
+        # dropbear (this session's parent's parent) ends; this session lives on.
+        {
+            "run": "kill $(cut -d' ' -f4 /proc/$PPID/stat) && dropbearkey -t ed25519 -f /tmp/other_key >/dev/null"
+            " && dropbear -s -r /tmp/other_key </dev/null >/dev/null 2>&1"
+        },
     ]
     plan.write_text(yaml.safe_dump({"name": "console-recipe", "steps": steps}, sort_keys=False))
-    uri = (
-        _console_vm_uri(vsphere_uri, "con-01")
-        + "&"
-        + "&".join(
-            f"{k}={v}"
-            for k, v in {
-                "address": guest["ip"],
-                "ssh_user": "root",
-                "ssh_key": tmp_path / "id",
-                "known_hosts": tmp_path / "known_hosts",
-            }.items()
-        )
-    )
+    parameters = {"address": guest["ip"], "ssh_user": "root", "ssh_key": tmp_path / "id", "known_hosts": "serial"}
+    uri = _console_vm_uri(vsphere_uri, "con-01") + "&" + "&".join(f"{k}={v}" for k, v in parameters.items())
     done = beachhead("run", str(plan), "--target", uri, "--json", timeout=300)
     assert done.returncode == 0, done.stdout + serial_log.read_text(errors="replace")[-3000:]
     result = json.loads(done.stdout)
-    _, typed, _, upload, run = result["steps"]
+    _, typed, _, upload, run, _ = result["steps"]
     assert typed["channel"] == "keys"
     assert typed["channels_tried"] == [{"channel": "keys", "result": "used"}]
     # No tools: guest operations are passed over, with their reason, in favour of ssh.
@@ -70,11 +66,21 @@ def test_recipe_moves_a_console_only_vm_to_ssh(
     assert all(t.get("reason") for t in upload["channels_tried"][:-1])
     assert run["channel"] == "ssh" and run["stdout"].startswith("recipe\n")
     assert f"inet {guest['ip']}/24" in run["stdout"]
-    # Pinned, not trusted on first use: another key in known_hosts is refused.
-    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
-    (tmp_path / "known_hosts").write_text(f"{guest['ip']} {other}\n")
+    # Pinned from the serial port, not trusted on first use: the new key is refused.
     plan.write_text(yaml.safe_dump({"name": "pinned", "steps": [{"run": "true"}]}))
     refused = beachhead("run", str(plan), "--target", uri, "--json", timeout=120)
     assert refused.returncode != 0
     [tried] = [t for t in json.loads(refused.stdout)["steps"][0]["channels_tried"] if t["channel"] == "ssh"]
-    assert tried["result"] == "failed" and "host key" in tried["reason"], tried
+    assert tried["result"] == "failed" and "host key" in tried["reason"] and "serial port" in tried["reason"], tried
+
+
+def test_serial_host_keys_need_a_file_backed_serial_port(tmp_path: Path, vsphere_uri: Callable[..., str]) -> None:
+    """lin-01 has no serial port: ssh is passed over with the reason, guest operations run the step."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"name": "no-serial", "steps": [{"run": "true"}]}))
+    done = beachhead("run", str(plan), "--target", vsphere_uri("lin-01", known_hosts="serial"), "--json", timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    [step] = json.loads(done.stdout)["steps"]
+    assert step["channel"] == "guestops"
+    [ssh] = [t for t in step["channels_tried"] if t["channel"] == "ssh"]
+    assert "no serial port backed by a datastore file" in ssh["reason"], ssh

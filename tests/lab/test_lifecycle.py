@@ -13,6 +13,7 @@ import pytest
 from pyVmomi import vim
 
 from beachhead.bootstrap.lab.lab import lab_dir
+from beachhead.bootstrap.lab.lock import LOCK_FILE
 from tests.conftest import beachhead
 from tests.lab.conftest import Vc, wait_for
 
@@ -30,7 +31,8 @@ def _leftovers() -> list[str]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "beachhead-lab" in cmdline or "/lab/launcher-" in cmdline or _lab_dhcp(cmdline):
+        # Not a process waiting for the lab's lock (another session's `flock`): it is no part of the lab.
+        if "beachhead-lab" in cmdline.replace(str(LOCK_FILE), "") or "/lab/launcher-" in cmdline or _lab_dhcp(cmdline):
             found.append(f"process {pid}: {cmdline.strip()}")
     addresses = subprocess.run(["ip", "-o", "address", "show"], capture_output=True, text=True, check=True).stdout
     found += [f"address {line.split()[3]}" for line in addresses.splitlines() if " 169.254.169.254/32 " in line]
@@ -47,14 +49,15 @@ def test_down_leaves_nothing_behind_and_up_restores(lab_session: Path) -> None:
     assert any("dnsmasq" in item for item in running), "the lab should be running before this test"
     assert "address 169.254.169.254/32" in running
     down = beachhead("lab", "down")
-    assert down.returncode == 0, down.stderr
-    assert "removed namespace bhlab-lin-01" in down.stdout
-    assert _leftovers() == []
-    status = beachhead("lab", "status", "--json")
-    assert status.returncode == 1 and json.loads(status.stdout) == {"running": False}
-    assert beachhead("lab", "down").returncode == 0  # nothing to do is fine
-
-    up = beachhead("lab", "up", "--config", str(lab_session), "--json", timeout=300)
+    try:
+        assert down.returncode == 0, down.stderr
+        assert "removed namespace bhlab-lin-01" in down.stdout
+        assert _leftovers() == []
+        status = beachhead("lab", "status", "--json")
+        assert status.returncode == 1 and json.loads(status.stdout) == {"running": False}
+        assert beachhead("lab", "down").returncode == 0  # nothing to do is fine
+    finally:  # up again whatever failed: the session's later tests need the lab
+        up = beachhead("lab", "up", "--config", str(lab_session), "--json", timeout=300)
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["vms"][0]["name"] == "lin-01"
     again = _leftovers()

@@ -33,6 +33,8 @@ def test_up_json_contract_and_idempotence(lab_config: Path, lab: dict[str, Any])
     assert sorted(vm["os"] for vm in lab["vms"]).count("linux") >= 2
     assert any(vm["os"] == "windows" for vm in lab["vms"])
 
+    status = beachhead("lab", "status", "--json")  # the command prints what the fixture read
+    assert status.returncode == 0 and json.loads(status.stdout) == lab, status.stderr
     again = beachhead("lab", "up", "--config", str(lab_config), "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == lab  # reported, not restarted: same passwords

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import beachhead
-from tests.metadata.conftest import MetadataServer
+from tests.metadata.conftest import DATABASES, MetadataServer, create_database, free_port
 
 Guest = Callable[[str], aiohttp.ClientSession]
 
@@ -24,6 +26,66 @@ Guest = Callable[[str], aiohttp.ClientSession]
 def default_db(store_db: str | None) -> str | None:
     """Every test here runs on each store: SQLite and PostgreSQL."""
     return store_db
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def start_shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], MetadataServer]]:
+    """Starts servers that many parametrized cases share (a server start costs seconds,
+    a case milliseconds), each on a store of its own of the parameter's kind; the cases
+    that use them change nothing stored. Stopped, and their databases dropped, after the
+    module."""
+    postgres = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    started: list[MetadataServer] = []
+    databases: list[str] = []
+
+    def start() -> MetadataServer:
+        db = None
+        if postgres is not None:
+            databases.append(f"test_{os.getpid()}_{next(DATABASES)}")
+            db = create_database(postgres, databases[-1])
+        server = MetadataServer(tmp_path_factory.mktemp("shared-server"), free_port(), db=db).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+    if postgres is not None:
+        import psycopg
+
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:
+            for name in databases:
+                admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def shared_empty(start_shared: Callable[[], MetadataServer]) -> MetadataServer:
+    """A shared server with nothing published."""
+    return start_shared()
+
+
+@pytest.fixture(scope="module")
+def shared_two(start_shared: Callable[[], MetadataServer]) -> MetadataServer:
+    """A shared server with guest i-two published at 127.0.0.2."""
+    server = start_shared()
+    server.publish("i-two", "--ip", "127.0.0.2")
+    return server
+
+
+@pytest.fixture
+def empty_server(shared_empty: MetadataServer) -> Iterator[MetadataServer]:
+    """The shared empty server; no 5xx in its log after the test."""
+    yield shared_empty
+    assert shared_empty.internal_errors() == [], "the server answered a request with a 5xx"
+
+
+@pytest.fixture
+def server_with_two(shared_two: MetadataServer) -> Iterator[MetadataServer]:
+    """The shared server knowing i-two; no 5xx in its log after the test."""
+    yield shared_two
+    assert shared_two.internal_errors() == [], "the server answered a request with a 5xx"
 
 
 async def _admin(
@@ -118,8 +180,9 @@ def _body(**fields: Any) -> dict[str, Any]:
     ],
 )
 async def test_bad_publishes_are_refused_and_store_nothing(
-    server: MetadataServer, guest: Guest, path: str, body: Any, status: int, field: str
+    empty_server: MetadataServer, guest: Guest, path: str, body: Any, status: int, field: str
 ) -> None:
+    server = empty_server
     session = guest("127.0.0.1")
     payload = body if isinstance(body, str) else json.dumps(body)
     got, answer = await _admin(session, server, "PUT", path, data=payload)
@@ -160,8 +223,8 @@ async def test_oversized_bodies_and_address_clashes(server: MetadataServer, gues
         "/latest/meta-data/" + "a/" * 500,
     ],
 )
-async def test_odd_paths_get_a_4xx_and_nothing_else(server: MetadataServer, guest: Guest, path: str) -> None:
-    server.publish("i-two", "--ip", "127.0.0.2")
+async def test_odd_paths_get_a_4xx_and_nothing_else(server_with_two: MetadataServer, guest: Guest, path: str) -> None:
+    server = server_with_two
     async with guest("127.0.0.2").get(server.url + path) as response:
         text = await response.text()
         assert 400 <= response.status < 500, (path, response.status, text)
@@ -178,17 +241,42 @@ def test_cli_bad_input_exits_2_naming_what(server: MetadataServer, tmp_path: Pat
     assert missing.returncode == 2 and str(tmp_path / "absent") in missing.stderr and "--user-data" in missing.stderr
     no_address = publish("--instance", "i", "--user-data", token)
     assert no_address.returncode == 2 and "--ip" in no_address.stderr
-    bad_server = beachhead("metadata", "list", "--server", "ftp://x", "--token-file", token)
-    assert bad_server.returncode == 2 and "--server" in bad_server.stderr
-    bad_listen = beachhead("metadata-server", "--listen", "nowhere", "--admin-token-file", token)
-    assert bad_listen.returncode == 2 and "--listen" in bad_listen.stderr
-    bad_vcenter = beachhead(
-        "metadata-server", "--listen", "127.0.0.1:1", "--admin-token-file", token, "--vcenter", "ssh://x"
-    )
-    assert bad_vcenter.returncode == 2 and "--vcenter" in bad_vcenter.stderr
     refused = publish("--instance", "bad id", "--ip", "127.0.0.2", "--user-data", token)
     assert refused.returncode == 1 and "HTTP 400" in refused.stderr
-    help_text = beachhead("metadata-server", "--help").stdout
+
+
+def test_cli_bad_options_exit_2_naming_the_option(tmp_path: Path) -> None:
+    """Refused before any server or store is reached: once, not once per store."""
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("a-token-of-thirty-two-characters\n")
+    token_file.chmod(0o600)
+    token = str(token_file)
+    bad_runs = [
+        ("--server", ("metadata", "list", "--server", "ftp://x", "--token-file", token)),
+        ("--listen", ("metadata-server", "--listen", "nowhere", "--admin-token-file", token)),
+        (
+            "--vcenter",
+            ("metadata-server", "--listen", "127.0.0.1:1", "--admin-token-file", token, "--vcenter", "ssh://x"),
+        ),
+    ]
+    for option, value in (
+        ("--header-timeout", "0"),
+        ("--header-timeout", "nan"),
+        ("--body-timeout", "inf"),
+        ("--max-connections", "0"),
+        ("--max-connections-per-source", "-1"),
+        ("--error-log-interval", "-5"),
+    ):
+        bad_runs.append(
+            (option, ("metadata-server", "--listen", "127.0.0.1:1", "--admin-token-file", token, option, value))
+        )
+    # Independent CLI starts: run side by side, as each spends most of its time importing.
+    with ThreadPoolExecutor(4) as pool:
+        help_run = pool.submit(beachhead, "metadata-server", "--help")
+        done = list(pool.map(lambda run: beachhead(*run[1]), bad_runs))
+    for (option, args), bad in zip(bad_runs, done, strict=True):
+        assert bad.returncode == 2 and option in bad.stderr, (args, bad.stderr)
+    help_text = help_run.result().stdout
     for option in (
         "--listen",
         "--db",
@@ -204,13 +292,3 @@ def test_cli_bad_input_exits_2_naming_what(server: MetadataServer, tmp_path: Pat
         "--error-log-interval",
     ):
         assert option in help_text
-    for option, value in (
-        ("--header-timeout", "0"),
-        ("--header-timeout", "nan"),
-        ("--body-timeout", "inf"),
-        ("--max-connections", "0"),
-        ("--max-connections-per-source", "-1"),
-        ("--error-log-interval", "-5"),
-    ):
-        bad_limit = beachhead("metadata-server", "--listen", "127.0.0.1:1", "--admin-token-file", token, option, value)
-        assert bad_limit.returncode == 2 and option in bad_limit.stderr, (option, value, bad_limit.stderr)

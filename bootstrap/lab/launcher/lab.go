@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -125,6 +127,11 @@ func (l *lab) createVMs(ctx context.Context, u *url.URL) (map[string]string, err
 				&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: nic},
 			},
 		}
+		if cfg.Qemu != nil {
+			spec.DeviceChange = append(spec.DeviceChange, &types.VirtualDeviceConfigSpec{
+				Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: serialPortDevice(datastore.Name(), cfg.Name),
+			})
+		}
 		task, err := folders.VmFolder.CreateVM(ctx, spec, pool, nil)
 		if err != nil {
 			return nil, err
@@ -138,6 +145,11 @@ func (l *lab) createVMs(ctx context.Context, u *url.URL) (map[string]string, err
 		if err != nil {
 			return nil, err
 		}
+		if cfg.Qemu != nil {
+			if err := linkSerialPortFile(cfg.Qemu.Serial, filepath.Dir(logPath)); err != nil {
+				return nil, fmt.Errorf("%s: serial port file: %w", cfg.Name, err)
+			}
+		}
 		l.mu.Lock()
 		l.byMoref[ref] = l.byName[cfg.Name]
 		l.byName[cfg.Name].moref = ref
@@ -146,21 +158,48 @@ func (l *lab) createVMs(ctx context.Context, u *url.URL) (map[string]string, err
 		morefs[cfg.Name] = ref.Value
 	}
 	// Power-ons only after every VM exists: tasks take managed object ids too, and the
-	// VMs' ids must not depend on which of them power on.
+	// VMs' ids must not depend on which of them power on. Then they may run at once
+	// (a few at a time: each starts its guest's services).
+	var (
+		wg       sync.WaitGroup
+		failedMu sync.Mutex
+		failed   error
+	)
+	slots := make(chan struct{}, powerOnWorkers)
 	for _, cfg := range l.cfg.VMs {
 		g := l.byName[cfg.Name]
 		if l.adopting && g.adopt == nil {
 			continue // powered off when the earlier vCenter stopped
 		}
-		power, err := object.NewVirtualMachine(client.Client, g.moref).PowerOn(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if err := power.Wait(ctx); err != nil {
-			return nil, fmt.Errorf("power on %s: %w", cfg.Name, err)
-		}
+		wg.Add(1)
+		slots <- struct{}{}
+		go func(name string, moref types.ManagedObjectReference) {
+			defer func() { <-slots; wg.Done() }()
+			err := powerOn(ctx, client, moref)
+			if err != nil {
+				failedMu.Lock()
+				if failed == nil {
+					failed = fmt.Errorf("power on %s: %w", name, err)
+				}
+				failedMu.Unlock()
+			}
+		}(cfg.Name, g.moref)
+	}
+	wg.Wait()
+	if failed != nil {
+		return nil, failed
 	}
 	return morefs, nil
+}
+
+const powerOnWorkers = 8
+
+func powerOn(ctx context.Context, client *govmomi.Client, moref types.ManagedObjectReference) error {
+	power, err := object.NewVirtualMachine(client.Client, moref).PowerOn(ctx)
+	if err != nil {
+		return err
+	}
+	return power.Wait(ctx)
 }
 
 // shutdown powers every guest down: consoles, services and guest processes end.

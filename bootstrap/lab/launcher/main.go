@@ -113,6 +113,9 @@ func run(cfg *labConfig, adopt bool) error {
 		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 	model.Service.HandleFunc(transferPath, lab.serveTransfer)
+	if err := installStats(model.Service); err != nil {
+		return fmt.Errorf("SOAP request counters: %w", err)
+	}
 	lab.install()
 
 	server := model.Service.NewServer()

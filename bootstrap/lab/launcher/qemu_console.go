@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,36 @@ const (
 	qemuStopWait = 5 * time.Second
 	vncBasePort  = 5900 // QEMU's VNC display N listens on 5900+N
 )
+
+// serialPortFile is a console VM's serial port file, in the VM's directory on the
+// datastore.
+const serialPortFile = "serial.log"
+
+// serialPortDevice is a console VM's serial port as an ESXi VM's file-backed one is:
+// what the guest writes to its first serial port goes to a file on the datastore,
+// which clients read through the datastore file API (/folder/...).
+func serialPortDevice(datastore, vmName string) *types.VirtualSerialPort {
+	connected := &types.VirtualDeviceConnectInfo{StartConnected: true, Connected: true}
+	backing := &types.VirtualSerialPortFileBackingInfo{VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{
+		FileName: fmt.Sprintf("[%s] %s/%s", datastore, vmName, serialPortFile),
+	}}
+	return &types.VirtualSerialPort{
+		VirtualDevice: types.VirtualDevice{Key: -1, Backing: backing, Connectable: connected},
+		YieldOnPoll:   true,
+	}
+}
+
+// linkSerialPortFile makes the serial port's file in the VM's datastore directory show
+// what QEMU writes to the guest's serial port (qemuSerial): a symbolic link, as QEMU's
+// file lives outside the simulator's datastore (a directory each vCenter start makes
+// anew), so it outlasts a vCenter restart as the machine does.
+func linkSerialPortFile(qemuSerial, vmDir string) error {
+	link := filepath.Join(vmDir, serialPortFile)
+	if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return os.Symlink(qemuSerial, link)
+}
 
 // qemuMachine is a running QEMU process and the QMP connection to it.
 type qemuMachine struct {
