@@ -60,8 +60,8 @@ def lab() -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print the lab as one JSON object.")
 def lab_up(config_path: Path | None, fleet: int, http: bool, json_output: bool) -> None:
     """Start the lab; when it already runs, report it. The first start builds the
-    vCenter launcher (cached afterwards). `--vms 500` adds a fleet of 500 VMs (about
-    a minute on two cores; see bootstrap/lab/README.md)."""
+    vCenter launcher (cached afterwards). `--vms 500` adds a fleet of 500 Linux VMs
+    (the default subnet, a /22, has room for about 1,000)."""
     from beachhead.bootstrap.lab.config import load_config, with_fleet
     from beachhead.bootstrap.lab.lab import up
 
