@@ -184,7 +184,6 @@ async def open_qemu(stack: ExitStack, directory: Path) -> Console:
     from beachhead.plugins.vnc_console import VncConsole
     from tests.console.peer_processes import HOST
     from tests.console.vnc_peers import start_qemu
-    from tests.console.vnc_typing import mixed_text
 
     peer = start_qemu(directory)
     stack.callback(peer.stop)
@@ -197,20 +196,7 @@ async def open_qemu(stack: ExitStack, directory: Path) -> Console:
     us = load_layout("us")
     pace_s = DEFAULT_PACE_MS[ConsoleKind.VNC] / 1000
     await console.send(us.events_for_text("stty -echo; cat > /dev/ttyS0\n"), pace_s)
-    events, expected = mixed_text(control_keys=False, seed=21)
-    offset = [0]
-
-    def reset() -> None:
-        offset[0] = len(serial())
-
-    def received() -> bytes:
-        text = serial()[offset[0] :]
-        head, marker, _ = text.partition(f"\n{END}".encode())
-        return head if marker else text.removesuffix(b"\n")  # the newline before END is not the text's
-
-    return Console(
-        "qemu", ConsoleKind.VNC, console, events, expected, received, reset, us.events_for_text(f"\n{END}\n")
-    )
+    return serial_console("qemu", ConsoleKind.VNC, console, serial)
 
 
 async def open_rdp(stack: ExitStack, directory: Path, name: str) -> Console:
@@ -254,7 +240,6 @@ async def open_con01(lab: dict[str, Any]) -> Console:
     from beachhead.agent.secrets import Secret
     from beachhead.agent.vsphere.connection import VCenter, VCenterAddress
     from beachhead.plugins.keys_usb import UsbConsole
-    from tests.console.vnc_typing import mixed_text
 
     entry = next(vm for vm in lab["vms"] if vm["name"] == "con-01")
     serial_log = Path(entry["serial_log"])
@@ -271,6 +256,15 @@ async def open_con01(lab: dict[str, Any]) -> Console:
     pace_s = DEFAULT_PACE_MS[ConsoleKind.USB] / 1000
     await asyncio.sleep(2)  # the shell starts on tty1 a moment after the ready line
     await backend.send(us.events_for_text("\nstty -echo; cat > /dev/ttyS0\n"), pace_s)
+    return serial_console("con-01", ConsoleKind.USB, backend, serial)
+
+
+def serial_console(name: str, kind: ConsoleKind, backend: Any, serial: Callable[[], bytes]) -> Console:
+    """A console whose guest copies what is typed to its serial port (``cat >
+    /dev/ttyS0``): the mixed text, what arrived since the last reset, and the END line."""
+    from tests.console.vnc_typing import mixed_text
+
+    us = load_layout("us")
     events, expected = mixed_text(control_keys=False, seed=21)
     offset = [0]
 
@@ -280,11 +274,9 @@ async def open_con01(lab: dict[str, Any]) -> Console:
     def received() -> bytes:
         text = serial()[offset[0] :]
         head, marker, _ = text.partition(f"\n{END}".encode())
-        return head if marker else text.removesuffix(b"\n")
+        return head if marker else text.removesuffix(b"\n")  # the newline before END is not the text's
 
-    return Console(
-        "con-01", ConsoleKind.USB, backend, events, expected, received, reset, us.events_for_text(f"\n{END}\n")
-    )
+    return Console(name, kind, backend, events, expected, received, reset, us.events_for_text(f"\n{END}\n"))
 
 
 async def wait_for(condition: Callable[[], object], limit_s: float, what: str) -> None:
