@@ -162,6 +162,8 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
             f"{GUEST_WORKERS} at a time: network namespaces, files, accounts, DHCP clients"
         )
         _in_parallel(start_guest, rest)
+    # Guests start in parallel; the state lists their holders in VM order all the same.
+    state.data["holders"] = [started[index][1]["holder_pid"] for index in guest_indices]
     for index, vm in enumerate(config.vms):
         if vm.console == "qemu":
             assert image is not None

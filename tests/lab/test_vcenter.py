@@ -21,7 +21,7 @@ from tests.lab.conftest import Vc, wait_for
 
 def test_up_json_contract_and_idempotence(lab_config: Path, lab: dict[str, Any]) -> None:
     assert set(lab) == {"vcenter", "vms", "network"}
-    assert set(lab["vcenter"]) == {"url", "username", "password", "ca_file"}
+    assert set(lab["vcenter"]) == {"url", "username", "password", "ca_file", "stats_url"}
     assert lab["vcenter"]["url"] == "https://127.0.0.1:443/sdk"
     assert Path(lab["vcenter"]["ca_file"]).is_file()
     for vm in lab["vms"]:
