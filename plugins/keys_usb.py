@@ -246,7 +246,7 @@ class UsbConsole:
 
     def _delete(self, path: str, datacenter: Any) -> None:
         manager = self.vcenter.content.fileManager
-        WaitForTask(manager.DeleteFile(name=path, datacenter=datacenter))  # pyvmomi's DeleteDatastoreFile_Task
+        WaitForTask(manager.DeleteDatastoreFile_Task(name=path, datacenter=datacenter))
 
     async def close(self) -> None:
         """Nothing to release: the vCenter session belongs to the run."""
