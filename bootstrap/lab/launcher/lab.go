@@ -221,7 +221,21 @@ func (w *powerWatcher) Reference() types.ManagedObjectReference {
 // PutObject sees every new object, tasks before they run (see clones.go).
 func (w *powerWatcher) PutObject(obj mo.Reference) {
 	if task, ok := obj.(*simulator.Task); ok {
+		keepEntitiesOnly(task)
 		w.wrapTask(task)
+	}
+}
+
+// keepEntitiesOnly leaves a task's entity unset when it is not a managed entity.
+// vSphere types TaskInfo.entity as a ManagedEntity; the simulator also puts managers
+// there (the FileManager of DeleteDatastoreFile_Task), and pyVmomi then refuses the
+// whole TaskInfo, so a client could not even read whether the task succeeded.
+func keepEntitiesOnly(task *simulator.Task) {
+	if task.Info.Entity == nil {
+		return
+	}
+	if _, ok := simulator.Map.Get(*task.Info.Entity).(mo.Entity); !ok {
+		task.Info.Entity, task.Info.EntityName = nil, ""
 	}
 }
 
