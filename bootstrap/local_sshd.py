@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 START_TIMEOUT_S = 15.0
 SUDO_USER = "bhuser"
@@ -52,13 +55,19 @@ def _free_port(host: str) -> int:
 
 
 def keygen(path: Path, comment: str) -> str:
-    """Generate an unencrypted ed25519 key pair at ``path``; return the public key line."""
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-        stdin=subprocess.DEVNULL,
+    """Generate an unencrypted ed25519 key pair at ``path`` (0600) and ``path.pub``, as
+    ``ssh-keygen`` writes them, in this process (the lab makes one per guest, hundreds
+    for a fleet); return the public key line."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
-    return Path(f"{path}.pub").read_text().strip()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+        file.write(private)
+    line = f"{public.decode()} {comment}"
+    Path(f"{path}.pub").write_text(line + "\n")
+    return line
 
 
 def _with_home(passwd: str, user: str, home: Path) -> str:

@@ -24,11 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from beachhead.bootstrap.lab.system import NETNS_DIR, LabError
-from beachhead.bootstrap.local_sshd import ensure_privsep_dir, password_hash, sudoers
+from beachhead.bootstrap.local_sshd import ensure_privsep_dir, keygen, password_hash, sudoers
 
 PRIVATE_DIRS = ("tmp", "root", "home", "var/tmp")
 # Host directories a guest sees through an overlay with an upper layer of its own (the
@@ -147,7 +144,7 @@ def _write_identity(layout: GuestLayout, hostname: str, ip: str) -> None:
     ensure_privsep_dir()  # guests share the host's /run
     host_key = layout.ssh_host_key
     if not host_key.exists():
-        _host_keygen(host_key, f"root@{hostname}")
+        keygen(host_key, f"root@{hostname}")
     layout.sshd_config.write_text(
         "\n".join(
             [
@@ -166,19 +163,6 @@ def _write_identity(layout: GuestLayout, hostname: str, ip: str) -> None:
             ]
         )
     )
-
-
-def _host_keygen(path: Path, comment: str) -> None:
-    """An ed25519 host key pair at ``path`` (0600) and ``path.pub``, as ``ssh-keygen``
-    writes them, made in this process (``up --vms 500`` makes 500)."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
-        file.write(private)
-    Path(f"{path}.pub").write_text(f"{public.decode()} {comment}\n")
 
 
 @functools.lru_cache(maxsize=64)
