@@ -33,7 +33,7 @@ from typing import Any
 
 from beachhead.bootstrap.lab import dhcp, guests, system
 from beachhead.bootstrap.lab.config import VM_NAME, VmSpec, load_config
-from beachhead.bootstrap.lab.lab import LabState, _host_if, _mac, _start_guest, lab_dir
+from beachhead.bootstrap.lab.lab import LabState, guest_mac, host_interface, lab_dir, make_guest
 from beachhead.bootstrap.lab.system import LabError
 
 
@@ -101,12 +101,12 @@ def add(source: str, name: str, moref: str) -> dict[str, Any]:
             guest_username=parent["guest_username"],
             guest_password=parent["guest_password"],
         )
-        record: dict[str, Any] = {"netns": system.netns_name(name), "host_interface": _host_if(index)}
+        record: dict[str, Any] = {"netns": system.netns_name(name), "host_interface": host_interface(index)}
         state.data.setdefault("clones", {})[name] = record
         try:
-            public, runtime, client = _start_guest(config, index, spec, lab_dir(), state, clone_of=source)
+            public, runtime, client = make_guest(config, index, spec, lab_dir(), state, clone_of=source)
             record["holder"] = runtime["holder_pid"]
-            dhcp.add_host(network, dhcp.DhcpHost(_mac(index), public["ip"], name))
+            dhcp.add_host(network, dhcp.DhcpHost(guest_mac(index), public["ip"], name))
             record["dhclient"] = dhcp.start_dhclient(client)
             state.data["dhclients"].append(record["dhclient"])
             dhcp.wait_for_leases({record["dhclient"]: client}, network)

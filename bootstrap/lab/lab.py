@@ -18,10 +18,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from beachhead.bootstrap.lab import dhcp, guests, qemu_vm, system
 from beachhead.bootstrap.lab.build import launcher_binary
@@ -34,6 +34,7 @@ from beachhead.bootstrap.lab.windows.wsman import labsetup as wsman_files
 READY_TIMEOUT_S = 45.0
 GUEST_WORKERS = 8  # guests set up at once by `up` (each mostly waits on ip, ssh-keygen, openssl)
 Progress = Callable[[str], None]
+Item = TypeVar("Item")
 LAUNCHER_MARKER = "launcher-"
 DEFAULT_BRIDGE = LabConfig.bridge
 
@@ -46,11 +47,13 @@ def lab_dir() -> Path:
     return Path(os.environ.get("BEACHHEAD_LAB_DIR", "/run/beachhead-lab"))
 
 
-def _host_if(index: int) -> str:
+def host_interface(index: int) -> str:
+    """The host side of the ``index``-th VM's veth pair."""
     return f"bhlab-v{index}"
 
 
-def _mac(index: int) -> str:
+def guest_mac(index: int) -> str:
+    """The ``index``-th VM's MAC address."""
     # 00:50:56:00:00:00-00:50:56:3f:ff:ff is VMware's range for manually set addresses.
     return f"00:50:56:3a:{index // 256:02x}:{index % 256:02x}"
 
@@ -146,7 +149,7 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
     started: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def start_guest(index: int) -> None:
-        public, launcher_entry, client = _start_guest(config, index, config.vms[index], directory, state)
+        public, launcher_entry, client = make_guest(config, index, config.vms[index], directory, state)
         pid = dhcp.start_dhclient(client)
         state.data["dhclients"].append(pid)
         clients[pid] = client
@@ -170,7 +173,14 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
             say(f"console VM {vm.name}: tap interface on {config.bridge}")
             state.data["host_interfaces"].append(qemu_vm.tap_name(index))
             public, launcher_entry = qemu_vm.prepare(
-                vm.name, vm.guest_id, str(config.guest_ip(index)), _mac(index), index, config.bridge, directory, image
+                vm.name,
+                vm.guest_id,
+                str(config.guest_ip(index)),
+                guest_mac(index),
+                index,
+                config.bridge,
+                directory,
+                image,
             )
         else:
             public, launcher_entry = started[index]
@@ -216,7 +226,7 @@ def _start(config: LabConfig, http: bool, binary: Path, directory: Path, state: 
     state.save()
 
 
-def _in_parallel(work: Callable[[int], None], items: list[int]) -> None:
+def _in_parallel(work: Callable[[Item], None], items: Sequence[Item]) -> None:
     """Run ``work`` on each item, :data:`GUEST_WORKERS` at a time (it mostly waits for
     the commands it runs); the first failure cancels what has not started and is
     raised once the running ones end."""
@@ -237,24 +247,24 @@ def _start_network(config: LabConfig, network: dhcp.LabNetwork, state: LabState,
     say(f"bridge {config.bridge}: {network.gateway} and {dhcp.METADATA_ADDRESS}, DHCP by dnsmasq")
     system.make_bridge(config.bridge, f"{network.gateway}/{config.subnet.prefixlen}")
     dhcp.add_metadata_address(config.bridge)
-    hosts = [dhcp.DhcpHost(_mac(i), str(config.guest_ip(i)), vm.name) for i, vm in enumerate(config.vms)]
+    hosts = [dhcp.DhcpHost(guest_mac(i), str(config.guest_ip(i)), vm.name) for i, vm in enumerate(config.vms)]
     process = dhcp.spawn_dnsmasq(network, hosts, config.guest_ip(0))
     state.data["dnsmasq_pid"] = process.pid
     dhcp.wait_for_dnsmasq(process, network)
     state.data["network"] = network.public()
 
 
-def _start_guest(
+def make_guest(
     config: LabConfig, index: int, vm: VmSpec, directory: Path, state: LabState, clone_of: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], dhcp.GuestDhcp]:
     """One guest's namespace, veth pair, root directory and holder. Returns its public
     description, its entry in the launcher's configuration and its DHCP client. A
     Linux clone (``clone_of`` names its source VM) starts from a copy of the source
     guest's files."""
-    netns, host_if = system.netns_name(vm.name), _host_if(index)
+    netns, host_if = system.netns_name(vm.name), host_interface(index)
     state.data["namespaces"].append(netns)
     state.data["host_interfaces"].append(host_if)
-    ip, mac = str(config.guest_ip(index)), _mac(index)
+    ip, mac = str(config.guest_ip(index)), guest_mac(index)
     system.make_guest_network(netns, host_if, config.bridge, mac)
     password = vm.guest_password or generated_password()
     layout = guests.GuestLayout(directory / "guests" / vm.name)
@@ -394,10 +404,10 @@ def down() -> list[str]:
         system.stop_process(data["launcher_pid"], LAUNCHER_MARKER)
         removed.append(f"vCenter launcher (pid {data['launcher_pid']})")
     removed += qemu_vm.stop_leftovers(lab_dir() / "guests")  # a crashed launcher's console VMs
-    _stop_all(data.get("dhclients", []), dhcp.DHCLIENT_MARKER)
-    _stop_all(data.get("holders", []), guests.HOLDER_MARKER)
+    system.stop_processes(data.get("dhclients", []), dhcp.DHCLIENT_MARKER, timeout=2)
+    system.stop_processes(data.get("holders", []), guests.HOLDER_MARKER, timeout=2)
     namespaces = sorted(set(data.get("namespaces", [])) | set(system.lab_namespaces()))
-    _in_parallel(lambda index: system.delete_namespace(namespaces[index]), list(range(len(namespaces))))
+    _in_parallel(system.delete_namespace, namespaces)
     removed += [f"namespace {netns}" for netns in namespaces]
     for name in data.get("host_interfaces", []):
         if system.link_exists(name):
@@ -418,21 +428,6 @@ def down() -> list[str]:
             if child.name != "pki":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     return removed
-
-
-def _stop_all(pids: list[int], marker: str, timeout: float = 2) -> None:
-    """:func:`system.stop_process` for many processes at once: SIGTERM to all, then
-    SIGKILL to those alive ``timeout`` seconds later."""
-    running = [pid for pid in pids if system.alive(pid, marker)]
-    for pid in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while (running := [pid for pid in running if system.alive(pid, marker)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _stop_dnsmasq(recorded: int | None) -> list[str]:

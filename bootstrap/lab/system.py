@@ -129,14 +129,21 @@ def stop_process(
 ) -> None:
     """Send ``pid`` the ``first`` signal (SIGTERM), then SIGKILL if it outlives
     ``timeout`` seconds."""
-    if not alive(pid, marker):
-        return
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, first)
+    stop_processes([pid] if pid is not None else [], marker, timeout, first)
+
+
+def stop_processes(
+    pids: list[int], marker: str | None = None, timeout: float = 10, first: signal.Signals = signal.SIGTERM
+) -> None:
+    """:func:`stop_process` for many processes at once: the ``first`` signal to all,
+    then SIGKILL to those still alive ``timeout`` seconds later."""
+    running = [pid for pid in pids if alive(pid, marker)]
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, first)
     deadline = time.monotonic() + timeout
-    while alive(pid, marker) and time.monotonic() < deadline:
+    while (running := [pid for pid in running if alive(pid, marker)]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        if alive(pid, marker):
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
