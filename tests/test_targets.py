@@ -678,20 +678,20 @@ def test_a_known_hosts_file_with_a_malformed_line_is_refused_naming_the_line(tmp
     good = [
         "# comment",
         "",
-        f"10.0.0.5 ssh-ed25519 {ed25519} root@web1",
+        f"127.0.0.5 ssh-ed25519 {ed25519} root@web1",
         f"|1|c2FsdA==|aGFzaA== ssh-ed25519 {ed25519}",
         f"@cert-authority *.lab ssh-ed25519 {ed25519}",
-        "10.0.0.6 sk-ssh-ed25519@openssh.com " + SK_KEY,  # a type asyncssh may not know
+        "127.0.0.6 sk-ssh-ed25519@openssh.com " + SK_KEY,  # a type asyncssh may not know
     ]
     known.write_text("\n".join(good) + "\n")
-    assert parse_target(f"ssh://10.0.0.5?known_hosts={known}").ssh.known_hosts == known.resolve()
+    assert parse_target(f"ssh://127.0.0.5?known_hosts={known}").ssh.known_hosts == known.resolve()
     for line, reason in [
         (f"ssh-ed25519 {ed25519}", "line 7: expected host names, a key type and a base64 key"),
-        ("10.0.0.7 ssh-ed25519 AAAA!!!!", "line 7: the ssh-ed25519 key is not base64"),
-        (f"10.0.0.7 ssh-rsa {ed25519}", "line 7: the key is not a ssh-rsa key"),
-        (f"@revokd 10.0.0.7 ssh-ed25519 {ed25519}", "line 7: unknown marker @revokd"),
+        ("127.0.0.7 ssh-ed25519 AAAA!!!!", "line 7: the ssh-ed25519 key is not base64"),
+        (f"127.0.0.7 ssh-rsa {ed25519}", "line 7: the key is not a ssh-rsa key"),
+        (f"@revokd 127.0.0.7 ssh-ed25519 {ed25519}", "line 7: unknown marker @revokd"),
     ]:
         known.write_text("\n".join([*good, line]) + "\n")
         with pytest.raises(InputError, match="known_hosts") as raised:
-            parse_target(f"ssh://10.0.0.5?known_hosts={known}")
+            parse_target(f"ssh://127.0.0.5?known_hosts={known}")
         assert reason in str(raised.value)
