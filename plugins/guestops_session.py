@@ -82,7 +82,9 @@ class GuestopsSession:
 
     channel = NAME
 
-    def __init__(self, target: Target, vcenter: VCenter, vm: Any, os_family: OsFamily) -> None:
+    def __init__(
+        self, target: Target, vcenter: VCenter, vm: Any, os_family: OsFamily, managers: tuple[Any, Any]
+    ) -> None:
         self.target = target
         self.vcenter = vcenter
         self.vm = vm
@@ -91,9 +93,7 @@ class GuestopsSession:
         self.auth = vim.vm.guest.NamePasswordAuthentication(
             username=target.guest_user or "", password=target.guest_password.reveal()
         )
-        manager = vcenter.content.guestOperationsManager
-        self.processes = manager.processManager
-        self.files = manager.fileManager
+        self.processes, self.files = managers  # the process and file managers
         self._http: aiohttp.ClientSession | None = None
         self._home: str | None = None
 
@@ -281,7 +281,7 @@ class GuestopsSession:
                 tries += 1
                 if self.target.vm:
                     with contextlib.suppress(BeachheadError):
-                        self.vm = await self.vcenter.find_vm(self.target.vm)
+                        self.vm = await self.vcenter.find_vm(self.target.vm, fresh=True)
                 continue
             if lost_at is not None:
                 log.info("guestops.ridden_out", target=self.target.name, action=action, tries=tries)
@@ -550,9 +550,10 @@ async def _read_chunks(path: Path) -> Any:
             yield block
 
 
-async def open_session(target: TargetContext) -> GuestopsSession:
+async def open_session(target: TargetContext, *, check_login: bool = True) -> GuestopsSession:
     """Find the VM, then wait (within the connect timeout) for guest operations to be
-    ready; a powered-off VM or refused guest login is not worth retrying."""
+    ready; a powered-off VM or refused guest login is not worth retrying. Without
+    ``check_login`` the guest login is first tried by the caller's own first call."""
     name = target.target.name
     try:
         vcenter, vm = await target.vm()
@@ -571,7 +572,9 @@ async def open_session(target: TargetContext) -> GuestopsSession:
             NAME, name, "guest operations not ready (VMware Tools not running)", retryable=True
         ) from None
     os_family = target.target.os or os_family_of(snapshot.guest_family, snapshot.guest_id)
-    session = GuestopsSession(target.target, vcenter, vm, os_family)
+    session = GuestopsSession(target.target, vcenter, vm, os_family, await vcenter.guest_managers())
+    if not check_login:
+        return session
     try:
         await session.path("~")  # checks the guest login now, not in the middle of a step
     except ChannelError as exc:
@@ -581,19 +584,35 @@ async def open_session(target: TargetContext) -> GuestopsSession:
     return session
 
 
-async def guest_ssh_host_keys(target: TargetContext) -> list[bytes]:
-    """The guest's SSH host public keys (``ssh_host_*_key.pub`` in /etc/ssh, or
+# Host key files by preference; the first a guest has is the one read.
+HOST_KEY_PREFERENCE = ("ssh_host_ed25519_key.pub", "ssh_host_ecdsa_key.pub", "ssh_host_rsa_key.pub")
+
+
+async def guest_ssh_host_key(target: TargetContext) -> bytes:
+    """The guest's SSH host public key (``ssh_host_*_key.pub`` in /etc/ssh, or
     C:\\ProgramData\\ssh on Windows), read through guest operations: the hypervisor's
-    authenticated path, not the network an impostor could answer on."""
+    authenticated path, not the network an impostor could answer on.
+
+    One key is enough, and costs one file transfer instead of one per key: asyncssh
+    offers the server only the algorithms of the keys it trusts, so the server must
+    prove it holds this one. Ed25519 is preferred, then ECDSA, then RSA, then any other."""
     open_already = target.selector.sessions.get(NAME)
-    session = open_already if isinstance(open_already, GuestopsSession) else await open_session(target)
+    session = (
+        open_already if isinstance(open_already, GuestopsSession) else await open_session(target, check_login=False)
+    )
     try:
         directory = r"C:\ProgramData\ssh" if session.windows else "/etc/ssh"
         listing = await session._guest(
             f"list {directory}", session.files.ListFilesInGuest, directory, 0, 64, r"^ssh_host_.*_key\.pub$"
         )
+        rank = {name: place for place, name in enumerate(HOST_KEY_PREFERENCE)}
+        names = sorted((str(info.path) for info in listing.files or ()), key=lambda name: rank.get(name, len(rank)))
+        if not names:
+            raise ChannelUnavailable(
+                NAME, target.target.name, f"the guest has no SSH host key to pin ({directory}: no ssh_host_*_key.pub)"
+            )
         separator = "\\" if session.windows else "/"
-        return [await session._get_bytes(f"{directory}{separator}{info.path}") for info in listing.files or ()]
+        return await session._get_bytes(f"{directory}{separator}{names[0]}")
     finally:
         if session is not open_already:
             await session.close()

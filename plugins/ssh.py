@@ -406,21 +406,16 @@ def _endpoint(host: str, port: int) -> str:
 async def _known_hosts(target: TargetContext, route: SshRoute) -> Any:
     """What asyncssh checks the server's host key against: the route's known_hosts
     file (asyncssh's default, ~/.ssh/known_hosts, when it names none), nothing when
-    told to ignore, the keys read from the guest through guest operations, or those the
+    told to ignore, the key read from the guest through guest operations, or those the
     guest printed to its file-backed serial port, read through vCenter."""
     if route.host_keys is HostKeyPolicy.IGNORE:
         return None
     if route.host_keys is HostKeyPolicy.SERIAL:
         return ([asyncssh.import_public_key(key) for key in await _serial_host_keys(target)], [], [])
     if route.host_keys is HostKeyPolicy.VSPHERE:
-        from beachhead.plugins.guestops_session import guest_ssh_host_keys
+        from beachhead.plugins.guestops_session import guest_ssh_host_key
 
-        keys = await guest_ssh_host_keys(target)
-        if not keys:
-            raise ChannelUnavailable(
-                NAME, target.target.name, "the guest has no SSH host keys to pin (/etc/ssh/ssh_host_*_key.pub)"
-            )
-        return ([asyncssh.import_public_key(key) for key in keys], [], [])
+        return ([asyncssh.import_public_key(await guest_ssh_host_key(target))], [], [])
     return str(route.known_hosts) if route.known_hosts is not None else ()
 
 

@@ -15,6 +15,7 @@ import functools
 import http.client
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -109,6 +110,10 @@ class VCenter:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"vcenter-{address.host}")
         self._wire_log = wire_log
         self._si: Any = None
+        self._content: Any = None
+        self._guest_managers: tuple[Any, Any] | None = None
+        self._guest_managers_lock = asyncio.Lock()
+        self._names = _NameIndex(self)
         self._login_lock = asyncio.Lock()
         self._keepalive: asyncio.Task[None] | None = None
         self._watcher: VmWatcher | None = None
@@ -232,8 +237,19 @@ class VCenter:
 
     @property
     def content(self) -> Any:
-        """The ServiceContent (root folder, managers)."""
-        return self._si.content
+        """The ServiceContent (root folder, managers), read once: pyVmomi's
+        ``ServiceInstance.content`` asks the server again on every access."""
+        if self._content is None:
+            self._content = self._si.RetrieveContent()
+        return self._content
+
+    async def guest_managers(self) -> tuple[Any, Any]:
+        """The guest operations' process and file managers, read once per session."""
+        async with self._guest_managers_lock:
+            if self._guest_managers is None:
+                manager = self.content.guestOperationsManager
+                self._guest_managers = await self.call(lambda: (manager.processManager, manager.fileManager))
+            return self._guest_managers
 
     @property
     def stub(self) -> Any:
@@ -275,9 +291,11 @@ class VCenter:
         return f"{'http' if self.address.http else 'https'}://{host}:{self.address.port}"
 
     # -- inventory ----------------------------------------------------------------------
-    async def find_vm(self, name_or_uuid: str) -> Any:
+    async def find_vm(self, name_or_uuid: str, *, fresh: bool = False) -> Any:
         """The VM with this managed object id (``vm-42``), instance uuid (or BIOS uuid),
-        else this exact name."""
+        else this exact name. Names are looked up in an index shared by the session's
+        targets (see :class:`_NameIndex`); ``fresh`` reads the names again (after a
+        vCenter restart renumbered its VMs)."""
         if MOREF.match(name_or_uuid):
             vm = vim.VirtualMachine(name_or_uuid, self.stub)
             try:
@@ -291,14 +309,16 @@ class VCenter:
                 found = await self.call(index.FindByUuid, None, name_or_uuid, True, instance_uuid)
                 if found is not None:
                     return found
-        matches = await self.call(self._vms_named, name_or_uuid)
+        matches = await self._names.lookup(name_or_uuid, fresh=fresh)
         if not matches:
             raise VmNotFound(f"{self.address.url}: no VM named {name_or_uuid!r}")
         if len(matches) > 1:
             raise VmNotFound(f"{self.address.url}: {len(matches)} VMs are named {name_or_uuid!r}; use its uuid")
         return matches[0]
 
-    def _vms_named(self, name: str) -> list[Any]:
+    def vms_by_name(self) -> dict[str, list[Any]]:
+        """Every VM of the inventory by name, in one RetrieveContents (blocking: call it
+        through :meth:`call`)."""
         view = self.content.viewManager.CreateContainerView(self.content.rootFolder, [vim.VirtualMachine], True)
         try:
             spec = vmodl.query.PropertyCollector.FilterSpec(
@@ -315,8 +335,11 @@ class VCenter:
                 ],
                 propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])],
             )
-            found = self.content.propertyCollector.RetrieveContents([spec])
-            return [item.obj for item in found if item.propSet and item.propSet[0].val == name]
+            by_name: dict[str, list[Any]] = {}
+            for item in self.content.propertyCollector.RetrieveContents([spec]):
+                if item.propSet:
+                    by_name.setdefault(str(item.propSet[0].val), []).append(item.obj)
+            return by_name
         finally:
             view.DestroyView()
 
@@ -328,6 +351,51 @@ class VCenter:
 
             self._watcher = VmWatcher(self)
         return self._watcher
+
+
+class _NameIndex:
+    """VM names of one vCenter session, read in one retrieval that concurrent lookups
+    share: a thousand targets named by VM name cost one inventory read, not a thousand
+    (each of them the size of the inventory).
+
+    A name the index lacks is read again from a retrieval that started after the
+    lookup did (a VM created meanwhile, a clone made just before it is customized). A
+    name it has is trusted for the session: a VM renamed, or destroyed and made again
+    under the same name, while one run is under way is found by ``fresh`` lookups
+    only, and calls on the stale reference fail with ManagedObjectNotFound."""
+
+    def __init__(self, vcenter: VCenter) -> None:
+        self._vcenter = vcenter
+        self._by_name: dict[str, list[Any]] = {}
+        self._read_at = 0.0  # when the retrieval behind _by_name started
+        self._reading: tuple[float, asyncio.Future[dict[str, list[Any]]]] | None = None
+
+    async def lookup(self, name: str, *, fresh: bool = False) -> list[Any]:
+        """The VMs named ``name`` (none, one, or several)."""
+        asked = time.monotonic()
+        if not fresh and name in self._by_name:
+            return self._by_name[name]
+        if not fresh and self._reading is not None:  # one under way: join it, read again on a miss
+            by_name = await asyncio.shield(self._reading[1])
+            if name in by_name:
+                return by_name[name]
+        return (await self._read(started_after=asked)).get(name, [])
+
+    async def _read(self, started_after: float) -> dict[str, list[Any]]:
+        """The names from a retrieval that started no earlier than ``started_after``:
+        the one under way when it did, else a new one."""
+        if self._reading is None or self._reading[0] < started_after:
+            started = time.monotonic()
+            reading = asyncio.ensure_future(self._vcenter.call(self._vcenter.vms_by_name))
+            self._reading = (started, reading)
+            reading.add_done_callback(lambda done: self._done(started, done))
+        return await asyncio.shield(self._reading[1])
+
+    def _done(self, started: float, reading: asyncio.Future[dict[str, list[Any]]]) -> None:
+        if self._reading is not None and self._reading[1] is reading:
+            self._reading = None
+        if not reading.cancelled() and reading.exception() is None and started >= self._read_at:
+            self._by_name, self._read_at = reading.result(), started
 
 
 class VCenterPool:

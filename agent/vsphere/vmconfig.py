@@ -8,17 +8,19 @@ reads the same.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pyVim.task import WaitForTask
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from beachhead.agent.errors import StepFailed
 from beachhead.agent.vsphere.connection import VCenter, VSphereError
 
 POWERED_ON = "poweredOn"
 POWERED_OFF = "poweredOff"
+TASK_TIMEOUT_S = 600.0  # a reconfigure or power task that has not ended by now will not
+READ_BACK_S = 30.0  # from a task's end to the watcher seeing the new power state
 
 
 def _shown(value: str | None) -> str:
@@ -44,52 +46,51 @@ async def read_extra_config(vcenter: VCenter, vm: Any, keys: Iterable[str]) -> d
     return {key: current.get(key) for key in keys}
 
 
-def _task_fault(task: Any) -> str:
-    fault = task.info.error
-    return (getattr(fault, "msg", None) or type(fault).__name__) if fault is not None else "failed"
-
-
-def _reconfigure(vm: Any, values: Mapping[str, str | None]) -> None:
-    spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=k, value=v or "") for k, v in values.items()])
-    task = vm.ReconfigVM_Task(spec=spec)
+async def _finish(vcenter: VCenter, vm: Any, task: Any, what: str) -> None:
+    """Wait (bounded) for a task on ``vm`` that the watcher follows; raise when it failed,
+    except for a fault the read-back after it decides (InvalidPowerState: the power
+    state changed meanwhile)."""
     try:
-        WaitForTask(task)
-    except vmodl.MethodFault:
-        raise VSphereError(f"{vm.name}: reconfigure failed: {_task_fault(task)}") from None
+        async with asyncio.timeout(TASK_TIMEOUT_S):
+            outcome = await vcenter.watcher.task_outcome(task)
+    except TimeoutError:
+        name = await vcenter.call(lambda: vm.name)
+        raise VSphereError(f"{name}: {what}: the task did not end within {TASK_TIMEOUT_S:g}s") from None
+    if outcome.state == "error" and not isinstance(outcome.error, vim.fault.InvalidPowerState):
+        name = await vcenter.call(lambda: vm.name)
+        raise VSphereError(f"{name}: {what} failed: {outcome.fault_text}")
 
 
 async def write_extra_config(vcenter: VCenter, vm: Any, values: Mapping[str, str | None], action: str) -> None:
     """Set (None: remove) the keys, then read them back; a difference fails the step
     ``action`` naming the key, the value written and the value vCenter has."""
-    await vcenter.call(_reconfigure, vm, values)
+    spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=k, value=v or "") for k, v in values.items()])
+    task = await vcenter.call(vm.ReconfigVM_Task, spec)
+    await _finish(vcenter, vm, task, "reconfigure")
     found = await read_extra_config(vcenter, vm, values)
     for key, wanted in values.items():
         if found[key] != (wanted or None):
             raise StepFailed(action, f"extraConfig {key}: wrote {_shown(wanted)}, vCenter has {_shown(found[key])}")
 
 
-def _power(vm: Any, on: bool) -> str:
-    before = str(vm.runtime.powerState)
-    if before == (POWERED_ON if on else POWERED_OFF):
-        return before
-    task = vm.PowerOnVM_Task() if on else vm.PowerOffVM_Task()
-    try:
-        WaitForTask(task)
-    except vim.fault.InvalidPowerState:
-        pass  # it changed meanwhile; the read-back below decides
-    except vmodl.MethodFault:
-        raise VSphereError(f"{vm.name}: power {'on' if on else 'off'} failed: {_task_fault(task)}") from None
-    return before
-
-
 async def set_power(vcenter: VCenter, vm: Any, on: bool, action: str) -> str:
     """Power the VM on or off (nothing to do when it already is), then read the power
-    state back; returns the state before."""
-    before = await vcenter.call(_power, vm, on)
-    after = str(await vcenter.call(lambda: vm.runtime.powerState))
-    wanted = POWERED_ON if on else POWERED_OFF
-    if after != wanted:
-        raise StepFailed(action, f"power state: wanted {wanted}, vCenter reports {after}")
+    state back from the watcher (what vCenter reported after the task); returns the
+    state before. The watcher follows the task, so this costs the power call alone."""
+    watcher, wanted = vcenter.watcher, POWERED_ON if on else POWERED_OFF
+    before = (await watcher.watch(vm)).power_state
+    if before == wanted:
+        return before
+    task = await vcenter.call(vm.PowerOnVM_Task if on else vm.PowerOffVM_Task)
+    await _finish(vcenter, vm, task, f"power {'on' if on else 'off'}")
+    try:
+        async with asyncio.timeout(READ_BACK_S):
+            await watcher.wait_until(vm, lambda snapshot: snapshot.power_state == wanted)
+    except TimeoutError:
+        now = watcher.state(vm)
+        raise StepFailed(
+            action, f"power state: wanted {wanted}, vCenter reports {now.power_state if now else 'nothing'}"
+        ) from None
     return before
 
 

@@ -3,10 +3,12 @@ list view of the watched VMs, plus an EventHistoryCollector for what properties 
 show (guest customization, reconfiguration).
 
 A thousand watched VMs cost one loop, one list view and one filter update per change,
-not a thousand pollers. The watcher keeps each VM's current state, so a wait resolves
-at once when the state already holds, and turns every change into a typed
-:class:`VmEvent`. When the vCenter goes away (restart, network), it logs in again,
-rebuilds its filters and carries on; what changed meanwhile arrives as ordinary changes.
+not a thousand pollers; VMs (and the tasks callers wait on) join the list views in
+batches, so a thousand that start at once cost a few ``ModifyListView`` calls. The
+watcher keeps each VM's current state, so a wait resolves at once when the state
+already holds, and turns every change into a typed :class:`VmEvent`. When the vCenter
+goes away (restart, network), it logs in again, rebuilds its filters and carries on;
+what changed meanwhile arrives as ordinary changes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import structlog
 from pyVmomi import vim, vmodl
 
 from beachhead.agent.errors import BeachheadError
+from beachhead.agent.vsphere.connection import VSphereError
 from beachhead.agent.vsphere.states import VmState
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ PROPERTIES = (
     "guest.guestFamily",
     "config.guestId",
 )
+TASK_PROPERTIES = ("info.state", "info.error")
 EVENT_TYPES = (
     "CustomizationStartedEvent",
     "CustomizationSucceeded",
@@ -118,6 +122,78 @@ class WatcherClosed(BeachheadError):
     """The watcher was closed while something waited on it."""
 
 
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How a vCenter task ended: ``success`` or ``error`` (with vCenter's fault)."""
+
+    state: str
+    error: Any = None
+
+    @property
+    def fault_text(self) -> str:
+        """The fault's message, for errors."""
+        if self.error is None:
+            return self.state
+        return str(getattr(self.error, "msg", None) or type(self.error).__name__)
+
+
+class ListViewMembers:
+    """Which objects one list view should hold, sent to vCenter in batches: the adds
+    and removes that arrive while a ``ModifyListView`` call is under way go together in
+    the next one. The wanted set is the truth; a rebuilt view starts from it."""
+
+    def __init__(self, vcenter: VCenter) -> None:
+        self.vcenter = vcenter
+        self.view: Any = None
+        self.wanted: dict[str, Any] = {}  # moref id -> managed object
+        self._sent: dict[str, Any] = {}
+        self._unresolved: set[str] = set()
+        self._sending: asyncio.Future[None] | None = None
+
+    def rebuilt(self, view: Any, members: dict[str, Any]) -> None:
+        """A new view, made holding ``members`` (a copy of :attr:`wanted` taken before)."""
+        self.view, self._sent = view, members
+
+    def add(self, obj: Any) -> None:
+        """Want ``obj`` in the view (sent by the next :meth:`sync`)."""
+        self.wanted[obj._moId] = obj
+        self._unresolved.discard(obj._moId)
+
+    def discard(self, obj: Any) -> None:
+        """No longer want ``obj`` (sent with the next batch, whenever that is)."""
+        self.wanted.pop(obj._moId, None)
+
+    async def sync(self, obj: Any) -> None:
+        """Return once ``obj`` is in the view, sending the pending batch when no call is
+        under way (else waiting for that one, then sending what it did not carry).
+        Raises :class:`VSphereError` when vCenter does not know the object."""
+        while obj._moId not in self._sent:
+            if obj._moId in self._unresolved:
+                self.discard(obj)
+                raise VSphereError(f"{obj._moId}: vCenter has no such object (deleted?)")
+            if self._sending is None:
+                self._sending = asyncio.ensure_future(self._send())
+            await asyncio.shield(self._sending)
+
+    async def _send(self) -> None:
+        try:
+            view = self.view
+            added = [obj for key, obj in self.wanted.items() if key not in self._sent]
+            removed = [obj for key, obj in self._sent.items() if key not in self.wanted]
+            if not (added or removed):
+                return
+            unresolved = await self.vcenter.call(view.ModifyListView, added or None, removed or None)
+            if view is not self.view:
+                return  # rebuilt meanwhile, from the wanted set
+            missing = {obj._moId for obj in unresolved or ()}
+            self._unresolved |= missing
+            self._sent.update((obj._moId, obj) for obj in added if obj._moId not in missing)
+            for obj in removed:
+                self._sent.pop(obj._moId, None)
+        finally:
+            self._sending = None
+
+
 def _nics(value: Any) -> tuple[GuestNic, ...]:
     return tuple(
         GuestNic(str(nic.macAddress or ""), tuple(str(a) for a in nic.ipAddress or ()), str(nic.network or ""))
@@ -177,13 +253,15 @@ class VmWatcher:
 
     def __init__(self, vcenter: VCenter) -> None:
         self.vcenter = vcenter
-        self._watched: dict[str, Any] = {}  # moref id -> VirtualMachine
+        self._vms = ListViewMembers(vcenter)
+        self._tasks = ListViewMembers(vcenter)  # the tasks callers wait on
         self._state: dict[str, VmSnapshot] = {}
+        self._task_info: dict[str, dict[str, Any]] = {}  # what the task view reported so far
+        self._task_outcomes: dict[str, TaskOutcome] = {}
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._collector: Any = None
-        self._list_view: Any = None
         self._event_collector: Any = None
         self._last_event_key = -1
         self._version = ""
@@ -194,11 +272,29 @@ class VmWatcher:
         """Start watching ``vm`` (a pyvmomi VirtualMachine) and return its current state."""
         self._start()
         await asyncio.wait_for(self._ready.wait(), FIRST_STATE_TIMEOUT_S)
-        if vm._moId not in self._watched:
-            self._watched[vm._moId] = vm
-            await self.vcenter.call(self._list_view.ModifyListView, [vm], None)
+        self._vms.add(vm)
+        await self._vms.sync(vm)
         async with asyncio.timeout(FIRST_STATE_TIMEOUT_S):
             return await self.wait_until(vm, lambda snapshot: True)
+
+    async def task_outcome(self, task: Any) -> TaskOutcome:
+        """Wait for a vCenter task to end (the caller bounds the wait) and return how:
+        the task joins the watcher's task view, so waiting costs no call of its own."""
+        self._start()
+        await asyncio.wait_for(self._ready.wait(), FIRST_STATE_TIMEOUT_S)
+        self._tasks.add(task)
+        try:
+            await self._tasks.sync(task)
+            async with self._changed:
+                while (outcome := self._task_outcomes.get(task._moId)) is None:
+                    if self._closed:
+                        raise WatcherClosed("the vCenter watcher was closed")
+                    await self._changed.wait()
+            return outcome
+        finally:
+            self._tasks.discard(task)
+            self._task_info.pop(task._moId, None)
+            self._task_outcomes.pop(task._moId, None)
 
     def state(self, vm: Any) -> VmSnapshot | None:
         """The last reported state of a watched VM."""
@@ -241,7 +337,10 @@ class VmWatcher:
         while True:
             try:
                 if self._collector is None:
-                    await self.vcenter.call(self._create_filters)
+                    vms, tasks = dict(self._vms.wanted), dict(self._tasks.wanted)
+                    vm_view, task_view = await self.vcenter.call(self._create_filters, vms, tasks)
+                    self._vms.rebuilt(vm_view, vms)
+                    self._tasks.rebuilt(task_view, tasks)
                     self._ready.set()
                     attempt = 0
                 await self._follow()
@@ -258,24 +357,32 @@ class VmWatcher:
                 with contextlib.suppress(Exception):
                     await self.vcenter.relogin()
 
-    def _create_filters(self) -> None:
+    def _create_filters(self, vms: dict[str, Any], tasks: dict[str, Any]) -> tuple[Any, Any]:
         content = self.vcenter.content
         self._collector = content.propertyCollector.CreatePropertyCollector()
-        self._list_view = content.viewManager.CreateListView(list(self._watched.values()))
         spec = vmodl.query.PropertyCollector
-        self._collector.CreateFilter(
-            spec.FilterSpec(
-                objectSet=[
-                    spec.ObjectSpec(
-                        obj=self._list_view,
-                        skip=True,
-                        selectSet=[spec.TraversalSpec(name="view", type=vim.view.ListView, path="view", skip=False)],
-                    )
-                ],
-                propSet=[spec.PropertySpec(type=vim.VirtualMachine, pathSet=list(PROPERTIES))],
-            ),
-            True,
-        )
+        views = []
+        for members, kind, paths in (
+            (vms, vim.VirtualMachine, PROPERTIES),
+            (tasks, vim.Task, TASK_PROPERTIES),
+        ):
+            view = content.viewManager.CreateListView(list(members.values()))
+            self._collector.CreateFilter(
+                spec.FilterSpec(
+                    objectSet=[
+                        spec.ObjectSpec(
+                            obj=view,
+                            skip=True,
+                            selectSet=[
+                                spec.TraversalSpec(name="view", type=vim.view.ListView, path="view", skip=False)
+                            ],
+                        )
+                    ],
+                    propSet=[spec.PropertySpec(type=kind, pathSet=list(paths))],
+                ),
+                True,
+            )
+            views.append(view)
         self._event_collector = content.eventManager.CreateCollectorForEvents(
             vim.event.EventFilterSpec(eventTypeId=list(EVENT_TYPES))
         )
@@ -288,11 +395,13 @@ class VmWatcher:
         )
         self._version = ""
         self._last_event_key = -1  # a new collector's first page is history again
+        return views[0], views[1]
 
     def _destroy_filters(self) -> None:
         for obj, method in (
             (self._event_collector, "DestroyCollector"),
-            (self._list_view, "DestroyView"),
+            (self._vms.view, "DestroyView"),
+            (self._tasks.view, "DestroyView"),
             (self._collector, "DestroyPropertyCollector"),
         ):
             with contextlib.suppress(Exception):
@@ -317,6 +426,9 @@ class VmWatcher:
     def _apply(self, change: Any) -> list[VmEvent]:
         if isinstance(change.obj, vim.event.EventHistoryCollector):
             return self._apply_events(change)
+        if isinstance(change.obj, vim.Task):
+            self._apply_task(change)
+            return []
         moref = change.obj._moId
         if change.kind == "leave":
             self._state.pop(moref, None)
@@ -331,6 +443,17 @@ class VmWatcher:
         self._state[moref] = after
         return changes_between(before, after)
 
+    def _apply_task(self, change: Any) -> None:
+        moref = change.obj._moId
+        if change.kind == "leave":
+            self._task_info.pop(moref, None)
+            return
+        info = self._task_info.setdefault(moref, {})
+        info.update((item.name, item.val if item.op != "remove" else None) for item in change.changeSet or ())
+        state = str(info.get("info.state") or "")
+        if state in ("success", "error"):
+            self._task_outcomes[moref] = TaskOutcome(state, info.get("info.error"))
+
     def _apply_events(self, change: Any) -> list[VmEvent]:
         page = next((item.val for item in change.changeSet or () if item.name == "latestPage"), None) or []
         fresh = sorted((event for event in page if event.key > self._last_event_key), key=lambda e: e.key)
@@ -343,7 +466,7 @@ class VmWatcher:
         for raw in fresh:
             kind = _event_kind(raw)
             moref = raw.vm.vm._moId if raw.vm is not None and raw.vm.vm is not None else None
-            if kind is None or moref not in self._watched:
+            if kind is None or moref not in self._vms.wanted:
                 continue
             name = self._state[moref].name if moref in self._state else raw.vm.name
             events.append(VmEvent(kind, moref, name, {"message": raw.fullFormattedMessage or ""}))

@@ -25,7 +25,8 @@ from tests.conftest import beachhead
 from tests.metadata.conftest import MetadataServer, free_port
 
 BOOT_DELAY_S = 3
-FLEET = [f"fleet-{n:02d}" for n in range(1, 18)]  # with lin-01..03: twenty Linux VMs
+FLEET_SIZE = 17  # `lab up --vms 17`: with lin-01..03, twenty Linux VMs
+FLEET = [f"fleet-{n:04d}" for n in range(1, FLEET_SIZE + 1)]
 LAB_YAML = f"""
 vcenter: {{host: 127.0.0.1, port: 443}}
 network: {{bridge: bhlab0, subnet: 10.213.0.0/24}}
@@ -37,7 +38,7 @@ vms:
   - {{name: win-01, guest_id: windows2019srv_64Guest, os: windows, guest_username: Administrator,
       cloudbase_init: true}}
   - {{name: con-01, guest_id: otherLinux64Guest, os: linux, console: qemu}}
-""" + "".join(f"  - {{name: {name}, guest_id: debian12_64Guest, os: linux, guest_username: root}}\n" for name in FLEET)
+"""
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +56,7 @@ def lab_session(lab_config: Path) -> Iterator[Path]:
         pytest.skip("the lab needs root")
     with lab_lock():
         beachhead("lab", "down")
-        started = beachhead("lab", "up", "--config", str(lab_config), "--json", timeout=300)
+        started = beachhead("lab", "up", "--config", str(lab_config), "--vms", str(FLEET_SIZE), "--json", timeout=300)
         assert started.returncode == 0, started.stderr
         yield lab_config
         beachhead("lab", "down")

@@ -216,7 +216,7 @@ def test_one_plan_on_twenty_vms_at_once(tmp_path: Path, runs_dir: Path, vsphere_
     assert set(results) == set(names)
     for name, result in results.items():
         assert result["steps"][-1]["stdout"] == f"fleet\n{name}\n"
-    assert (GUESTS / "fleet-17/root/fleet-marker").read_text() == "fleet\n"
+    assert (GUESTS / FLEET[-1] / "root/fleet-marker").read_text() == "fleet\n"
 
 
 def test_a_wait_and_a_command_ride_out_one_vcenter_restart(

@@ -15,7 +15,7 @@ from pyVmomi import vim
 from beachhead.bootstrap.lab.lab import lab_dir
 from beachhead.bootstrap.lab.lock import LOCK_FILE
 from tests.conftest import beachhead
-from tests.lab.conftest import Vc, wait_for
+from tests.lab.conftest import FLEET_SIZE, Vc, wait_for
 
 LAB_DIR = lab_dir()
 
@@ -57,7 +57,7 @@ def test_down_leaves_nothing_behind_and_up_restores(lab_session: Path) -> None:
         assert status.returncode == 1 and json.loads(status.stdout) == {"running": False}
         assert beachhead("lab", "down").returncode == 0  # nothing to do is fine
     finally:  # up again whatever failed: the session's later tests need the lab
-        up = beachhead("lab", "up", "--config", str(lab_session), "--json", timeout=300)
+        up = beachhead("lab", "up", "--config", str(lab_session), "--vms", str(FLEET_SIZE), "--json", timeout=300)
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["vms"][0]["name"] == "lin-01"
     again = _leftovers()

@@ -135,6 +135,23 @@ def test_a_guest_whose_host_key_was_swapped_is_refused(tmp_path: Path, runs_dir:
     reached = _run(over_ssh, lin01)
     assert reached["status"] == "ok" and reached["steps"][0]["stdout"] == "reached\n"
 
+    # Only the Ed25519 key is pinned: an RSA key file beside it (here a stranger's) is not read.
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(tmp_path / "rsa")], check=True)
+    extra = write_plan(
+        tmp_path,
+        "name: extra-key\nchannels: [guestops]\nsteps:\n"
+        "  - upload: {src: rsa.pub, dest: /etc/ssh/ssh_host_rsa_key.pub}\n",
+        "extra.yaml",
+    )
+    added = _run(extra, lin01)
+    assert added["status"] == "ok", added
+    try:
+        still = _run(over_ssh, lin01)
+        assert still["status"] == "ok" and still["steps"][0]["stdout"] == "reached\n", still
+    finally:
+        undone = beachhead("undo", added["run_id"])
+        assert undone.returncode == 0, undone.stdout + undone.stderr
+
 
 def test_known_hosts_from_vsphere_is_the_default_only_with_a_guest_login(
     tmp_path: Path, lab: dict[str, Any], vsphere_uri: Callable[..., str], monkeypatch: pytest.MonkeyPatch

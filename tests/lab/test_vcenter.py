@@ -16,7 +16,7 @@ from pyVim.task import WaitForTask
 from pyVmomi import vim
 
 from tests.conftest import beachhead
-from tests.lab.conftest import Vc, wait_for
+from tests.lab.conftest import FLEET_SIZE, Vc, wait_for
 
 
 def test_up_json_contract_and_idempotence(lab_config: Path, lab: dict[str, Any]) -> None:
@@ -35,7 +35,7 @@ def test_up_json_contract_and_idempotence(lab_config: Path, lab: dict[str, Any])
 
     status = beachhead("lab", "status", "--json")  # the command prints what the fixture read
     assert status.returncode == 0 and json.loads(status.stdout) == lab, status.stderr
-    again = beachhead("lab", "up", "--config", str(lab_config), "--json")
+    again = beachhead("lab", "up", "--config", str(lab_config), "--vms", str(FLEET_SIZE), "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == lab  # reported, not restarted: same passwords
     assert "note" not in again.stderr

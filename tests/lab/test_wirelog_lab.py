@@ -152,7 +152,7 @@ def test_logged_connect_guest_operations_fault_and_transfers(lab: dict[str, Any]
 
 def test_instrumenting_a_smartconnect_session_records_every_call_from_any_thread(vc: Vc, tmp_path: Path) -> None:
     wire_log = WireLog(tmp_path / "wire.jsonl")
-    names = ["lin-01", "lin-02", "lin-03", "win-01", "fleet-01", "fleet-02"]
+    names = ["lin-01", "lin-02", "lin-03", "win-01", "fleet-0001", "fleet-0002"]
     vms = {name: vc.vm(name) for name in names}
     lin = vms["lin-01"]
     wait_for(lambda: lin.guest.guestOperationsReady, what="lin-01 guest operations ready")
