@@ -87,10 +87,10 @@ async def set_power(vcenter: VCenter, vm: Any, on: bool, action: str) -> str:
         async with asyncio.timeout(READ_BACK_S):
             await watcher.wait_until(vm, lambda snapshot: snapshot.power_state == wanted)
     except TimeoutError:
-        now = watcher.state(vm)
-        raise StepFailed(
-            action, f"power state: wanted {wanted}, vCenter reports {now.power_state if now else 'nothing'}"
-        ) from None
+        # The watcher's update can lag a busy vCenter (seen at 500 VMs): ask it directly.
+        now = str(await vcenter.call(lambda: vm.runtime.powerState))
+        if now != wanted:
+            raise StepFailed(action, f"power state: wanted {wanted}, vCenter reports {now}") from None
     return before
 
 
