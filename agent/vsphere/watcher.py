@@ -46,6 +46,7 @@ PROPERTIES = (
     "config.guestId",
 )
 TASK_PROPERTIES = ("info.state", "info.error")
+TASK_ENDED = ("success", "error")
 EVENT_TYPES = (
     "CustomizationStartedEvent",
     "CustomizationSucceeded",
@@ -257,7 +258,6 @@ class VmWatcher:
         self._tasks = ListViewMembers(vcenter)  # the tasks callers wait on
         self._state: dict[str, VmSnapshot] = {}
         self._task_info: dict[str, dict[str, Any]] = {}  # what the task view reported so far
-        self._task_outcomes: dict[str, TaskOutcome] = {}
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -286,15 +286,14 @@ class VmWatcher:
         try:
             await self._tasks.sync(task)
             async with self._changed:
-                while (outcome := self._task_outcomes.get(task._moId)) is None:
+                while (state := str(self._task_info.get(task._moId, {}).get("info.state") or "")) not in TASK_ENDED:
                     if self._closed:
                         raise WatcherClosed("the vCenter watcher was closed")
                     await self._changed.wait()
-            return outcome
+            return TaskOutcome(state, self._task_info[task._moId].get("info.error"))
         finally:
             self._tasks.discard(task)
             self._task_info.pop(task._moId, None)
-            self._task_outcomes.pop(task._moId, None)
 
     def state(self, vm: Any) -> VmSnapshot | None:
         """The last reported state of a watched VM."""
@@ -450,9 +449,6 @@ class VmWatcher:
             return
         info = self._task_info.setdefault(moref, {})
         info.update((item.name, item.val if item.op != "remove" else None) for item in change.changeSet or ())
-        state = str(info.get("info.state") or "")
-        if state in ("success", "error"):
-            self._task_outcomes[moref] = TaskOutcome(state, info.get("info.error"))
 
     def _apply_events(self, change: Any) -> list[VmEvent]:
         page = next((item.val for item in change.changeSet or () if item.name == "latestPage"), None) or []
