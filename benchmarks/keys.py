@@ -22,7 +22,7 @@ Consoles, each started by the console tests' own peer starters (tests/console/):
   again if it started it.
 
 Each run types the text at the backend's default pace (``plugins/keys.py``
-``DEFAULT_PACE_MS``: usb 5 ms, VNC 10 ms between key events, RDP none) and unpaced, one after the
+``DEFAULT_PACE_MS``: usb 10 ms between calls, VNC 10 ms between key events, RDP none) and unpaced, one after the
 other, and waits (bounded) until every byte arrived or nothing more arrives. Reported per
 console, medians of ``--runs``: characters per second from the start of typing to the
 last byte's arrival, and how many of the characters arrived in place (the longest

@@ -170,11 +170,6 @@ def _spec(keys: Sequence[UsbKey]) -> Any:
 class UsbConsole:
     """Types into a VM's console through ``PutUsbScanCodes`` (a :class:`ConsoleBackend`)."""
 
-    #: Milliseconds between keys when neither target nor step says. Measured on the
-    #: lab's QEMU console (1 KiB): batched calls lose most keys (50 of 1,025 arrived),
-    #: one key per call arrives intact at 0.5, 1 (~310 keys/s) and 5 ms; 5 keeps a margin.
-    default_pace_ms = 5.0
-
     def __init__(self, vcenter: VCenter, vm: Any, target_name: str) -> None:
         self.vcenter = vcenter
         self.vm = vm

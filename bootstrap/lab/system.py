@@ -121,7 +121,22 @@ def alive(pid: int | None, marker: str | None = None) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return marker is None or marker.encode() in cmdline
+    if marker is None or marker.encode() in cmdline:
+        return True
+    if cmdline:
+        return False  # another program has the pid now
+    # Empty: a zombie, or a process inside execve (nsenter becoming dhclient) whose new
+    # command line is not set up yet; taking the second for dead failed a lab clone.
+    return process_state(pid) not in {None, "Z", "X"}
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``/proc/PID/stat`` (R, S, Z, …), None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
 
 
 def stop_process(

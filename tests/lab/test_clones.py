@@ -5,6 +5,7 @@ and sshd host key), PowerOnVM_Task boots it, Destroy_Task removes it again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 from typing import Any
@@ -91,16 +92,30 @@ def test_a_clone_gets_a_guest_of_its_own_until_it_is_destroyed(vc: Vc) -> None:
     assert asyncio.run(_ssh(source, "hostname")).strip() == "lin-01"
 
 
+def _destroy_clones(vc: Vc, tasks: list[vim.Task], prefix: str) -> None:
+    """Wait for the clone tasks however they end, then destroy every VM they left (a
+    failed clone stays in the inventory), so that later tests see the lab as it was."""
+    for task in tasks:
+        with contextlib.suppress(vmodl.MethodFault):
+            WaitForTask(task)
+    view = vc.content.viewManager.CreateContainerView(vc.content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        left = [vm for vm in view.view if vm.name.startswith(prefix)]
+    finally:
+        view.Destroy()
+    for vm in left:
+        WaitForTask(vm.Destroy_Task())
+
+
 def test_clones_made_at_once_get_addresses_of_their_own(vc: Vc) -> None:
     tasks = [_clone(vc, "lin-02", f"batch-{n}") for n in range(3)]
-    for task in tasks:
-        WaitForTask(task)
-    clones = [vm for vm in _status()["vms"] if vm["name"].startswith("batch-")]
     try:
+        for task in tasks:
+            WaitForTask(task)
+        clones = [vm for vm in _status()["vms"] if vm["name"].startswith("batch-")]
         assert len({vm["ip"] for vm in clones}) == 3 and {vm["clone_of"] for vm in clones} == {"lin-02"}
     finally:
-        for n in range(3):
-            WaitForTask(vc.vm(f"batch-{n}").Destroy_Task())
+        _destroy_clones(vc, tasks, "batch-")
     assert not any(vm["name"].startswith("batch-") for vm in _status()["vms"])
 
 

@@ -86,13 +86,15 @@ func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soa
 			}
 		}
 		nsenter := append([]string{"nsenter"}, g.enterArgs(g.cfg.GuestUID, dir, argv...)...)
+		// Read before the start: a short program's waiter records its end meanwhile.
+		started := time.Now()
 		pid, err := g.startUnderWaiter(nsenter, append(g.baseEnv(), spec.EnvVariables...))
 		if err != nil {
 			return nil, simulator.Fault(err.Error(), &types.GuestOperationsFault{})
 		}
 		process := &startedProcess{info: processInfo{
 			Name: spec.ProgramPath, Pid: pid, Owner: g.cfg.GuestUsername,
-			CmdLine: commandLine(g, spec.ProgramPath, spec.Arguments), StartTime: time.Now(),
+			CmdLine: commandLine(g, spec.ProgramPath, spec.Arguments), StartTime: started,
 		}}
 		g.mu.Lock()
 		g.started[pid] = process
