@@ -21,7 +21,7 @@ from typing import Any
 from beachhead.agent.context import RunContext
 from beachhead.agent.engine import Engine, Progress, check_run_input
 from beachhead.agent.errors import InputError
-from beachhead.agent.journal import Journal, RunDirectory, default_runs_dir
+from beachhead.agent.journal import Journal, PathLike, RunDirectory, default_runs_dir
 from beachhead.agent.logs import route_to_stdlib_logging
 from beachhead.agent.plans import Plan, build_plan, load_plan
 from beachhead.agent.registry import Plugins, default_plugins
@@ -84,7 +84,7 @@ async def run_plan(
     targets: Sequence[str | Target],
     *,
     settings: RunSettings | None = None,
-    runs_dir: Path | None = None,
+    runs_dir: PathLike | None = None,
     plugins: Plugins | None = None,
     progress: Progress | None = None,
     on_run_dir: Callable[[RunDirectory], None] | None = None,
@@ -101,7 +101,7 @@ async def run_plan(
     check_unique_names(resolved, "--target")
     check_run_input(plan, resolved, plugins, settings)
     run_dir = RunDirectory.create(
-        runs_dir or default_runs_dir(),
+        default_runs_dir(runs_dir),
         {
             "plan": plan.name,
             "plan_file": str(plan.source) if plan.source else None,
@@ -125,7 +125,7 @@ async def resume_run(
     *,
     plan: PlanLike | None = None,
     settings: RunSettings | None = None,
-    runs_dir: Path | None = None,
+    runs_dir: PathLike | None = None,
     plugins: Plugins | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
@@ -136,7 +136,7 @@ async def resume_run(
     route_to_stdlib_logging()
     plugins = plugins or default_plugins()
     settings = settings or RunSettings()
-    run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
+    run_dir = RunDirectory.open(default_runs_dir(runs_dir), run_id)
     recorded = run_dir.metadata()
     if plan is None:
         if not recorded.get("plan_file"):
@@ -176,7 +176,7 @@ async def customize(
     plan: PlanLike,
     *,
     settings: RunSettings | None = None,
-    runs_dir: Path | None = None,
+    runs_dir: PathLike | None = None,
 ) -> TargetResult:
     """Run ``plan`` on one freshly provisioned guest and return how it went."""
     report = await run_plan(plan, [target], settings=settings, runs_dir=runs_dir)
@@ -188,7 +188,7 @@ def customize_sync(
     plan: PlanLike,
     *,
     settings: RunSettings | None = None,
-    runs_dir: Path | None = None,
+    runs_dir: PathLike | None = None,
 ) -> TargetResult:
     """:func:`customize` for callers without an event loop (a provisioning script)."""
     return asyncio.run(customize(target, plan, settings=settings, runs_dir=runs_dir))

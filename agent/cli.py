@@ -417,7 +417,7 @@ def run(
 def journal(run_id: str, json_output: bool, runs_dir: Path | None) -> None:
     """Show what run RUN_ID wrote, and how each write ended."""
     with errors_exit():
-        run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
+        run_dir = RunDirectory.open(default_runs_dir(runs_dir), run_id)
         if json_output:
             for record in run_dir.records():
                 click.echo(json.dumps(record))
@@ -454,7 +454,7 @@ def undo(run_id: str, force: bool, json_output: bool, connect_timeout: float, ru
     extraConfig values back, and list what cannot be undone (commands, power
     operations). Safe to run again."""
     with errors_exit():
-        run_dir = RunDirectory.open(runs_dir or default_runs_dir(), run_id)
+        run_dir = RunDirectory.open(default_runs_dir(runs_dir), run_id)
         undoer = Undoer(run_dir, default_plugins(), connect_timeout=connect_timeout, force=force)
         report = run_async(undoer.undo())
         if json_output:
@@ -477,7 +477,7 @@ def undo(run_id: str, force: bool, json_output: bool, connect_timeout: float, ru
 @runs_dir_option
 def runs(runs_dir: Path | None) -> None:
     """List past runs, newest first."""
-    root = runs_dir or default_runs_dir()
+    root = default_runs_dir(runs_dir)
     table = Table(title=str(root), title_justify="left")
     for column in ("run id", "plan", "targets"):
         table.add_column(column)

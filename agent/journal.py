@@ -44,8 +44,15 @@ def state_dir() -> Path:
     return Path(state) / "beachhead"
 
 
-def default_runs_dir() -> Path:
-    """``$BEACHHEAD_RUNS_DIR``, else ``runs`` in :func:`state_dir`."""
+PathLike = str | os.PathLike[str]
+"""A directory as callers give one: a string or a path object."""
+
+
+def default_runs_dir(given: PathLike | None = None) -> Path:
+    """``given`` (a caller's choice, ``~`` expanded), else ``$BEACHHEAD_RUNS_DIR``, else
+    ``runs`` in :func:`state_dir`."""
+    if given is not None:
+        return Path(given).expanduser()
     if os.environ.get(RUNS_DIR_ENV):
         return Path(os.environ[RUNS_DIR_ENV]).expanduser()
     return state_dir() / "runs"

@@ -19,12 +19,11 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from beachhead.agent.api import PlanLike, RunReport, run_plan
 from beachhead.agent.engine import Progress
-from beachhead.agent.journal import RunDirectory
+from beachhead.agent.journal import PathLike, RunDirectory
 from beachhead.agent.registry import Plugins
 from beachhead.agent.results import StepResult, TargetResult
 from beachhead.agent.secrets import REDACTOR
@@ -189,7 +188,7 @@ def start_run(
     targets: Sequence[str | Target],
     *,
     settings: RunSettings | None = None,
-    runs_dir: Path | None = None,
+    runs_dir: PathLike | None = None,
     plugins: Plugins | None = None,
     progress: Progress | None = None,
 ) -> Run:

@@ -50,7 +50,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -215,14 +214,6 @@ def worker_main(kind: str, lab_file: Path, payload: Path) -> int:
 
 
 # -- the parent: the lab, power-offs, counters, report -----------------------------------
-def soap_counts(lab: dict[str, Any]) -> dict[str, int]:
-    """The lab vCenter's SOAP requests so far, by method (``_total`` too)."""
-    context = ssl.create_default_context(cafile=lab["vcenter"]["ca_file"])
-    with urllib.request.urlopen(lab["vcenter"]["stats_url"], context=context, timeout=30) as response:
-        stats = json.loads(response.read())
-    return {**stats["by_method"], "_total": stats["soap_requests"]}
-
-
 def power_off_fleet(lab: dict[str, Any]) -> None:
     """Power every fleet VM off, wait until the lab has cleared their tools state, and
     delete the uploaded file from the guests."""
@@ -253,10 +244,20 @@ def power_off_fleet(lab: dict[str, Any]) -> None:
         (guests / name / "root" / PAYLOAD_NAME).unlink(missing_ok=True)
 
 
+def mem_available_mb() -> float:
+    """The machine's MemAvailable now, in MB: what bringing the lab up costs is its drop."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    raise BenchmarkFailed("/proc/meminfo has no MemAvailable")
+
+
 def measure_once(kind: str, lab: dict[str, Any], lab_file: Path, payload: Path) -> dict[str, Any]:
     """One worker run from a powered-off fleet; its figures and its vCenter calls."""
+    from beachhead.bootstrap.lab.soap_stats import calls_since, soap_calls
+
     power_off_fleet(lab)
-    before = soap_counts(lab)
+    before = soap_calls(lab)
     worker = subprocess.run(
         [
             sys.executable,
@@ -277,10 +278,8 @@ def measure_once(kind: str, lab: dict[str, Any], lab_file: Path, payload: Path) 
     if worker.returncode != 0:
         raise BenchmarkFailed(f"{kind} worker: {worker.stderr.strip()[-2000:]}")
     time.sleep(0.5)  # the counters follow the vCenter's request trace
-    after = soap_counts(lab)
-    calls = {
-        method: after[method] - before.get(method, 0) for method in after if after[method] != before.get(method, 0)
-    }
+    after = soap_calls(lab)
+    calls = calls_since(before, after)
     figures: dict[str, Any] = json.loads(worker.stdout.strip().splitlines()[-1])
     figures["calls"] = calls
     return figures
@@ -293,7 +292,7 @@ def report(runs: list[dict[str, dict[str, Any]]], vms: int, boot_delay: float, a
         return statistics.median(run[kind][key] for run in runs)
 
     def calls_per_vm(kind: str) -> float:
-        return statistics.median(run[kind]["calls"]["_total"] / vms for run in runs)
+        return statistics.median(sum(run[kind]["calls"].values()) / vms for run in runs)
 
     rows = {
         "seconds, first power-on to last VM customized": (median("beachhead", "seconds"), median("polling", "seconds")),
@@ -359,11 +358,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="beachhead-bench-") as scratch, lab_lock():
         if status() is not None:
             down()  # a lab up already may have another fleet or boot delay
-        started_at = time.monotonic()
+        started_at, available_before = time.monotonic(), mem_available_mb()
         config = dataclasses.replace(with_fleet(load_config(None), options.vms), boot_delay_s=options.boot_delay)
         state, started = up(config, progress=say)
         if started:
-            say(f"up with {options.vms} fleet VMs in {time.monotonic() - started_at:.1f}s")
+            cost = available_before - mem_available_mb()
+            say(
+                f"up with {options.vms} fleet VMs in {time.monotonic() - started_at:.1f}s; "
+                f"MemAvailable {cost:.0f} MB lower ({cost / options.vms:.1f} MB per VM, the lab's own VMs included)"
+            )
         lab = state.public()
         lab_file, payload = Path(scratch, "lab.json"), Path(scratch, "payload.bin")
         lab_file.write_text(json.dumps(lab))
@@ -379,7 +382,7 @@ def main() -> int:
                     f"run {run + 1}/{options.runs}: "
                     + ", ".join(
                         f"{kind} {f['seconds']:.1f}s {f['peak_rss_mb']:.0f} MB "
-                        f"{f['calls']['_total'] / options.vms:.1f} calls/VM"
+                        f"{sum(f['calls'].values()) / options.vms:.1f} calls/VM"
                         for kind, f in figures.items()
                     ),
                     file=sys.stderr,

@@ -39,11 +39,13 @@ async def test_a_plan_built_in_python_runs_like_a_file(
     result = await customize(sshd.uri(name="py"), plan, runs_dir=runs_dir, settings=FAST)
     assert result.ok, result.to_json()
     assert result.steps[1].stdout == "hello from python\n"
-    # A plain mapping is accepted wherever a plan is (relative files against the cwd).
+    # A plain mapping is accepted wherever a plan is (relative files against the cwd),
+    # and the runs directory may be given as a string.
     again = await customize(
-        sshd.uri(name="py2"), {"name": "inline", "steps": [{"run": "echo inline"}]}, runs_dir=runs_dir
+        sshd.uri(name="py2"), {"name": "inline", "steps": [{"run": "echo inline"}]}, runs_dir=str(runs_dir)
     )
     assert again.ok and again.steps[0].stdout == "inline\n"
+    assert len([path for path in runs_dir.iterdir() if (path / "run.json").is_file()]) == 2
 
 
 def test_bad_python_plan_names_the_field() -> None:

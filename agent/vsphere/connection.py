@@ -107,7 +107,11 @@ class VCenter:
         self.address = address
         self._password = password
         self._connect_timeout = connect_timeout
+        self._workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"vcenter-{address.host}")
+        # The watcher's long poll has a thread of its own: queued behind a fleet's calls
+        # in the shared pool, its updates arrived tens of seconds late (500 lab VMs).
+        self._long_poll_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vcenter-{address.host}-wait")
         self._wire_log = wire_log
         self._si: Any = None
         self._content: Any = None
@@ -160,6 +164,9 @@ class VCenter:
                 self._si = connect_logged(self._wire_log, **options)
             else:
                 self._si = SmartConnect(**options)
+            # pyVmomi keeps 5 idle connections and closes the rest after each call, so
+            # with more threads in flight every extra call paid a TLS handshake.
+            self._si._stub.poolSize = self._workers + 1
         except vim.fault.InvalidLogin:
             raise self.unavailable("vCenter refused the user name or password", retryable=False) from None
         except ssl.SSLCertVerificationError as exc:
@@ -210,23 +217,26 @@ class VCenter:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._in_thread(Disconnect, self._si), timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._long_poll_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- calls --------------------------------------------------------------------------
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, long_poll: bool = False) -> T:
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        return await loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
+        executor = self._long_poll_executor if long_poll else self._executor
+        return await loop.run_in_executor(executor, functools.partial(context.run, fn, *args))
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, long_poll: bool = False) -> T:
         """Run a blocking pyvmomi call in a worker thread; when the session was lost, log
         in again and retry once. A broken connection raises a retryable
-        :class:`ChannelUnavailable`."""
+        :class:`ChannelUnavailable`. ``long_poll`` (the watcher's ``WaitForUpdatesEx``)
+        runs on a thread of its own, never queued behind other calls."""
         try:
             try:
-                return await self._in_thread(fn, *args)
+                return await self._in_thread(fn, *args, long_poll=long_poll)
             except SESSION_LOST:
                 await self.relogin()
-                return await self._in_thread(fn, *args)
+                return await self._in_thread(fn, *args, long_poll=long_poll)
         except (OSError, http.client.HTTPException) as exc:
             raise self.unavailable(f"vCenter connection lost: {exc!r}", retryable=True) from None
 

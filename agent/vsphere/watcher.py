@@ -409,7 +409,7 @@ class VmWatcher:
     async def _follow(self) -> None:
         options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=WAIT_S)
         while True:
-            update = await self.vcenter.call(self._collector.WaitForUpdatesEx, self._version, options)
+            update = await self.vcenter.call(self._collector.WaitForUpdatesEx, self._version, options, long_poll=True)
             if update is None:
                 continue
             self._version = update.version

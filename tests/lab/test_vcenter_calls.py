@@ -5,9 +5,6 @@ watcher in batches, tasks followed by the watcher instead of a collector each.""
 from __future__ import annotations
 
 import asyncio
-import json
-import ssl
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,21 +16,8 @@ from beachhead.agent.secrets import Secret
 from beachhead.agent.vsphere.connection import VCenter, VCenterAddress, VmNotFound
 from beachhead.agent.vsphere.states import VmState
 from beachhead.agent.vsphere.vmconfig import set_power
+from beachhead.bootstrap.lab.soap_stats import calls_since, soap_calls
 from tests.lab.conftest import FLEET
-
-
-def soap_calls(lab: dict[str, Any]) -> dict[str, int]:
-    """The lab vCenter's SOAP requests so far, by method."""
-    context = ssl.create_default_context(cafile=lab["vcenter"]["ca_file"])
-    with urllib.request.urlopen(lab["vcenter"]["stats_url"], context=context, timeout=30) as response:
-        stats = json.loads(response.read())
-    assert stats["soap_requests"] == sum(stats["by_method"].values())
-    return dict(stats["by_method"])
-
-
-def made_since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """The calls counted between two readings."""
-    return {method: count - before.get(method, 0) for method, count in after.items() if count != before.get(method, 0)}
 
 
 @pytest.fixture
@@ -54,7 +38,7 @@ async def test_many_lookups_read_the_names_once_and_watches_join_in_batches(
     before = soap_calls(lab)
     vms = await asyncio.gather(*(vcenter.find_vm(name) for name in FLEET))
     snapshots = await asyncio.gather(*(vcenter.watcher.watch(vm) for vm in vms))
-    calls = made_since(before, soap_calls(lab))
+    calls = calls_since(before, soap_calls(lab))
     assert [snapshot.name for snapshot in snapshots] == FLEET
     assert calls["RetrieveProperties"] == 1, calls  # one name read for seventeen lookups
     assert calls["ModifyListView"] <= 2, calls  # not one per VM
@@ -63,7 +47,7 @@ async def test_many_lookups_read_the_names_once_and_watches_join_in_batches(
     before = soap_calls(lab)
     with pytest.raises(VmNotFound, match=r"no VM named 'nobody\.invalid'"):
         await vcenter.find_vm("nobody.invalid")
-    assert made_since(before, soap_calls(lab))["RetrieveProperties"] == 1  # a miss reads the names again
+    assert calls_since(before, soap_calls(lab))["RetrieveProperties"] == 1  # a miss reads the names again
 
 
 async def test_power_tasks_are_followed_by_the_watcher(lab: dict[str, Any], vcenter: VCenter) -> None:
@@ -77,7 +61,7 @@ async def test_power_tasks_are_followed_by_the_watcher(lab: dict[str, Any], vcen
     before = soap_calls(lab)
     assert await set_power(vcenter, vm, False, "power: off") == "poweredOn"
     assert await set_power(vcenter, vm, True, "power: on") == "poweredOff"
-    calls = made_since(before, soap_calls(lab))
+    calls = calls_since(before, soap_calls(lab))
     assert calls.get("PowerOffVM_Task") == 1 and calls.get("PowerOnVM_Task") == 1, calls
     # no collector, filter or property read per task: the watcher's views carry them
     assert not {"CreateFilter", "WaitForUpdates", "Fetch", "RetrieveProperties"} & set(calls), calls
