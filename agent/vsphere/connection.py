@@ -109,9 +109,9 @@ class VCenter:
         self._connect_timeout = connect_timeout
         self._workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"vcenter-{address.host}")
-        # The watcher's long poll has a thread of its own: queued behind a fleet's calls
-        # in the shared pool, its updates arrived tens of seconds late (500 lab VMs).
-        self._long_poll_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vcenter-{address.host}-wait")
+        # The watcher's long polls (two collectors) have threads of their own, never
+        # queued behind a fleet's calls; two more for polls left running by a reconnect.
+        self._long_poll_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"vcenter-{address.host}-wait")
         self._wire_log = wire_log
         self._si: Any = None
         self._content: Any = None

@@ -1,6 +1,7 @@
 """One event watcher per vCenter: a PropertyCollector ``WaitForUpdatesEx`` loop over a
 list view of the watched VMs, plus an EventHistoryCollector for what properties do not
-show (guest customization, reconfiguration).
+show (guest customization, reconfiguration) and a list view of the tasks callers wait
+on, followed by a second collector's loop.
 
 A thousand watched VMs cost one loop, one list view and one filter update per change,
 not a thousand pollers; VMs (and the tasks callers wait on) join the list views in
@@ -261,10 +262,12 @@ class VmWatcher:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self._collector: Any = None
+        # Two property collectors, VMs in one, tasks and events in the other, each
+        # followed by a WaitForUpdatesEx loop of its own (see _create_filters).
+        self._collectors: list[Any] = []
+        self._versions: list[str] = []
         self._event_collector: Any = None
         self._last_event_key = -1
-        self._version = ""
         self._closed = False
 
     # -- what callers use ----------------------------------------------------------------
@@ -335,7 +338,7 @@ class VmWatcher:
         attempt = 0
         while True:
             try:
-                if self._collector is None:
+                if not self._collectors:
                     vms, tasks = dict(self._vms.wanted), dict(self._tasks.wanted)
                     vm_view, task_view = await self.vcenter.call(self._create_filters, vms, tasks)
                     self._vms.rebuilt(vm_view, vms)
@@ -351,22 +354,28 @@ class VmWatcher:
                 delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
                 attempt += 1
                 log.warning("watcher.reconnect", vcenter=self.vcenter.address.url, error=str(exc), delay_s=delay)
-                self._collector = None
+                self._collectors = []
                 await asyncio.sleep(delay)
                 with contextlib.suppress(Exception):
                     await self.vcenter.relogin()
 
     def _create_filters(self, vms: dict[str, Any], tasks: dict[str, Any]) -> tuple[Any, Any]:
+        """The list views and their filters. The VMs' filter has a collector to itself:
+        govmomi's simulator re-reads every filter of a collector for each change in its
+        inventory, so at 500 VMs a collector shared with the task and event filters
+        answered tens of seconds late; a real vCenter is indifferent to the split."""
         content = self.vcenter.content
-        self._collector = content.propertyCollector.CreatePropertyCollector()
+        vm_collector = content.propertyCollector.CreatePropertyCollector()
+        side_collector = content.propertyCollector.CreatePropertyCollector()
+        self._collectors, self._versions = [vm_collector, side_collector], ["", ""]
         spec = vmodl.query.PropertyCollector
         views = []
-        for members, kind, paths in (
-            (vms, vim.VirtualMachine, PROPERTIES),
-            (tasks, vim.Task, TASK_PROPERTIES),
+        for collector, members, kind, paths in (
+            (vm_collector, vms, vim.VirtualMachine, PROPERTIES),
+            (side_collector, tasks, vim.Task, TASK_PROPERTIES),
         ):
             view = content.viewManager.CreateListView(list(members.values()))
-            self._collector.CreateFilter(
+            collector.CreateFilter(
                 spec.FilterSpec(
                     objectSet=[
                         spec.ObjectSpec(
@@ -385,14 +394,13 @@ class VmWatcher:
         self._event_collector = content.eventManager.CreateCollectorForEvents(
             vim.event.EventFilterSpec(eventTypeId=list(EVENT_TYPES))
         )
-        self._collector.CreateFilter(
+        side_collector.CreateFilter(
             spec.FilterSpec(
                 objectSet=[spec.ObjectSpec(obj=self._event_collector)],
                 propSet=[spec.PropertySpec(type=vim.event.EventHistoryCollector, pathSet=["latestPage"])],
             ),
             True,
         )
-        self._version = ""
         self._last_event_key = -1  # a new collector's first page is history again
         return views[0], views[1]
 
@@ -401,18 +409,30 @@ class VmWatcher:
             (self._event_collector, "DestroyCollector"),
             (self._vms.view, "DestroyView"),
             (self._tasks.view, "DestroyView"),
-            (self._collector, "DestroyPropertyCollector"),
+            *((collector, "DestroyPropertyCollector") for collector in self._collectors),
         ):
             with contextlib.suppress(Exception):
                 getattr(obj, method)()
 
     async def _follow(self) -> None:
+        """Follow every collector at once; the first to fail stops the others."""
+        loops = [asyncio.ensure_future(self._follow_collector(index)) for index in range(len(self._collectors))]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _follow_collector(self, index: int) -> None:
         options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=WAIT_S)
+        collector = self._collectors[index]
         while True:
-            update = await self.vcenter.call(self._collector.WaitForUpdatesEx, self._version, options, long_poll=True)
+            version = self._versions[index]
+            update = await self.vcenter.call(collector.WaitForUpdatesEx, version, options, long_poll=True)
             if update is None:
                 continue
-            self._version = update.version
+            self._versions[index] = update.version
             events: list[VmEvent] = []
             for filter_update in update.filterSet or ():
                 for change in filter_update.objectSet or ():

@@ -153,6 +153,33 @@ def test_a_guest_whose_host_key_was_swapped_is_refused(tmp_path: Path, runs_dir:
         assert undone.returncode == 0, undone.stdout + undone.stderr
 
 
+def test_without_an_ed25519_key_the_guests_other_host_key_is_pinned(tmp_path: Path, lin01: str) -> None:
+    # The Ed25519 key is asked for first; missing, the directory is listed and the
+    # ECDSA key is pinned: one made here, which sshd (restarted with it) must prove.
+    _guestops(
+        tmp_path,
+        lin01,
+        "set -e; ssh-keygen -q -t ecdsa -N '' -f /root/alt_ecdsa_key"
+        "; cp -p /etc/ssh/ssh_host_ecdsa_key.pub /root/ecdsa.pub.orig 2>/dev/null || true"
+        "; cp /root/alt_ecdsa_key.pub /etc/ssh/ssh_host_ecdsa_key.pub"
+        "; mv /etc/ssh/ssh_host_ed25519_key.pub /root/ed25519.pub.aside"
+        f"; {STOP_SSHD}; {START_SSHD} -h /root/alt_ecdsa_key",
+    )
+    try:
+        over_ssh = write_plan(tmp_path, "name: p\nchannels: [ssh]\nsteps:\n  - run: echo reached\n", "ssh.yaml")
+        reached = _run(over_ssh, lin01)
+        assert reached["status"] == "ok" and reached["steps"][0]["stdout"] == "reached\n", reached
+    finally:
+        _guestops(
+            tmp_path,
+            lin01,
+            "mv /root/ed25519.pub.aside /etc/ssh/ssh_host_ed25519_key.pub"
+            "; if [ -f /root/ecdsa.pub.orig ]; then mv /root/ecdsa.pub.orig /etc/ssh/ssh_host_ecdsa_key.pub;"
+            " else rm -f /etc/ssh/ssh_host_ecdsa_key.pub; fi"
+            f"; rm -f /root/alt_ecdsa_key /root/alt_ecdsa_key.pub; {STOP_SSHD}; {START_SSHD}",
+        )
+
+
 def test_known_hosts_from_vsphere_is_the_default_only_with_a_guest_login(
     tmp_path: Path, lab: dict[str, Any], vsphere_uri: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
