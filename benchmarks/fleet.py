@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
+import http.client
 import json
 import os
 import resource
@@ -61,6 +62,7 @@ PAYLOAD_NAME = "fleet-payload"
 PAYLOAD_BYTES = 4096
 POLL_INTERVAL_S = 1.0
 BASELINE_THREADS = 64
+POWER_OFF_THREADS = 16  # the parent powers the fleet off between runs
 WAIT_LIMIT_S = 600.0  # every wait below is bounded by this
 BOOT_DELAY_S = 20.0
 IMPLEMENTATIONS = ("beachhead", "polling")
@@ -230,8 +232,21 @@ def power_off_fleet(lab: dict[str, Any]) -> None:
         vms = [vm for vm in view.view if vm.name in names]
         view.Destroy()
         on = [vm for vm in vms if vm.runtime.powerState != "poweredOff"]
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda vm: WaitForTask(vm.PowerOffVM_Task()), on))
+        si._stub.poolSize = POWER_OFF_THREADS  # a connection per thread, kept between calls
+
+        def power_off(vm: Any) -> None:
+            # Once, a connection the busy simulator had dropped was reused: ask again.
+            for attempt in range(3):
+                try:
+                    if vm.runtime.powerState != "poweredOff":
+                        WaitForTask(vm.PowerOffVM_Task())
+                    return
+                except (ConnectionError, http.client.HTTPException):
+                    if attempt == 2:
+                        raise
+
+        with ThreadPoolExecutor(POWER_OFF_THREADS) as pool:
+            list(pool.map(power_off, on))
         deadline = time.monotonic() + WAIT_LIMIT_S
         while any(vm.guest.toolsRunningStatus == "guestToolsRunning" for vm in vms):
             if time.monotonic() > deadline:
