@@ -28,11 +28,13 @@ def tagged(marker: str, command: str) -> str:
 def kill_script(marker: str, pid: int | None = None) -> str:
     """A POSIX ``sh`` script that SIGKILLs ``pid`` (the shell that runs the command,
     whose own environment predates the export) and then every process tagged with
-    ``marker``. It exits 0 whatever it found."""
+    ``marker``. It exits 0 whatever it found. One ``grep`` reads every environment: a
+    ``grep`` per process took seconds on a busy guest, and a cancelled command outlived
+    the kill's time limit."""
     first = f"kill -KILL {pid} 2>/dev/null; " if pid is not None else ""
     return (
-        f"{first}for p in /proc/[0-9]*; do "
-        f'grep -qs "{MARKER_VARIABLE}={marker}" "$p/environ" && kill -KILL "${{p#/proc/}}"; '
+        f'{first}for f in $(grep -ls "{MARKER_VARIABLE}={marker}" /proc/[0-9]*/environ); do '
+        'p=${f#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null; '
         "done; true"
     )
 

@@ -5,6 +5,7 @@ directories, and helpers to run the ``beachhead`` CLI as a user would and to wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -54,6 +55,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marks.add("unit")
         for name in sorted(marks):
             item.add_marker(name)
+
+
+LAB_LOCK = pytest.StashKey[contextlib.ExitStack]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Wait for the machine's one lab (another session or a benchmark may hold it) here,
+    before any test starts: a wait inside the first lab test's setup counted against
+    that test's timeout. Held until the session ends (see ``tests/lab/conftest.py``)."""
+    if os.geteuid() != 0 or not any(item.get_closest_marker("lab") for item in session.items):
+        return
+    from beachhead.bootstrap.lab.lock import lab_lock
+
+    held = contextlib.ExitStack()
+    held.enter_context(lab_lock())
+    session.config.stash[LAB_LOCK] = held
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Let the lab go (taken by :func:`pytest_collection_finish`)."""
+    held = config.stash.get(LAB_LOCK, None)
+    if held is not None:
+        held.close()
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 10, what: str = "condition", interval: float = 0.02) -> T:

@@ -303,7 +303,9 @@ def wait_for_leases(clients: Mapping[int, GuestDhcp], network: LabNetwork) -> No
     deadline = time.monotonic() + LEASE_WAIT_S
     while waiting:
         for pid, guest in list(waiting.items()):
-            if guest_configured(guest, network.subnet.prefixlen, network.gateway):
+            # The lease file first (a read, where the check is two `ip` processes):
+            # dhclient writes it once dhclient-script has configured the lease.
+            if _lease_written(guest) and guest_configured(guest, network.subnet.prefixlen, network.gateway):
                 del waiting[pid]
             elif not system.alive(pid, DHCLIENT_MARKER):
                 raise LabError(f"guest {guest.name}: dhclient exited without an address:\n{_tail(guest.log)}")
@@ -317,6 +319,13 @@ def wait_for_leases(clients: Mapping[int, GuestDhcp], network: LabNetwork) -> No
             )
         if waiting:
             time.sleep(0.05)
+
+
+def _lease_written(guest: GuestDhcp) -> bool:
+    try:
+        return f"fixed-address {guest.ip};" in guest.leases.read_text()
+    except OSError:
+        return False
 
 
 def _read_pid(path: Path) -> int | None:

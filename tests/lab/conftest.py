@@ -21,7 +21,7 @@ from pyVmomi import vim
 
 from beachhead.bootstrap.lab.lab import status as lab_status
 from beachhead.bootstrap.lab.lock import lab_lock
-from tests.conftest import beachhead
+from tests.conftest import LAB_LOCK, beachhead
 from tests.metadata.conftest import MetadataServer, free_port
 
 BOOT_DELAY_S = 3
@@ -50,11 +50,13 @@ def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lab_session(lab_config: Path) -> Iterator[Path]:
-    """The lab, up for the whole session and down afterwards."""
+def lab_session(lab_config: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The lab, up for the whole session and down afterwards, while the session holds
+    the lab lock (taken after collection by ``tests/conftest.py``, else here)."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    with lab_lock():
+    held = request.config.stash.get(LAB_LOCK, None)
+    with contextlib.nullcontext() if held is not None else lab_lock():
         beachhead("lab", "down")
         started = beachhead("lab", "up", "--config", str(lab_config), "--vms", str(FLEET_SIZE), "--json", timeout=300)
         assert started.returncode == 0, started.stderr
