@@ -39,6 +39,7 @@ T = TypeVar("T")
 log = structlog.get_logger("beachhead.vsphere")
 
 DEFAULT_WORKERS = 16
+LONG_POLL_WORKERS = 4  # the watcher's two long polls, and two a reconnect may leave running
 KEEPALIVE_S = 300.0
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 SOCKET_TIMEOUT_S = 60.0
@@ -111,7 +112,9 @@ class VCenter:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"vcenter-{address.host}")
         # The watcher's long polls (two collectors) have threads of their own, never
         # queued behind a fleet's calls; two more for polls left running by a reconnect.
-        self._long_poll_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"vcenter-{address.host}-wait")
+        self._long_poll_executor = ThreadPoolExecutor(
+            max_workers=LONG_POLL_WORKERS, thread_name_prefix=f"vcenter-{address.host}-wait"
+        )
         self._wire_log = wire_log
         self._si: Any = None
         self._content: Any = None
@@ -166,7 +169,7 @@ class VCenter:
                 self._si = SmartConnect(**options)
             # pyVmomi keeps 5 idle connections and closes the rest after each call, so
             # with more threads in flight every extra call paid a TLS handshake.
-            self._si._stub.poolSize = self._workers + 1
+            self._si._stub.poolSize = self._workers + LONG_POLL_WORKERS
         except vim.fault.InvalidLogin:
             raise self.unavailable("vCenter refused the user name or password", retryable=False) from None
         except ssl.SSLCertVerificationError as exc:
