@@ -376,13 +376,13 @@ def main() -> int:
         started_at, available_before = time.monotonic(), mem_available_mb()
         config = dataclasses.replace(with_fleet(load_config(None), options.vms), boot_delay_s=options.boot_delay)
         state, started = up(config, progress=say)
-        if started:
-            cost = available_before - mem_available_mb()
-            say(
-                f"up with {options.vms} fleet VMs in {time.monotonic() - started_at:.1f}s; "
-                f"MemAvailable {cost:.0f} MB lower ({cost / options.vms:.1f} MB per VM, the lab's own VMs included)"
-            )
         lab = state.public()
+        if started:
+            cost, count = available_before - mem_available_mb(), len(lab["vms"])
+            say(
+                f"up with {options.vms} fleet VMs ({count} in all) in {time.monotonic() - started_at:.1f}s; "
+                f"MemAvailable {cost:.0f} MB lower, {cost / count:.1f} MB per VM"
+            )
         lab_file, payload = Path(scratch, "lab.json"), Path(scratch, "payload.bin")
         lab_file.write_text(json.dumps(lab))
         lab_file.chmod(0o600)
