@@ -26,7 +26,8 @@ family is Windows).
   ``winrm_transport=ntlm|basic|certificate``, ``winrm_port=N``, ``winrm_scheme=http|https``,
   ``winrm_ca_file=PATH``, ``winrm_cert_pem=PATH``, ``winrm_cert_key_pem=PATH``, ``winrm_insecure=1``;
 - ``console=usb|vnc|rdp``, ``address=IP-OR-HOSTNAME`` (instead of the address VMware Tools
-  reports), ``name=LABEL``, ``os=linux|windows``, ``connect_timeout=SECONDS``;
+  reports), ``rdp_port=N`` (where ``console=rdp`` connects; default 3389),
+  ``name=LABEL``, ``os=linux|windows``, ``connect_timeout=SECONDS``;
 - for ``type`` steps: ``layout=us|uk|de|fr|…`` (the guest's keyboard layout) and
   ``pace_ms=N`` (milliseconds between key events), unless a step gives its own.
 
@@ -118,6 +119,7 @@ class ConsoleKind(StrEnum):
 IGNORE = "ignore"
 
 SSH_PORT = 22
+RDP_PORT = 3389
 WINRM_PORTS = {WinrmScheme.HTTP: 5985, WinrmScheme.HTTPS: 5986}
 #: The URI parameters that declare a vsphere:// target's SSH route, and its WinRM route.
 SSH_ROUTE_PARAMETERS = ("ssh_user", "ssh_key", "ssh_password_env", "ssh_passphrase_env", "ssh_port", "known_hosts")
@@ -155,6 +157,7 @@ SCHEME_PARAMETERS: dict[str, frozenset[str]] = {
             *WINRM_ROUTE_PARAMETERS,
             "console",
             "address",
+            "rdp_port",
             "layout",
             "pace_ms",
         }
@@ -246,6 +249,7 @@ class Target:
     winrm: WinrmRoute | None = None
     console: ConsoleKind | None = None
     address: str | None = None
+    rdp_port: int = RDP_PORT  # where the keys channel's rdp backend connects (console=rdp)
     layout: str | None = None  # keyboard layout for type steps (checked by the keys plugin)
     pace_ms: float | None = None  # milliseconds between key events for type steps
     # A pyVmomi ServiceInstance its caller already logged in (beachhead.vsphere_target):
@@ -418,6 +422,7 @@ def _parse_target(
         winrm = _chained_winrm_route(params, guest_user, guest_password, bad)
     console = ConsoleKind.VNC if scheme == "vnc" else _choice(params.get("console"), ConsoleKind, bad, "console")
     address = _address(params["address"], bad) if "address" in params else None
+    rdp_port = _port(params.get("rdp_port"), RDP_PORT, bad, "rdp_port")
     layout = params.get("layout") or None
     if layout is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", layout):
         raise bad("layout", f"not a keyboard layout name: {brief(layout)} (e.g. us, de, fr)")
@@ -450,6 +455,7 @@ def _parse_target(
         layout=layout,
         pace_ms=pace_ms,
         address=address,
+        rdp_port=rdp_port,
     )
 
 

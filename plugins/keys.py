@@ -8,7 +8,8 @@ picture read back, through one of three backends chosen by the target's ``consol
   power-on), which a ``type`` step enables when it is not (journaled as
   ``extra_config``, so undo restores it; a random password, masked everywhere);
 - ``rdp``: an RDP session (:mod:`beachhead.plugins.rdp_console`) to a Windows guest at
-  its address, with the target's Windows login (``winrm_user``, else ``guest_user``).
+  its address, port ``rdp_port`` (default 3389), with the target's Windows login
+  (``winrm_user``, else ``guest_user``).
 
 Each backend implements :class:`ConsoleBackend`. Keys are paced per the step's or the
 target's ``pace_ms``, else the backend's ``default_pace_ms``: the pace that loses
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from beachhead.agent.context import StepContext, TargetContext
 
 NAME = "keys"
-RDP_PORT = 3389
 VNC_BASE_PORT = 5900
 #: Default pace (ms between key events) per backend, where the backend does not say.
 #: usb, measured on the lab's QEMU console (1 KiB): batched calls lose most keys (50 of
@@ -149,7 +149,7 @@ async def open_backend(target: TargetContext, kind: ConsoleKind, ctx: StepContex
         layout = load_layout(str(target.notes.get("keys.layout") or target.target.layout or "us"))
         rdp: ConsoleBackend = await RdpConsole.open(
             address,
-            RDP_PORT,
+            target.target.rdp_port,
             account,
             password.reveal(),
             domain=domain,

@@ -329,6 +329,11 @@ def test_console_kinds(vsphere_env: None) -> None:
     assert [parse_target(VC + f"&console={kind}").console for kind in ("usb", "vnc", "rdp")] == list(ConsoleKind)
 
 
+def test_rdp_port(vsphere_env: None) -> None:
+    assert parse_target(VC + "&console=rdp").rdp_port == 3389
+    assert parse_target(VC + "&console=rdp&rdp_port=3390").rdp_port == 3390
+
+
 @pytest.mark.parametrize(
     ("query", "field", "reason"),
     [
@@ -344,6 +349,9 @@ def test_console_kinds(vsphere_env: None) -> None:
         ("&winrm_transport=basic", "winrm_transport", "in clear"),
         ("&winrm_transport=basic&winrm_scheme=http", "winrm_transport", "winrm_scheme=https"),
         ("&console=serial", "console", "allowed: usb, vnc, rdp"),
+        ("&console=rdp&rdp_port=0", "rdp_port", "1-65535"),
+        ("&console=rdp&rdp_port=rdp", "rdp_port", "1-65535"),
+        ("&console=rdp&rdp_port=", "rdp_port", "1-65535"),
         ("&address=web_01", "address", "neither an IP address nor a host name"),
         ("&address=10.0.0.300", "address", "neither an IP address nor a host name"),
         ("&address=-web", "address", "neither an IP address nor a host name"),

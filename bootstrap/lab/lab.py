@@ -40,6 +40,7 @@ DEFAULT_BRIDGE = LabConfig.bridge
 
 
 RDP_PORT = 3389  # a Windows guest's RDP console (xrdp), at the guest's address
+RDP_SHADOW_PORT = 3390  # its second RDP server (FreeRDP's shadow of an X display), same address
 
 
 def lab_dir() -> Path:
@@ -296,6 +297,7 @@ def make_guest(
         "cloudbase_init": vm.cloudbase_init,
         "console": "pty",  # what PutUsbScanCodes types into
         "rdp_port": None if linux else RDP_PORT,  # a Windows guest's console is also xrdp's
+        "rdp_shadow_port": None if linux else RDP_SHADOW_PORT,  # and FreeRDP's shadow server's
         "clone_of": clone_of,
     }
     runtime = {
@@ -309,14 +311,18 @@ def make_guest(
         "guest_uid": uid,
         "wsman": winrm,
         "cloudbase_init": cloudbase_init,
-        # A Windows guest's console: xrdp at its address (bootstrap/lab/xrdp.py).
         "clone_of": clone_of or "",
+        # A Windows guest's console: xrdp at its address (bootstrap/lab/xrdp.py), and
+        # FreeRDP's shadow server beside it (bootstrap/lab/rdp_shadow.py).
         "rdp": None
         if linux
         else {
             "dir": str(layout.root.with_name(vm.name + ".rdp")),
             "port": RDP_PORT,
             "log": str(layout.root.with_name(vm.name + ".rdp.log")),
+            "shadow_dir": str(layout.root.with_name(vm.name + ".rdp-shadow")),
+            "shadow_port": RDP_SHADOW_PORT,
+            "shadow_log": str(layout.root.with_name(vm.name + ".rdp-shadow.log")),
         },
     }
     client = dhcp.GuestDhcp(

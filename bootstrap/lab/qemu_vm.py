@@ -304,6 +304,7 @@ def prepare(
         "cloudbase_init": False,
         "console": "qemu",
         "rdp_port": None,
+        "rdp_shadow_port": None,
         "qmp_socket": qemu["qmp_socket"],
         "serial_log": qemu["serial_log"],
     }

@@ -10,13 +10,12 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beachhead.bootstrap.lab import xrdp
-from tests.console.peer_processes import HOST, START_TIMEOUT_S, free_display, free_port, stop, wait_listening, x_lock
+from beachhead.bootstrap.lab import rdp_shadow, xrdp
+from tests.console.peer_processes import HOST, START_TIMEOUT_S, free_port, stop, wait_listening
 
 
 @dataclass
@@ -102,65 +101,28 @@ def start_xrdp(workdir: Path) -> RdpPeer:
 
 
 def start_shadow(directory: Path, width: int = 1024, height: int = 768) -> RdpPeer:
-    """Xvfb with a full-screen xterm, shared by ``freerdp-shadow-cli`` on a free port
-    (no authentication: the shadow server shows the display to anyone who connects)."""
+    """FreeRDP's shadow server over Xvfb with a full-screen xterm
+    (:mod:`beachhead.bootstrap.lab.rdp_shadow`) on a free port (no authentication: the
+    shadow server shows the display to anyone who connects)."""
     directory.mkdir(parents=True, exist_ok=True)
     uid = os.getuid()
     typed = _typed_file(directory, uid)
-    port = free_port()
-    number = free_display(100)
-    display = f":{number}"
-    logs = {name: directory / f"{name}.log" for name in ("xvfb", "xterm", "shadow")}
-    env = {**os.environ, "DISPLAY": display}
-    peer = RdpPeer("freerdp-shadow", port, "bhconsole", "unused", typed, uid)
-    peer.after_stop = lambda: x_lock(number).unlink(missing_ok=True)
-    peer.logs = list(logs.values())
+    console = rdp_shadow.prepare(
+        directory / "shadow",
+        address=HOST,
+        port=free_port(),
+        session_command=["sh", "-c", f"exec cat >> {typed}"],
+        display=rdp_shadow.free_display(100),
+        uid=uid,
+        width=width,
+        height=height,
+    )
+    log = directory / "shadow.log"
+    peer = RdpPeer("freerdp-shadow", console.port, "bhconsole", "unused", typed, uid)
+    peer.after_stop = lambda: rdp_shadow.remove_display_lock(console)
+    peer.logs = [log, console.log_dir / "xvfb.log", console.log_dir / "xterm.log"]
     try:
-        xvfb = subprocess.Popen(
-            ["Xvfb", display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
-            stdin=subprocess.DEVNULL,
-            stdout=logs["xvfb"].open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        peer.processes.append(xvfb)
-        socket_file = Path(f"/tmp/.X11-unix/X{display[1:]}")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not socket_file.exists():
-            if time.monotonic() > deadline or xvfb.poll() is not None:
-                raise RuntimeError(f"Xvfb {display} did not start: {logs['xvfb'].read_text()}")
-            time.sleep(0.05)
-        xterm = subprocess.Popen(
-            [
-                "xterm",
-                "-fa",
-                "DejaVu Sans Mono",
-                "-fs",
-                "11",
-                "-geometry",
-                "400x200+0+0",
-                "-e",
-                "sh",
-                "-c",
-                f"exec cat >> {typed}",
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=logs["xterm"].open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        peer.processes.append(xterm)
-        shadow = subprocess.Popen(
-            ["freerdp-shadow-cli", f"/port:{port}", f"/bind-address:{HOST}", "-auth"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=logs["shadow"].open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        peer.processes.append(shadow)
-        wait_listening(port, shadow, logs["shadow"])
+        peer.processes.append(rdp_shadow.start(console, log, START_TIMEOUT_S))
     except Exception:
         peer.stop()
         raise

@@ -276,11 +276,16 @@ func (g *guest) startDaemons() {
 }
 
 // rdpConfig is a Windows guest's RDP console: xrdp (bootstrap/lab/xrdp.py) on the
-// guest's address whose session is the Windows stand-in's cmd.exe.
+// guest's address whose session is the Windows stand-in's cmd.exe, and a second RDP
+// server, FreeRDP's shadow (bootstrap/lab/rdp_shadow.py), showing an X display whose
+// xterm runs the same (ShadowPort 0: none).
 type rdpConfig struct {
-	Dir  string `json:"dir"`
-	Port int    `json:"port"`
-	Log  string `json:"log"`
+	Dir        string `json:"dir"`
+	Port       int    `json:"port"`
+	Log        string `json:"log"`
+	ShadowDir  string `json:"shadow_dir"`
+	ShadowPort int    `json:"shadow_port"`
+	ShadowLog  string `json:"shadow_log"`
 }
 
 // startRdp serves the guest's RDP console; the password reaches xrdp.py through its
@@ -288,17 +293,30 @@ type rdpConfig struct {
 // Windows guest, whose drive is root's), and xrdp.py picks X displays no one holds.
 func (g *guest) startRdp(r *rdpConfig) {
 	env := []string{"BEACHHEAD_XRDP_PASSWORD=" + g.cfg.GuestPassword}
-	rdp := g.system("/", env, g.python, "-m", "beachhead.bootstrap.lab.xrdp", "--dir", r.Dir,
+	session := []string{g.python, "-m", "beachhead.bootstrap.lab.windows.run", "--root", g.cfg.Root, "--", "cmd.exe"}
+	rdp := g.system("/", env, append([]string{g.python, "-m", "beachhead.bootstrap.lab.xrdp", "--dir", r.Dir,
 		"--address", g.cfg.IP, "--port", strconv.Itoa(r.Port), "--user", g.cfg.GuestUsername,
-		"--uid", strconv.Itoa(g.cfg.GuestUID), "--", g.python, "-m", "beachhead.bootstrap.lab.windows.run", "--root", g.cfg.Root, "--", "cmd.exe")
-	out := g.logFile(r.Log)
-	rdp.Stdout, rdp.Stderr = out, out
-	if err := rdp.Start(); err != nil {
-		g.logf("Guest: RDP console did not start: %v", err)
+		"--uid", strconv.Itoa(g.cfg.GuestUID), "--"}, session...)...)
+	g.startRdpServer("RDP console", rdp, r.Log)
+	if r.ShadowPort != 0 {
+		// rdp_shadow.py picks an X display no one holds (from :300, apart from xrdp's).
+		shadow := g.system("/", nil, append([]string{g.python, "-m", "beachhead.bootstrap.lab.rdp_shadow",
+			"--dir", r.ShadowDir, "--address", g.cfg.IP, "--port", strconv.Itoa(r.ShadowPort),
+			"--uid", strconv.Itoa(g.cfg.GuestUID), "--"}, session...)...)
+		g.startRdpServer("RDP shadow console", shadow, r.ShadowLog)
+	}
+}
+
+// startRdpServer starts one of the guest's RDP servers as a daemon (ended at power-off).
+func (g *guest) startRdpServer(what string, cmd *exec.Cmd, log string) {
+	out := g.logFile(log)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		g.logf("Guest: %s did not start: %v", what, err)
 		return
 	}
-	g.daemons = append(g.daemons, rdp)
-	go func() { _ = rdp.Wait() }()
+	g.daemons = append(g.daemons, cmd)
+	go func() { _ = cmd.Wait() }()
 }
 
 // startCloudbaseInit runs the cloudbase-init stand-in, as the service runs at a Windows
