@@ -43,6 +43,9 @@ DEFAULT_LAYOUT = "us"
 VERIFY_ATTEMPTS = 3
 VERIFY_SETTLE_S = 2.0  # how long a typed line may take to show before it counts as garbled
 VERIFY_POLL_S = 0.3
+#: Screens read at least, however long OCR takes: on a loaded machine one read can
+#: outlast the settle time, and its screenshot predate the line's last keys.
+VERIFY_MIN_READS = 2
 RETYPE_MIN_PACE_S = 0.01  # a line retyped is paced at least this much, doubling per retry
 MAX_PACE_MS = 10_000
 RECIPE_CHECK_ADDRESS = "192.0.2.1"  # TEST-NET-1: only to parse a recipe before a target is known
@@ -248,14 +251,17 @@ class Typist:
 
     async def _shown(self, expected: str) -> bool:
         """Whether the screen shows ``expected``, read until it does or the console had
-        :data:`VERIFY_SETTLE_S` to draw the keys still in its queue."""
+        :data:`VERIFY_SETTLE_S` (and :data:`VERIFY_MIN_READS` reads) to draw the keys
+        still in its queue."""
         from beachhead.plugins.screen_text import screen_text
 
         deadline = asyncio.get_running_loop().time() + VERIFY_SETTLE_S
+        reads = 0
         while True:
+            reads += 1
             if _shows(await screen_text(await self.backend.screenshot()), expected):
                 return True
-            if asyncio.get_running_loop().time() >= deadline:
+            if reads >= VERIFY_MIN_READS and asyncio.get_running_loop().time() >= deadline:
                 return False
             await asyncio.sleep(VERIFY_POLL_S)
 

@@ -14,6 +14,7 @@ from beachhead.plugins.keyboard import load_layout
 from beachhead.plugins.screen_text import TextNotOnScreen
 from beachhead.plugins.steps.type import Typist
 from beachhead.plugins.vnc_console import VncConsole
+from tests.conftest import await_until
 from tests.console.rdp_peers import RdpPeer
 from tests.console.test_rdp_console import open_ready
 from tests.console.vnc_peers import HOST, QemuPeer, XvncPeer
@@ -95,7 +96,12 @@ async def test_rdp_wait_for_and_timeout(xrdp_peer: RdpPeer) -> None:
         with pytest.raises(TextNotOnScreen, match="not there after 2s") as caught:
             await _perform(console, '<waitFor "never-shown-here" 2s>')
         assert word in caught.value.screen_text
-        # verify: true over RDP is not tested here: in a CI run it once failed a line
-        # that had arrived intact (the screen read back did not show it in time).
+        # verify: true reads the line back off the RDP screen before Enter; xrdp queues
+        # every key, so nothing is retyped and the line arrives once.
+        xrdp_peer.clear()
+        line = " ".join(random.sample(["alpha", "bravo", "delta", "hotel", "kilo", "oscar", "tango", "victor"], 3))
+        typist = await _perform(console, f"{line}<enter>", verify=True)
+        assert typist.retyped == 0
+        await await_until(lambda: xrdp_peer.text() == f"{line}\n", timeout=10, what="the verified line")
     finally:
         await console.close()
