@@ -9,13 +9,13 @@ command line that serves it, in a pid and mount namespace of its own
 
 - a private directory is bind-mounted over ``/tmp/.X11-unix``, so the display's socket
   meets no other X server's; its lock file ``/tmp/.X<N>-lock`` stays where every X
-  server looks, so :func:`free_display` and sesman see the number as taken;
+  server looks, so ``console_processes.free_display`` and sesman see the number as taken;
 - the shadow server's configuration (its generated certificate) lives in the directory,
   not in the caller's home;
 - ending the ``unshare`` process (SIGKILL included) ends Xvfb, the xterm and the server.
 
 The start is bounded: the script waits at most :data:`X_START_TIMEOUT_S` for Xvfb's
-socket and fails otherwise; callers wait for the port (:func:`wait_listening`).
+socket and fails otherwise; callers wait for the port (:func:`start` does).
 
 The shadow server runs without authentication (``-auth``): it shows the display to
 anyone who connects, and an RDP client's login is accepted and ignored.
@@ -24,24 +24,21 @@ anyone who connects, and an RDP client's login is accepted and ignored.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from beachhead.bootstrap.lab.console_processes import X11_DIR, free_display, stop, wait_listening, x_lock
+
 #: Display numbers are taken from here up; xrdp's consoles start at :40
 #: (:data:`beachhead.bootstrap.lab.xrdp.DEFAULT_DISPLAY_OFFSET`), the console tests' at :100.
 DEFAULT_DISPLAY_LOW = 300
-DISPLAY_RANGE = 400
 X_START_TIMEOUT_S = 10
 DEFAULT_GEOMETRY = (1024, 768)
-X11_DIR = "/tmp/.X11-unix"  # noqa: S108 (X's own fixed path)
 XTERM = ["xterm", "-fa", "DejaVu Sans Mono", "-fs", "11", "-geometry", "400x200+0+0"]
 
 
@@ -61,19 +58,6 @@ class ShadowConsole:
     def log_dir(self) -> Path:
         """Xvfb's, the xterm's and the shadow server's logs."""
         return self.directory / "log"
-
-
-def x_lock(display: int) -> Path:
-    """The lock file of X display ``display``; an X server killed outright leaves it behind."""
-    return Path(f"/tmp/.X{display}-lock")  # noqa: S108 (X's own fixed path)
-
-
-def free_display(low: int = DEFAULT_DISPLAY_LOW) -> int:
-    """The first X display number from ``low`` with neither a lock file nor a socket."""
-    for number in range(low, low + DISPLAY_RANGE):
-        if not x_lock(number).exists() and not Path(f"{X11_DIR}/X{number}").exists():
-            return number
-    raise RuntimeError(f"no free X display number from :{low}")
 
 
 def prepare(
@@ -141,33 +125,11 @@ def start(console: ShadowConsole, log: Path, timeout_s: float = 20.0) -> subproc
             command(console), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        wait_listening(console, process, log, timeout_s)
+        wait_listening(console.address, console.port, process, lambda: _tail(console, log), timeout_s)
     except Exception:
         stop(process)
         raise
     return process
-
-
-def wait_listening(console: ShadowConsole, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    """Return once the console's port accepts connections; fail if ``process`` exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the shadow console exited with {process.returncode}: {_tail(console, log)}")
-        with contextlib.suppress(OSError), socket.create_connection((console.address, console.port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(
-        f"nothing listens on {console.address}:{console.port} after {timeout_s:g}s: {_tail(console, log)}"
-    )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End the console (its whole pid namespace) and reap it."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
-        process.wait(timeout=10)
 
 
 def remove_display_lock(console: ShadowConsole) -> None:
@@ -199,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         address=args.address,
         port=args.port,
         session_command=args.session_command,
-        display=free_display() if args.display is None else args.display,
+        display=free_display(DEFAULT_DISPLAY_LOW) if args.display is None else args.display,
         uid=args.uid,
         session_dir=args.cwd,
     )

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from beachhead.bootstrap.lab.console_processes import x_lock
 from beachhead.bootstrap.local_sshd import password_hash
 
 #: Where the xterm's session lives; uid/gid of the console's login unless given.
@@ -109,10 +110,6 @@ def _certificate(directory: Path, address: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def _display_lock(display: int) -> Path:
-    return Path(f"/tmp/.X{display}-lock")  # noqa: S108 (X's own fixed path)
-
-
 def free_display_offset(low: int = DEFAULT_DISPLAY_OFFSET) -> int:
     """The first display number from ``low`` followed by :data:`SESSIONS` free ones (no
     X server's lock file). An Xorg ended with its console (SIGKILL of the namespace)
@@ -120,7 +117,7 @@ def free_display_offset(low: int = DEFAULT_DISPLAY_OFFSET) -> int:
     ``/tmp/.X11-unix``; sesman takes such a display for one in use, and refuses the
     session once its whole range is taken."""
     for offset in range(low, LAST_DISPLAY - SESSIONS):
-        if not any(_display_lock(n).exists() for n in range(offset, offset + SESSIONS)):
+        if not any(x_lock(n).exists() for n in range(offset, offset + SESSIONS)):
             return offset
     raise RuntimeError(f"no {SESSIONS} free X displays from :{low}")
 
@@ -128,7 +125,7 @@ def free_display_offset(low: int = DEFAULT_DISPLAY_OFFSET) -> int:
 def remove_display_locks(console: XrdpConsole) -> None:
     """Remove the X lock files of ``console``'s displays, once its processes have ended."""
     for display in range(console.display_offset, console.display_offset + SESSIONS):
-        _display_lock(display).unlink(missing_ok=True)
+        x_lock(display).unlink(missing_ok=True)
 
 
 def prepare(

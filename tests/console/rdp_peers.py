@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from beachhead.bootstrap.lab import rdp_shadow, xrdp
-from tests.console.peer_processes import HOST, START_TIMEOUT_S, free_port, stop, wait_listening
+from tests.console.peer_processes import HOST, START_TIMEOUT_S, free_display, free_port, stop, wait_listening
 
 
 @dataclass
@@ -112,7 +112,7 @@ def start_shadow(directory: Path, width: int = 1024, height: int = 768) -> RdpPe
         address=HOST,
         port=free_port(),
         session_command=["sh", "-c", f"exec cat >> {typed}"],
-        display=rdp_shadow.free_display(100),
+        display=free_display(100),
         uid=uid,
         width=width,
         height=height,
