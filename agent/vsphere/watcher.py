@@ -265,7 +265,6 @@ class VmWatcher:
         # Two property collectors, VMs in one, tasks and events in the other, each
         # followed by a WaitForUpdatesEx loop of its own (see _create_filters).
         self._collectors: list[Any] = []
-        self._versions: list[str] = []
         self._event_collector: Any = None
         self._last_event_key = -1
         self._closed = False
@@ -367,7 +366,7 @@ class VmWatcher:
         content = self.vcenter.content
         vm_collector = content.propertyCollector.CreatePropertyCollector()
         side_collector = content.propertyCollector.CreatePropertyCollector()
-        self._collectors, self._versions = [vm_collector, side_collector], ["", ""]
+        self._collectors = [vm_collector, side_collector]
         spec = vmodl.query.PropertyCollector
         views = []
         for collector, members, kind, paths in (
@@ -416,7 +415,7 @@ class VmWatcher:
 
     async def _follow(self) -> None:
         """Follow every collector at once; the first to fail stops the others."""
-        loops = [asyncio.ensure_future(self._follow_collector(index)) for index in range(len(self._collectors))]
+        loops = [asyncio.ensure_future(self._follow_collector(collector)) for collector in self._collectors]
         try:
             await asyncio.gather(*loops)
         finally:
@@ -424,15 +423,15 @@ class VmWatcher:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
 
-    async def _follow_collector(self, index: int) -> None:
+    async def _follow_collector(self, collector: Any) -> None:
+        """Apply a new collector's updates, from its first (the current state) on."""
         options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=WAIT_S)
-        collector = self._collectors[index]
+        version = ""
         while True:
-            version = self._versions[index]
             update = await self.vcenter.call(collector.WaitForUpdatesEx, version, options, long_poll=True)
             if update is None:
                 continue
-            self._versions[index] = update.version
+            version = update.version
             events: list[VmEvent] = []
             for filter_update in update.filterSet or ():
                 for change in filter_update.objectSet or ():
