@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -136,6 +137,13 @@ def connect(lab: dict[str, Any], context: ssl.SSLContext) -> vim.ServiceInstance
     """A session with pyvmomi's defaults (https, port 443), verifying the lab's CA."""
     vcenter = lab["vcenter"]
     return SmartConnect(host="127.0.0.1", user=vcenter["username"], pwd=vcenter["password"], sslContext=context)
+
+
+def listening(ip: str, port: int, timeout: float = 1) -> bool:
+    """Whether something accepts TCP connections on ``ip:port`` now."""
+    with contextlib.suppress(OSError), socket.create_connection((ip, port), timeout=timeout):
+        return True
+    return False
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

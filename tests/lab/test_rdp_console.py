@@ -8,9 +8,7 @@ the target; ``&rdp_port=3390`` for the shadow) types 1 KiB of mixed text into
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import yaml
 from beachhead.bootstrap.lab.lab import lab_dir
 from tests.conftest import beachhead
 from tests.console.test_rdp_console import mixed_text
-from tests.lab.conftest import Vc, wait_for
+from tests.lab.conftest import Vc, listening, wait_for
 
 GUESTS = lab_dir() / "guests"
 
@@ -58,12 +56,6 @@ def test_1kib_into_win01_over_rdp(tmp_path: Path, lab: dict[str, Any], vc: Vc, v
     _type_1kib_into_win01(tmp_path, vc, vsphere_uri("win-01", console="rdp"))
 
 
-def _listening(address: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=1):
-        return True
-    return False
-
-
 @pytest.mark.timeout(240, func_only=True)
 def test_1kib_into_win01_over_freerdp_shadow(
     tmp_path: Path, lab: dict[str, Any], vc: Vc, vsphere_uri: Callable[..., str]
@@ -71,5 +63,5 @@ def test_1kib_into_win01_over_freerdp_shadow(
     [win] = [vm for vm in lab["vms"] if vm["name"] == "win-01"]
     assert win["rdp_shadow_port"] == 3390
     assert all(vm["rdp_shadow_port"] is None for vm in lab["vms"] if vm["os"] == "linux")
-    wait_for(lambda: _listening(win["ip"], 3390), timeout=60, what="FreeRDP's shadow server on win-01:3390")
+    wait_for(lambda: listening(win["ip"], 3390), timeout=60, what="FreeRDP's shadow server on win-01:3390")
     _type_1kib_into_win01(tmp_path, vc, vsphere_uri("win-01", console="rdp", rdp_port="3390"))

@@ -4,7 +4,6 @@ the lab's CA, and a guest boot seen through WaitForUpdatesEx."""
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pyVim.task import WaitForTask
 from pyVmomi import vim
 
 from tests.conftest import beachhead
-from tests.lab.conftest import FLEET_SIZE, Vc, wait_for
+from tests.lab.conftest import FLEET_SIZE, Vc, listening, wait_for
 
 
 def test_up_json_contract_and_idempotence(lab_config: Path, lab: dict[str, Any]) -> None:
@@ -124,21 +123,13 @@ class Watcher:
         self.collector.Destroy()
 
 
-def _ssh_port_open(ip: str) -> bool:
-    try:
-        with socket.create_connection((ip, 22), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def test_power_cycle_boots_the_guest_as_property_collectors_see_it(vc: Vc) -> None:
     vm, guest = vc.vm("lin-02"), vc.guest("lin-02")
     wait_for(lambda: vm.guest.toolsRunningStatus == "guestToolsRunning", what="tools running")
     sleeper = vc.processes.StartProgramInGuest(
         vm, vc.auth("lin-02"), vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/sleep", arguments="600")
     )
-    assert Path(f"/proc/{sleeper}").exists() and _ssh_port_open(guest["ip"])
+    assert Path(f"/proc/{sleeper}").exists() and listening(guest["ip"], 22, timeout=2)
     watcher = Watcher(vc, vm)
     try:
         watcher.until(lambda s: s.get("guest.toolsRunningStatus") == "guestToolsRunning")
@@ -150,7 +141,7 @@ def test_power_cycle_boots_the_guest_as_property_collectors_see_it(vc: Vc) -> No
         )
         assert not watcher.state["guest.guestOperationsReady"] and not watcher.state.get("guest.ipAddress")
         wait_for(lambda: not Path(f"/proc/{sleeper}").exists(), what="guest process gone")
-        assert not _ssh_port_open(guest["ip"])
+        assert not listening(guest["ip"], 22, timeout=2)
         with pytest.raises(vim.fault.InvalidPowerState):
             vc.processes.ListProcessesInGuest(vm, vc.auth("lin-02"))
 
@@ -164,4 +155,4 @@ def test_power_cycle_boots_the_guest_as_property_collectors_see_it(vc: Vc) -> No
     names = [name for name, _ in watcher.changes]
     assert names.index("runtime.powerState") < names.index("guest.toolsRunningStatus")
     assert watcher.state["guest.ipAddress"] == guest["ip"] and watcher.state["guest.guestOperationsReady"] is True
-    assert wait_for(lambda: _ssh_port_open(guest["ip"]), what="sshd back")
+    assert wait_for(lambda: listening(guest["ip"], 22, timeout=2), what="sshd back")

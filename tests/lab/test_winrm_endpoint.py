@@ -4,29 +4,19 @@ through the Windows stand-in and write into the guest's drive; power-off stops i
 
 from __future__ import annotations
 
-import socket
-
 import winrm
 from pyVim.task import WaitForTask
 
 from beachhead.bootstrap.lab.lab import lab_dir
-from tests.lab.conftest import Vc, wait_for
+from tests.lab.conftest import Vc, listening, wait_for
 
 GUESTS = lab_dir() / "guests"
-
-
-def _listening(ip: str, port: int) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def test_pywinrm_reaches_win01_over_http_and_https(vc: Vc) -> None:
     guest = vc.guest("win-01")
     ip, user, password = guest["ip"], guest["guest_username"], guest["guest_password"]
-    wait_for(lambda: _listening(ip, 5985) and _listening(ip, 5986), timeout=30, what="win-01 listening on 5985/5986")
+    wait_for(lambda: listening(ip, 5985) and listening(ip, 5986), timeout=30, what="win-01 listening on 5985/5986")
 
     http = winrm.Session(f"http://{ip}:5985/wsman", auth=(user, password), transport="ntlm")
     result = http.run_cmd("hostname")
@@ -58,13 +48,13 @@ def test_power_off_stops_the_endpoint(vc: Vc) -> None:
     guest = vc.guest("win-01")
     ip = guest["ip"]
     vm = vc.vm("win-01")
-    wait_for(lambda: _listening(ip, 5985), timeout=30, what="win-01 listening on 5985")
+    wait_for(lambda: listening(ip, 5985), timeout=30, what="win-01 listening on 5985")
     WaitForTask(vm.PowerOffVM_Task())
     try:
-        wait_for(lambda: not _listening(ip, 5985), timeout=30, what="5985 closed after power-off")
+        wait_for(lambda: not listening(ip, 5985), timeout=30, what="5985 closed after power-off")
     finally:
         WaitForTask(vm.PowerOnVM_Task())
-    wait_for(lambda: _listening(ip, 5985), timeout=30, what="5985 open again after power-on")
+    wait_for(lambda: listening(ip, 5985), timeout=30, what="5985 open again after power-on")
     session = winrm.Session(
         f"http://{ip}:5985/wsman", auth=(guest["guest_username"], guest["guest_password"]), transport="ntlm"
     )
